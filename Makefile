@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# .venv is (re)built only when missing or when constraints.txt / pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean-demo
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all
+	$(VENV)/bin/pssl summary --config config.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -rs tests
+
+clean-demo:
+	rm -rf results data/demo .snakemake

@@ -1,0 +1,5 @@
+import sys
+
+from pssl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""Checks across config keys that a JSON schema cannot express; the schema handles types and ranges."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _describe(err) -> str:
+    """One line naming the offending key (dotted path) and, for an unknown key, the nearest valid one."""
+    path = ".".join(str(p) for p in err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        unknown = re.findall(r"'([^']+)'", err.message.split("(")[-1])
+        hints = []
+        for key in unknown:
+            near = difflib.get_close_matches(key, allowed, n=1)
+            full = f"{path}.{key}" if path else key
+            hints.append(f"unknown config key {full!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        return "; ".join(hints) + f"; allowed here: {', '.join(allowed)}"
+    if err.validator == "required":
+        return f"config{' key ' + path if path else ''}: {err.message}"
+    return f"config key {path}: {err.message}"
+
+
+def validate_config(config: dict, schema_path: str | Path) -> None:
+    """Validate with snakemake.utils.validate (which also fills schema defaults); re-raise a one-line ConfigError."""
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(schema_path))
+    except WorkflowError as e:
+        err = e.__context__  # snakemake flattens the jsonschema error into text; the original is the context
+        if not isinstance(err, jsonschema.ValidationError):
+            raise
+        raise ConfigError(_describe(err)) from None
+    check_config(config)
+
+
+def check_config(config: dict) -> None:
+    """Raise ConfigError naming the key when keys contradict each other."""
+    demo = config["demo"]
+    if demo["min_side"] > demo["max_side"]:
+        raise ConfigError(f"config key demo.min_side ({demo['min_side']}) exceeds demo.max_side ({demo['max_side']})")
+    if not demo["enabled"] and not config["imagenet_root"]:
+        raise ConfigError(
+            "config key imagenet_root is required when demo.enabled is false: pass the ImageNet train directory, "
+            "e.g. --config imagenet_root=/data/ILSVRC/Data/CLS-LOC/train")
+
+
+def imagenet_root(config: dict) -> str:
+    """The ImageNet-layout train directory this config indexes."""
+    return config["imagenet_root"] or str(Path(config["demo"]["root"]) / "imagenet" / "train")

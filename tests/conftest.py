@@ -1,0 +1,38 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+TINY_DEMO = dict(seed=0, num_classes=3, images_per_class=6, min_side=48, max_side=80, downstream_train=4,
+                 downstream_val=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """The demo data at its tiny-config size, generated once per test session."""
+    from pssl.data.demo import make_demo_data
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    make_demo_data(out, **TINY_DEMO)
+    return out
+
+
+def snakemake_env() -> dict:
+    """The environment a user gets from `make`: the venv's bin first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real Snakefile with the tiny config in `workdir` (its own .snakemake and results)."""
+    cmd = [shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", str(TINY), "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc

@@ -1,0 +1,29 @@
+# Shared paths and helpers for every stage. Logic lives in the pssl package; this file only wires paths.
+import os
+
+from pssl.config import imagenet_root
+
+# All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
+# the job (the .venv, or the conda env of envs/pssl.yaml under --software-deployment-method conda).
+CONDA_ENV = "../../envs/pssl.yaml"
+shell.prefix(f"export PYTHONPATH={workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+RESULTS = config["results"]
+DEMO_ROOT = config["demo"]["root"]
+LOGS = f"{RESULTS}/logs"
+
+
+def demo_data_if_enabled(wildcards):
+    """The demo tree is an input only when the pipeline generates it."""
+    return [DEMO_ROOT] if config["demo"]["enabled"] else []
+
+
+def shard_names():
+    """Shards written by the checkpoint; evaluated after it ran, so the fan-out follows the data."""
+    shard_dir = checkpoints.shard_index.get().output[0]
+    return sorted(glob_wildcards(os.path.join(shard_dir, "{shard}.parquet")).shard)
+
+
+def final_outputs(wildcards):
+    """The final output of every stage (the inputs of the default target)."""
+    return [f"{RESULTS}/index.parquet", *expand(f"{RESULTS}/shards/{{shard}}.parquet", shard=shard_names())]

@@ -1,0 +1,65 @@
+# Stage: demo data, ImageNet index, shards.
+
+
+rule make_demo_data:
+    output:
+        directory(DEMO_ROOT),
+    params:
+        seed=config["seed"],
+        demo=config["demo"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/make_demo_data.log",
+    shell:
+        "python -m pssl demo-data --out {output} --seed {params.seed}"
+        " --num-classes {params.demo[num_classes]} --images-per-class {params.demo[images_per_class]}"
+        " --min-side {params.demo[min_side]} --max-side {params.demo[max_side]}"
+        " --downstream-train {params.demo[downstream_train]} --downstream-val {params.demo[downstream_val]}"
+        " > {log} 2>&1"
+
+
+rule index_images:
+    input:
+        demo_data_if_enabled,
+    output:
+        f"{RESULTS}/index.parquet",
+    params:
+        root=imagenet_root(config),
+        unlabelled="" if config["labelled"] else "--unlabelled",
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/index_images.log",
+    shell:
+        "python -m pssl index --root {params.root} --out {output} {params.unlabelled} > {log} 2>&1"
+
+
+checkpoint shard_index:
+    input:
+        f"{RESULTS}/index.parquet",
+    output:
+        directory(f"{RESULTS}/shards"),
+    params:
+        shard_size=config["shard_size"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/shard_index.log",
+    shell:
+        "python -m pssl shard --index {input} --shard-size {params.shard_size} --out {output} > {log} 2>&1"
+
+
+rule stage_data:
+    input:
+        demo_data_if_enabled,
+
+
+rule stage_index:
+    input:
+        f"{RESULTS}/index.parquet",
+
+
+rule stage_shards:
+    input:
+        lambda wc: expand(f"{RESULTS}/shards/{{shard}}.parquet", shard=shard_names()),
