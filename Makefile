@@ -16,7 +16,7 @@ $(STAMP): constraints.txt pyproject.toml
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all
-	$(VENV)/bin/pssl summary --config config.yaml
+	$(VENV)/bin/pssl summary --results results
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -rs tests
