@@ -1,0 +1,200 @@
+"""The explain job for one shard: decode, SmoothGrad every classifier, ensemble, deciles, store.
+
+Resumable: rows are written batch by batch into `.<name>.partial` beside the output; a rerun with the same
+parameters continues at the first unfinished batch and the finished store is renamed into place. Batches
+sit at fixed positions of the shard and each one seeds the noise from (seed, first image id), so a resumed
+store is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pssl.data.images import UnreadableImage, load_rgb, resize_square
+from pssl.data.imagenet import read_table
+from pssl.device import resolve_device, use_bf16
+from pssl.explain.deciles import to_deciles
+from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
+from pssl.models.zoo import load_classifier
+from pssl.progress import Progress
+from pssl import store
+
+
+@dataclass(frozen=True)
+class ExplainParams:
+    image_size: int = 64
+    n_samples: int = 8
+    noise_level: float = 0.15
+    output: str = "prob"        # prob | logit
+    target: str = "class"       # class | top1 (the zoo's top-1; unlabelled rows always use it)
+    batch_size: int = 16        # images per batch
+    sample_chunk: int = 8       # noisy copies per image per forward pass
+    keep_model_deciles: bool = False
+    seed: int = 0
+    precision: str = "auto"     # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+
+
+def config_hash(params: ExplainParams, zoo_records: list[dict], zoo_paths: list[str]) -> str:
+    """What decides the store's content: parameters, and each classifier's identity and file size."""
+    ident = [(r["name"], r["arch"], Path(p).stat().st_size) for r, p in zip(zoo_records, zoo_paths)]
+    return hashlib.sha256(json.dumps([asdict(params), ident], sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ShardBatches(torch.utils.data.Dataset):
+    """Batch i = rows [i*B, (i+1)*B) of the shard, decoded at S x S; runs in DataLoader workers."""
+
+    def __init__(self, root: Path, relpaths: list[str], batch_size: int, image_size: int, batches: list[int]):
+        self.root, self.relpaths, self.batch_size, self.size, self.batches = root, relpaths, batch_size, image_size, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        start = self.batches[i] * self.batch_size
+        stop = min(start + self.batch_size, len(self.relpaths))
+        pixels, hw, reasons = [], np.zeros((stop - start, 2), dtype=np.int32), {}
+        for j in range(start, stop):
+            try:
+                rgb = load_rgb(self.root / self.relpaths[j])
+            except UnreadableImage as e:
+                reasons[j - start] = str(e)
+                continue
+            hw[j - start] = rgb.shape[:2]
+            pixels.append(torch.from_numpy(resize_square(rgb, self.size).copy()).permute(2, 0, 1))
+        images = torch.stack(pixels) if pixels else torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)
+        return start, stop, images, hw, reasons
+
+
+def noise_seed(seed: int, first_image_id: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{first_image_id}".encode()).digest()[:7], "little")
+
+
+@torch.no_grad()
+def ensemble_top1(scorers: list[TargetScore], images: torch.Tensor) -> torch.Tensor:
+    """The zoo's prediction on the clean images: top-1 of the mean softmax over classifiers."""
+    return torch.stack([s.classifier(images).float().softmax(dim=1) for s in scorers]).mean(0).argmax(1)
+
+
+def explain_targets(scorers: list[TargetScore], images: torch.Tensor, class_idx: torch.Tensor,
+                    mode: str) -> torch.Tensor:
+    """One target per image for every model: the label ('class'), or the zoo's top-1 ('top1', and for
+    unlabelled rows, class_idx -1)."""
+    if mode == "class" and bool((class_idx >= 0).all()):
+        return class_idx
+    predicted = ensemble_top1(scorers, images)
+    return predicted if mode == "top1" else torch.where(class_idx < 0, predicted, class_idx)
+
+
+def explain_batch(scorers: list[TargetScore], images: torch.Tensor, targets: torch.Tensor,
+                  params: ExplainParams, bf16: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ensemble deciles (B, S, S) and, if kept, per-model deciles (B, M, S, S).
+
+    Eq. 1: S = 1/M sum_i minmax(|SmoothGrad_i| summed over RGB); eq. 2: deciles of S.
+    """
+    ensemble = torch.zeros(images.shape[0], images.shape[2], images.shape[3], device=images.device)
+    per_model = []
+    for scorer in scorers:
+        sal = saliency_map(smoothgrad(scorer, images, targets, params.n_samples, params.noise_level,
+                                      params.sample_chunk, bf16))
+        ensemble += sal
+        if params.keep_model_deciles:
+            per_model.append(to_deciles(sal))
+    ensemble /= len(scorers)
+    return to_deciles(ensemble), (torch.stack(per_model, dim=1) if per_model else None)
+
+
+def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, params: ExplainParams,
+                  device: str = "auto", num_workers: int = 0) -> dict:
+    t0 = time.monotonic()
+    out = Path(out)
+    dev = resolve_device(device)
+    bf16 = use_bf16(dev, params.precision)
+    frame, meta = read_table(shard)
+    root = Path(meta["root"])
+    scorers, records = [], []
+    for path in zoo_paths:
+        model, record = load_classifier(path, dev)
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        scorers.append(TargetScore(model, params.output))
+        records.append(record)
+    digest = config_hash(params, records, zoo_paths)
+    partial = out.with_name(f".{out.name}.partial")
+    group = None
+    if partial.exists():
+        try:
+            group = store.open_store(partial, mode="r+")
+            if group.attrs.get("config_hash") != digest:
+                print(f"{partial}: parameters changed since it was started; starting over")
+                group = None
+        except Exception as e:  # an unreadable partial store is rebuilt, never trusted
+            print(f"{partial}: cannot resume ({e}); starting over")
+            group = None
+    if group is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        attrs = {"models": [{"name": r["name"], "arch": r["arch"], "source": r["source"]} for r in records],
+                 "smoothgrad": {k: v for k, v in asdict(params).items()}, "config_hash": digest,
+                 "explained_output": "softmax probability of the target class" if params.output == "prob"
+                 else "logit of the target class",
+                 "shard": Path(shard).stem, "image_root": str(root)}
+        group = store.create_store(partial, frame["image_id"].to_numpy(), frame["class_idx"].to_numpy(),
+                                   params.image_size, len(scorers), params.keep_model_deciles, attrs)
+    status = group["status"][:]
+    n = len(frame)
+    n_batches = -(-n // params.batch_size)
+    pending = [b for b in range(n_batches)
+               if (status[b * params.batch_size:(b + 1) * params.batch_size] == store.PENDING).any()]
+    print(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
+          f"on {dev} ({'bf16' if bf16 else 'fp32'})", flush=True)
+    class_idx_all = torch.as_tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
+    image_ids = frame["image_id"].to_numpy()
+    loader = torch.utils.data.DataLoader(
+        ShardBatches(root, frame["relpath"].tolist(), params.batch_size, params.image_size, pending),
+        batch_size=None, num_workers=num_workers)
+    done_before = int((status != store.PENDING).sum())
+    size = params.image_size
+    with Progress(n, f"explain {Path(shard).stem}", initial=done_before) as progress:
+        for start, stop, images, hw, reasons in loader:
+            hw = np.asarray(hw, dtype=np.int32)  # the loader's collate turns arrays into tensors
+            rows = stop - start
+            ok = np.array([j not in reasons for j in range(rows)])
+            deciles = np.zeros((rows, size, size), dtype=np.uint8)
+            model_deciles = np.zeros((rows, len(scorers), size, size), dtype=np.uint8) \
+                if params.keep_model_deciles else None
+            target = np.full(rows, -1, dtype=np.int16)
+            if ok.any():
+                torch.manual_seed(noise_seed(params.seed, int(image_ids[start])))
+                x = images.to(dev).float().div_(255.0)
+                if dev.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                targets = explain_targets(scorers, x, class_idx_all[start:stop][ok].to(dev), params.target)
+                ens, per_model = explain_batch(scorers, x, targets, params, bf16)
+                deciles[ok] = ens.cpu().numpy()
+                target[ok] = targets.cpu().numpy()
+                if model_deciles is not None:
+                    model_deciles[ok] = per_model.cpu().numpy()
+            store.write_rows(group, start, stop,
+                             status=np.where(ok, store.DONE, store.UNREADABLE).astype(np.uint8),
+                             orig_hw=hw, target=target, deciles=deciles, model_deciles=model_deciles,
+                             unreadable={int(image_ids[start + j]): r for j, r in reasons.items()})
+            progress.update(rows)
+    final_status = group["status"][:]
+    unreadable = int((final_status == store.UNREADABLE).sum())
+    timing = dict(group.attrs.get("timing", {}))
+    timing[f"run_{len(timing)}"] = {"seconds": round(time.monotonic() - t0, 2), "batches": len(pending),
+                                    "device": str(dev)}
+    group.attrs["timing"] = timing
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    print(f"{Path(shard).stem}: done, {n - unreadable} explained, {unreadable} unreadable"
+          + (": " + "; ".join(f"{k}: {v}" for k, v in group.attrs["unreadable"].items()) if unreadable else ""))
+    return {"images": n, "unreadable": unreadable}

@@ -1,0 +1,103 @@
+"""The explain store: one zarr v3 group per shard. The only module that knows its layout.
+
+Arrays (N images, S = explanation resolution, M models):
+  deciles        uint8 (N, S, S)  0..9, one image per chunk, sharded, compressed
+  model_deciles  uint8 (N, M, S, S)  optional (keep_model_deciles)
+  image_id int64 (N,), orig_hw int32 (N, 2), class_idx int16 (N,), target int16 (N,) (class explained)
+  status         uint8 (N,)  0 = not yet, 1 = done, 2 = unreadable input (reason in attrs["unreadable"])
+Attrs: format_version, models, smoothgrad parameters, config_hash, timing, unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+FORMAT_VERSION = 1
+PENDING, DONE, UNREADABLE = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", DONE: "done", UNREADABLE: "unreadable"}
+# Chosen by measurement (benchmarks/store_codecs.py, numbers in benchmarks/README.md): decile maps hold
+# 10 values in smooth regions, which bit-shuffled zstd packs best of the codecs tried.
+DECILE_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle)
+IMAGES_PER_ZARR_SHARD = 256
+
+
+def create_store(path: str | os.PathLike, image_ids: np.ndarray, class_idx: np.ndarray, size: int,
+                 n_models: int, keep_model_deciles: bool, attrs: dict,
+                 codec=DECILE_CODEC) -> zarr.Group:
+    n = len(image_ids)
+    per_shard = max(1, min(n, IMAGES_PER_ZARR_SHARD))
+    group = zarr.create_group(store=str(path), zarr_format=3, overwrite=True)
+    group.create_array("deciles", shape=(n, size, size), dtype="uint8", chunks=(1, size, size),
+                       shards=(per_shard, size, size), compressors=codec, fill_value=0)
+    if keep_model_deciles:
+        group.create_array("model_deciles", shape=(n, n_models, size, size), dtype="uint8",
+                           chunks=(1, n_models, size, size), shards=(per_shard, n_models, size, size),
+                           compressors=codec, fill_value=0)
+    group.create_array("image_id", data=np.asarray(image_ids, dtype="int64"), chunks=(max(1, n),))
+    group.create_array("class_idx", data=np.asarray(class_idx, dtype="int16"), chunks=(max(1, n),))
+    group.create_array("target", shape=(n,), dtype="int16", chunks=(max(1, n),), fill_value=-1)
+    group.create_array("orig_hw", shape=(n, 2), dtype="int32", chunks=(max(1, n), 2), fill_value=0)
+    group.create_array("status", shape=(n,), dtype="uint8", chunks=(max(1, n),), fill_value=PENDING)
+    group.attrs.update({"format_version": FORMAT_VERSION, "unreadable": {}, **attrs})
+    return group
+
+
+def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    group = zarr.open_group(str(path), mode=mode)
+    version = group.attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: explain store format {version}, this pssl reads {FORMAT_VERSION}")
+    return group
+
+
+def write_rows(group: zarr.Group, start: int, stop: int, *, status: np.ndarray, orig_hw: np.ndarray,
+               target: np.ndarray, deciles: np.ndarray, model_deciles: np.ndarray | None,
+               unreadable: dict[int, str]) -> None:
+    """Write rows [start, stop). Status goes last, so status == done always means the data is there."""
+    group["deciles"][start:stop] = deciles
+    if model_deciles is not None and "model_deciles" in group:
+        group["model_deciles"][start:stop] = model_deciles
+    group["orig_hw"][start:stop] = orig_hw
+    group["target"][start:stop] = target
+    if unreadable:
+        group.attrs["unreadable"] = {**group.attrs["unreadable"], **{str(k): v for k, v in unreadable.items()}}
+    group["status"][start:stop] = status
+
+
+def stored_bytes(path: str | os.PathLike, array: str) -> int:
+    root = Path(path) / array
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def describe(path: str | os.PathLike) -> str:
+    """A human-readable summary: shapes, codec, bytes per image, status counts, decile histogram, attrs."""
+    group = open_store(path)
+    deciles = group["deciles"]
+    status = group["status"][:]
+    done = np.flatnonzero(status == DONE)
+    lines = [f"explain store {path} (zarr v{group.metadata.zarr_format}, format {group.attrs['format_version']})"]
+    for name in ("deciles", "model_deciles", "image_id", "class_idx", "target", "orig_hw", "status"):
+        if name in group:
+            a = group[name]
+            lines.append(f"  {name:14s} {str(a.shape):22s} {str(a.dtype):6s} chunks {a.chunks}"
+                         + (f" shards {a.shards}" if a.shards else ""))
+    lines.append(f"  codec          {deciles.compressors}")
+    n_bytes = stored_bytes(path, "deciles")
+    lines.append(f"  deciles bytes  {n_bytes} on disk, {n_bytes / max(1, len(status)):.0f} per image "
+                 f"({deciles.shape[1] * deciles.shape[2]} raw)")
+    counts = {STATUS_NAMES[k]: int((status == k).sum()) for k in STATUS_NAMES}
+    lines.append(f"  status         {counts}")
+    if len(done):
+        hist = np.bincount(deciles[done[:1000]].ravel(), minlength=10) if len(done) else np.zeros(10)
+        frac = hist / hist.sum()
+        lines.append("  decile histogram (first 1000 done): " + " ".join(f"{d}:{f:.3f}" for d, f in enumerate(frac)))
+    attrs = dict(group.attrs)
+    lines.append("  attrs:")
+    lines += [f"    {k}: {json.dumps(v)}" for k, v in sorted(attrs.items())]
+    return "\n".join(lines)
