@@ -16,6 +16,7 @@ validate_config(config, workflow.source_path("workflow/schemas/config.schema.yam
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/explain.smk"
 
 
 rule all:

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One --flag per dataclass field (snake_case -> kebab-case), typed from the field's default."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=f.default,
+                                metavar="BOOL")
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def _demo_data(a):
@@ -22,6 +39,47 @@ def _index(a):
 def _shard(a):
     from pssl.shards import write_shards
     write_shards(a.index, a.shard_size, a.out)
+
+
+def _zoo(a):
+    from pssl.device import set_threads
+    from pssl.models.zoo import parse_spec, zoo_from_scratch, zoo_from_timm
+    set_threads(a.threads)
+    spec = parse_spec(json.loads(a.spec))
+    if a.source == "timm":
+        zoo_from_timm(spec, a.out, a.cache_dir)
+    else:
+        zoo_from_scratch(spec, a.index, a.out, image_size=a.image_size, epochs=a.epochs,
+                         batch_size=a.batch_size, lr=a.lr, holdout=a.holdout, seed=a.seed, device=a.device)
+
+
+def _zoo_fetch(a):
+    from pssl.models.zoo import fetch_pretrained
+    for arch in a.arch:
+        fetch_pretrained(arch, a.cache_dir)
+
+
+def _explain(a):
+    from pssl.device import set_threads
+    from pssl.explain.run import ExplainParams, explain_shard
+    set_threads(a.threads)
+    explain_shard(a.shard, a.zoo, a.out, dataclass_from_args(ExplainParams, a), device=a.device,
+                  num_workers=a.num_workers)
+
+
+def _eval_explain(a):
+    from pssl.explain.quality import write_quality
+    write_quality(a.stores, a.index, a.masks, a.out)
+
+
+def _inspect(a):
+    from pssl.store import describe
+    print(describe(a.store))
+
+
+def _show(a):
+    from pssl.report.figures import show_store_image
+    show_store_image(a.store, a.index, a.out, model_deciles=a.model_deciles)
 
 
 def _summary(a):
@@ -55,6 +113,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, required=True)
     s.add_argument("--out", required=True, help="shard directory")
     s.set_defaults(func=_shard)
+
+    s = sub.add_parser("zoo", help="build one classifier of the zoo (train from scratch, or timm weights)")
+    s.add_argument("--spec", required=True, help='JSON: "timm_name" or {"name", "arch", "kwargs"}')
+    s.add_argument("--source", choices=["train", "timm"], required=True)
+    s.add_argument("--out", required=True, help="zoo/<name>.pt (a .json record is written beside it)")
+    s.add_argument("--index", help="index.parquet (source train)")
+    s.add_argument("--cache-dir", default=None, help="timm weights cache (source timm)")
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--holdout", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=_zoo)
+
+    s = sub.add_parser("zoo-fetch", help="download pretrained timm weights into the cache (needs network)")
+    s.add_argument("--arch", action="append", required=True)
+    s.add_argument("--cache-dir", default=None)
+    s.set_defaults(func=_zoo_fetch)
+
+    from pssl.explain.run import ExplainParams
+    s = sub.add_parser("explain", help="SmoothGrad ensemble deciles of one shard into a zarr store")
+    s.add_argument("--shard", required=True)
+    s.add_argument("--zoo", nargs="+", required=True, help="zoo/<name>.pt files, the ensemble's members")
+    s.add_argument("--out", required=True, help="explain/<shard>.zarr")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--num-workers", type=int, default=0)
+    add_dataclass_flags(s, ExplainParams)
+    s.set_defaults(func=_explain)
+
+    s = sub.add_parser("eval-explain", help="pseudo-label quality against object masks (demo)")
+    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--index", required=True)
+    s.add_argument("--masks", required=True, help="masks/<wnid>/<name>.png root")
+    s.add_argument("--out", required=True, help="CSV table")
+    s.set_defaults(func=_eval_explain)
+
+    s = sub.add_parser("inspect", help="describe an explain store")
+    s.add_argument("store")
+    s.set_defaults(func=_inspect)
+
+    s = sub.add_parser("show", help="image, ensemble heat map and D9 pseudo label of one stored image")
+    s.add_argument("store")
+    s.add_argument("--index", type=int, default=0, help="row of the image in the store")
+    s.add_argument("--out", required=True, help="PNG file")
+    s.add_argument("--model-deciles", action="store_true", help="one panel per model (if kept)")
+    s.set_defaults(func=_show)
 
     s = sub.add_parser("summary", help="print where the pipeline's outputs are")
     s.add_argument("--results", default="results")

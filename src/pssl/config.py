@@ -49,10 +49,30 @@ def check_config(config: dict) -> None:
     demo = config["demo"]
     if demo["min_side"] > demo["max_side"]:
         raise ConfigError(f"config key demo.min_side ({demo['min_side']}) exceeds demo.max_side ({demo['max_side']})")
+    names = [m if isinstance(m, str) else m["name"] for m in config["zoo"]["models"]]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"config key zoo.models: names must be unique, repeated: {', '.join(repeated)}")
     if not demo["enabled"] and not config["imagenet_root"]:
         raise ConfigError(
             "config key imagenet_root is required when demo.enabled is false: pass the ImageNet train directory, "
             "e.g. --config imagenet_root=/data/ILSVRC/Data/CLS-LOC/train")
+
+
+def zoo_specs(config: dict) -> dict[str, dict]:
+    """The zoo as name -> {"name", "arch", "kwargs"}, in config order."""
+    specs = {}
+    for entry in config["zoo"]["models"]:
+        spec = {"name": entry, "arch": entry, "kwargs": {}} if isinstance(entry, str) else \
+            {"name": entry["name"], "arch": entry["arch"], "kwargs": entry.get("kwargs", {})}
+        specs[spec["name"]] = spec
+    return specs
+
+
+def cli_flags(section: dict) -> str:
+    """A config section as `pssl` flags: {"n_samples": 8, "keep_x": True} -> "--n-samples 8 --keep-x true"."""
+    return " ".join(f"--{k.replace('_', '-')} {str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in section.items())
 
 
 def imagenet_root(config: dict) -> str:

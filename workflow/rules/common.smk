@@ -1,7 +1,8 @@
 # Shared paths and helpers for every stage. Logic lives in the pssl package; this file only wires paths.
+import json
 import os
 
-from pssl.config import imagenet_root
+from pssl.config import cli_flags, imagenet_root, zoo_specs
 
 # All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
 # the job (the .venv, or the conda env of envs/pssl.yaml under --software-deployment-method conda).
@@ -24,6 +25,20 @@ def shard_names():
     return sorted(glob_wildcards(os.path.join(shard_dir, "{shard}.parquet")).shard)
 
 
+ZOO = zoo_specs(config)  # name -> {"name", "arch", "kwargs"}
+
+
+def zoo_files(wildcards=None):
+    return [f"{RESULTS}/zoo/{name}.pt" for name in ZOO]
+
+
+def explain_stores(wildcards=None):
+    return expand(f"{RESULTS}/explain/{{shard}}.zarr", shard=shard_names())
+
+
 def final_outputs(wildcards):
     """The final output of every stage (the inputs of the default target)."""
-    return [f"{RESULTS}/index.parquet", *expand(f"{RESULTS}/shards/{{shard}}.parquet", shard=shard_names())]
+    outputs = [f"{RESULTS}/index.parquet", *zoo_files(), *explain_stores()]
+    if config["demo"]["enabled"]:
+        outputs.append(f"{RESULTS}/report/explain_quality.csv")
+    return outputs

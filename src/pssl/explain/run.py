@@ -144,7 +144,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
                  "smoothgrad": {k: v for k, v in asdict(params).items()}, "config_hash": digest,
                  "explained_output": "softmax probability of the target class" if params.output == "prob"
                  else "logit of the target class",
-                 "shard": Path(shard).stem, "image_root": str(root)}
+                 "shard": Path(shard).stem, "shard_table": str(Path(shard).resolve()), "image_root": str(root)}
         group = store.create_store(partial, frame["image_id"].to_numpy(), frame["class_idx"].to_numpy(),
                                    params.image_size, len(scorers), params.keep_model_deciles, attrs)
     status = group["status"][:]
@@ -154,7 +154,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
                if (status[b * params.batch_size:(b + 1) * params.batch_size] == store.PENDING).any()]
     print(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
           f"on {dev} ({'bf16' if bf16 else 'fp32'})", flush=True)
-    class_idx_all = torch.as_tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
+    class_idx_all = torch.tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
     image_ids = frame["image_id"].to_numpy()
     loader = torch.utils.data.DataLoader(
         ShardBatches(root, frame["relpath"].tolist(), params.batch_size, params.image_size, pending),

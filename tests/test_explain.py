@@ -1,0 +1,293 @@
+"""Explain stage: deciles (eq. 2), SmoothGrad arithmetic, stores (determinism, resume, bad images)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from pssl import store
+from pssl.data.imagenet import build_index, read_table
+from pssl.explain.deciles import minmax_normalize, to_deciles
+from pssl.explain.run import ExplainParams, explain_shard, explain_targets
+from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
+from pssl.models.zoo import ClassifierSpec, save_classifier
+from pssl.shards import write_shards
+
+from conftest import REPO, snakemake_env
+
+
+# ---- deciles ------------------------------------------------------------------------------------------
+
+def deciles_by_counting(scores: np.ndarray) -> np.ndarray:
+    """Independent eq. 2: for each pixel count the strictly lower pixels directly (O(N^2))."""
+    out = np.empty(scores.shape, dtype=np.uint8)
+    for b in range(scores.shape[0]):
+        flat = scores[b].ravel()
+        z = (flat[None, :] < flat[:, None]).sum(axis=1)
+        out[b] = (10 * z // flat.size).reshape(scores.shape[1:])
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (2, 5, 13), (1, 1, 7), (4, 10, 3)])
+def test_deciles_match_counting_on_random_maps(shape):
+    scores = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    assert np.array_equal(to_deciles(scores).numpy(), deciles_by_counting(scores.numpy()))
+
+
+def test_deciles_ties_share_the_lower_rank():
+    scores = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 2.0, 2.0, 3.0]]])  # N = 10
+    # Z: four 0s -> 0; three 1s -> 4; two 2s -> 7; one 3 -> 9.  D = floor(10 Z / 10) = Z.
+    expected = np.array([[[0, 0, 0, 0, 4], [4, 4, 7, 7, 9]]], dtype=np.uint8)
+    assert np.array_equal(to_deciles(scores).numpy(), expected)
+    rand = torch.randint(0, 4, (2, 6, 9), generator=torch.Generator().manual_seed(2)).float()
+    assert np.array_equal(to_deciles(rand).numpy(), deciles_by_counting(rand.numpy()))
+
+
+def test_constant_map_is_all_zero_without_nan():
+    maps = torch.full((2, 4, 6), 3.5)
+    norm = minmax_normalize(maps)
+    assert not torch.isnan(norm).any() and (norm == 0).all()
+    assert (to_deciles(norm) == 0).all()
+
+
+def test_minmax_per_image():
+    maps = torch.stack([torch.arange(6.0).view(2, 3), 10 + 2 * torch.arange(6.0).view(2, 3)])
+    norm = minmax_normalize(maps)
+    assert torch.allclose(norm[0], norm[1]) and norm.min() == 0 and norm.max() == 1
+
+
+# ---- SmoothGrad on models with closed-form gradients ----------------------------------------------------
+
+class HalfSquare(nn.Module):
+    """f_c(x) = 0.5 * c-th weight * sum(x^2): gradient w.r.t. x is w_c * x."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.w = torch.tensor(weights)
+
+    def forward(self, x):
+        return 0.5 * (x ** 2).flatten(1).sum(1, keepdim=True) * self.w
+
+
+class Linear(nn.Module):
+    def __init__(self, n_in, n_out, seed=0):
+        super().__init__()
+        self.w = torch.randn(n_out, n_in, generator=torch.Generator().manual_seed(seed))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T
+
+
+def test_noise_is_gaussian_in_pixel_space_with_the_given_sigma():
+    # gradient of 0.5 * sum(x^2) at x + eps is x + eps: one sample exposes the noise itself.
+    x = torch.full((2, 3, 40, 40), 0.5)
+    torch.manual_seed(0)
+    g = smoothgrad(TargetScore(HalfSquare([1.0]), "logit"), x, torch.tensor([0, 0]), n_samples=1,
+                   noise_level=0.15)
+    eps = g - x
+    assert abs(float(eps.mean())) < 0.01 and abs(float(eps.std()) - 0.15) < 0.005
+
+
+def test_signed_gradients_are_averaged_before_the_magnitude():
+    # at x = 0 the gradient is the noise: the signed mean shrinks like sigma / sqrt(n); captum's default
+    # abs=True would give E|eps| = 0.8 sigma instead.
+    x = torch.zeros(1, 3, 32, 32)
+    torch.manual_seed(0)
+    g = smoothgrad(TargetScore(HalfSquare([1.0]), "logit"), x, torch.tensor([0]), n_samples=64,
+                   noise_level=0.2, sample_chunk=16)
+    assert float(g.abs().mean()) < 0.2 * 0.8 / 4  # sigma / sqrt(64) * sqrt(2/pi) = 0.02 expected
+    assert float(g.mean().abs()) < 0.005
+
+
+def test_target_selects_the_explained_logit_and_probability():
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    model = Linear(48, 5)
+    targets = torch.tensor([3, 1])
+    g = smoothgrad(TargetScore(model, "logit"), x, targets, n_samples=3, noise_level=0.0)
+    assert torch.allclose(g.flatten(1), model.w[targets], atol=1e-6)
+    # d softmax_t / dx = p_t (w_t - sum_k p_k w_k)
+    p = (x.flatten(1) @ model.w.T).softmax(1)
+    expected = p.gather(1, targets[:, None]) * (model.w[targets] - p @ model.w)
+    g = smoothgrad(TargetScore(model, "prob"), x, targets, n_samples=2, noise_level=0.0)
+    assert torch.allclose(g.flatten(1), expected, atol=1e-6)
+
+
+def test_saliency_map_sums_magnitudes_over_rgb_then_normalises():
+    grads = torch.zeros(1, 3, 2, 2)
+    grads[0, 0, 0, 0], grads[0, 1, 0, 0] = -1.0, 2.0  # |.| summed: 3
+    grads[0, 2, 1, 1] = -1.5                             # 1.5
+    assert torch.allclose(saliency_map(grads)[0], torch.tensor([[1.0, 0.0], [0.0, 0.5]]))
+
+
+def test_explain_targets_class_top1_and_unlabelled():
+    scorers = [TargetScore(Linear(12, 4, seed=s)) for s in (0, 1)]
+    x = torch.rand(3, 3, 2, 2, generator=torch.Generator().manual_seed(5))
+    probs = torch.stack([s.classifier(x).softmax(1) for s in scorers]).mean(0)
+    top = probs.argmax(1)
+    labels = torch.tensor([2, -1, 0])
+    assert explain_targets(scorers, x, labels, "class").tolist() == [2, int(top[1]), 0]
+    assert explain_targets(scorers, x, labels, "top1").tolist() == top.tolist()
+
+
+# ---- stores -----------------------------------------------------------------------------------------------
+
+PARAMS = ExplainParams(image_size=32, n_samples=3, noise_level=0.15, batch_size=4, sample_chunk=3,
+                       keep_model_deciles=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """Two tiny randomly initialised timm classifiers saved through the real zoo format."""
+    import timm
+    out = tmp_path_factory.mktemp("zoo")
+    paths = []
+    for arch in ("test_efficientnet", "test_convnext"):
+        torch.manual_seed(0)
+        save_classifier(out / f"{arch}.pt", ClassifierSpec(arch, arch), timm.create_model(arch, num_classes=3),
+                        3, "train")
+        paths.append(str(out / f"{arch}.pt"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def demo_shard(tiny_demo, tmp_path_factory):
+    work = tmp_path_factory.mktemp("shard")
+    build_index(tiny_demo / "imagenet/train", work / "index.parquet")
+    write_shards(work / "index.parquet", 100, work / "shards")
+    return work / "shards" / "shard-00000.parquet"
+
+
+def store_content(path: Path) -> dict:
+    """Every array's bytes and the attrs except wall-clock timing."""
+    group = store.open_store(path)
+    content = {name: group[name][:].tobytes() for name in group.array_keys()}
+    content["attrs"] = json.dumps({k: v for k, v in group.attrs.items() if k != "timing"}, sort_keys=True)
+    return content
+
+
+def test_store_contract_and_determinism(demo_shard, tiny_zoo, tmp_path):
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    explain_shard(demo_shard, tiny_zoo, a, PARAMS)
+    explain_shard(demo_shard, tiny_zoo, b, PARAMS)
+    assert store_content(a) == store_content(b)
+    group = store.open_store(a)
+    frame, _ = read_table(demo_shard)
+    n = len(frame)
+    assert group["deciles"].shape == (n, 32, 32) and group["deciles"].dtype == np.uint8
+    assert group["deciles"].chunks == (1, 32, 32) and group["deciles"].shards is not None
+    assert group["model_deciles"].shape == (n, 2, 32, 32)
+    assert np.array_equal(group["image_id"][:], frame["image_id"].to_numpy())
+    assert np.array_equal(group["class_idx"][:], frame["class_idx"].to_numpy())
+    assert (group["status"][:] == store.DONE).all()
+    assert (group["orig_hw"][:] > 0).all() and group["deciles"][:].max() == 9
+    hist = np.bincount(group["deciles"][:].ravel(), minlength=10) / group["deciles"][:].size
+    assert np.allclose(hist, 0.1, atol=0.02)  # eq. 2 puts ~10% of the pixels in each decile
+    assert group.attrs["smoothgrad"]["n_samples"] == 3 and len(group.attrs["models"]) == 2
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_bad_images_get_a_status_and_a_reason(tiny_zoo, tmp_path):
+    root = tmp_path / "train" / "n01"
+    root.mkdir(parents=True)
+    rgb = (np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(root / "good.JPEG")
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.JPEG")
+    Image.fromarray(rgb).convert("L").save(root / "gray.JPEG")
+    Image.fromarray(rgb).save(root / "png_bytes.JPEG", format="PNG")
+    Image.fromarray(rgb).convert("P").save(root / "palette.png")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(root / "sixteen.png")
+    (root / "empty.JPEG").write_bytes(b"")
+    (root / "text.JPEG").write_bytes(b"this is not an image at all")
+    (root / "truncated.JPEG").write_bytes((root / "good.JPEG").read_bytes()[:300])
+    build_index(tmp_path / "train", tmp_path / "index.parquet")
+    write_shards(tmp_path / "index.parquet", 100, tmp_path / "shards")
+    out = tmp_path / "bad.zarr"
+    explain_shard(tmp_path / "shards/shard-00000.parquet", tiny_zoo, out, PARAMS)
+    group = store.open_store(out)
+    frame, _ = read_table(tmp_path / "index.parquet")
+    status = dict(zip(frame["relpath"].str.split("/").str[1], group["status"][:]))
+    reasons = {frame["relpath"][int(k)].split("/")[1]: v for k, v in group.attrs["unreadable"].items()}
+    for name in ("good.JPEG", "cmyk.JPEG", "gray.JPEG", "png_bytes.JPEG", "palette.png", "sixteen.png"):
+        assert status[name] == store.DONE, name
+    assert {k for k, v in status.items() if v == store.UNREADABLE} == {"empty.JPEG", "text.JPEG",
+                                                                        "truncated.JPEG"}
+    assert reasons["empty.JPEG"] == "zero-byte file"
+    assert "not an image" in reasons["text.JPEG"]
+    assert "truncated" in reasons["truncated.JPEG"].lower()
+    hw = dict(zip(frame["relpath"].str.split("/").str[1], group["orig_hw"][:].tolist()))
+    assert hw["cmyk.JPEG"] == [30, 40] and hw["empty.JPEG"] == [0, 0]
+
+
+def test_killed_job_resumes_to_the_identical_store(demo_shard, tiny_zoo, tmp_path):
+    params = ExplainParams(**{**PARAMS.__dict__, "batch_size": 2, "n_samples": 6})
+    reference = tmp_path / "reference.zarr"
+    explain_shard(demo_shard, tiny_zoo, reference, params)
+
+    out = tmp_path / "resumed.zarr"
+    partial = tmp_path / ".resumed.zarr.partial"
+    flags = [f"--{k.replace('_', '-')}={str(v).lower() if isinstance(v, bool) else v}"
+             for k, v in params.__dict__.items()]
+    cmd = [sys.executable, "-m", "pssl", "explain", "--shard", str(demo_shard), "--zoo", *tiny_zoo,
+           "--out", str(out), "--threads", "1", *flags]
+    proc = subprocess.Popen(cmd, env=snakemake_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    n_total = len(read_table(demo_shard)[0])
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = int((store.open_store(partial)["status"][:] != store.PENDING).sum())
+        except Exception:
+            done = 0
+        if 0 < done < n_total - 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be killed; make it slower"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and partial.exists()
+
+    rerun = subprocess.run(cmd, env=snakemake_env(), capture_output=True, text=True, check=True)
+    batches_total = -(-n_total // params.batch_size)
+    first_line = next(l for l in rerun.stdout.splitlines() if "batches to do" in l)
+    to_do = int(first_line.split("batches to do")[0].split(",")[-1].strip().split("/")[0])
+    assert to_do <= batches_total - done // params.batch_size < batches_total  # finished rows not recomputed
+    assert store_content(out) == store_content(reference)
+    assert not partial.exists()
+
+
+def test_changed_parameters_do_not_resume_a_stale_partial(demo_shard, tiny_zoo, tmp_path):
+    out = tmp_path / "s.zarr"
+    partial = tmp_path / ".s.zarr.partial"
+    other = ExplainParams(**{**PARAMS.__dict__, "noise_level": 0.3})
+    explain_shard(demo_shard, tiny_zoo, partial, other)  # a finished store standing in for a stale partial
+    group = store.open_store(partial, "r+")
+    group["status"][:4] = store.PENDING
+    explain_shard(demo_shard, tiny_zoo, out, PARAMS)
+    reference = tmp_path / "r.zarr"
+    explain_shard(demo_shard, tiny_zoo, reference, PARAMS)
+    assert store_content(out) == store_content(reference)
+
+
+def test_inspect_and_show(demo_shard, tiny_zoo, tmp_path):
+    out = tmp_path / "s.zarr"
+    explain_shard(demo_shard, tiny_zoo, out, PARAMS)
+    env = snakemake_env()
+    text = subprocess.run([sys.executable, "-m", "pssl", "inspect", str(out)], env=env, capture_output=True,
+                          text=True, check=True).stdout
+    for needle in ("deciles", "(18, 32, 32)", "uint8", "Blosc", "per image", "'done': 18", "decile histogram",
+                   "smoothgrad"):
+        assert needle in text, needle
+    png = tmp_path / "show.png"
+    subprocess.run([sys.executable, "-m", "pssl", "show", str(out), "--index", "3", "--out", str(png),
+                    "--model-deciles"], env=env, check=True, capture_output=True)
+    img = Image.open(png)
+    assert img.format == "PNG" and img.width > 3 * 32 * 3

@@ -1,0 +1,97 @@
+# Stage: classifier zoo and the SmoothGrad ensemble explain stores.
+
+
+localrules:
+    fill_weights_cache,
+
+
+rule fill_weights_cache:
+    # Runs where snakemake runs (a login node with network): compute nodes load weights offline.
+    output:
+        touch(f"{RESULTS}/zoo/.weights_cached"),
+    params:
+        archs=" ".join(f"--arch {spec['arch']}" for spec in ZOO.values()),
+        cache=f"--cache-dir {config['zoo']['cache_dir']}" if config["zoo"]["cache_dir"] else "",
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/fill_weights_cache.log",
+    shell:
+        "python -m pssl zoo-fetch {params.archs} {params.cache} > {log} 2>&1"
+
+
+rule zoo_model:
+    input:
+        index=f"{RESULTS}/index.parquet",
+        cache=[f"{RESULTS}/zoo/.weights_cached"] if config["zoo"]["source"] == "timm" else [],
+    output:
+        f"{RESULTS}/zoo/{{model}}.pt",
+    params:
+        spec=lambda wc: json.dumps(ZOO[wc.model]),
+        source=config["zoo"]["source"],
+        cache=f"--cache-dir {config['zoo']['cache_dir']}" if config["zoo"]["cache_dir"] else "",
+        train=cli_flags(config["zoo"]["train"]),
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=lambda wc: 1 if config["zoo"]["source"] == "train" and config["device"] != "cpu" else 0,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/zoo/{{model}}.log",
+    shell:
+        "python -m pssl zoo --spec {params.spec:q} --source {params.source} --index {input.index}"
+        " --out {output} {params.cache} {params.train} --seed {params.seed} --device {params.device}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule explain_shard:
+    input:
+        shard=f"{RESULTS}/shards/{{shard}}.parquet",
+        zoo=zoo_files(),
+    output:
+        directory(f"{RESULTS}/explain/{{shard}}.zarr"),
+    params:
+        explain=cli_flags(config["explain"]),
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/explain/{{shard}}.log",
+    shell:
+        "python -m pssl explain --shard {input.shard} --zoo {input.zoo} --out {output}"
+        " {params.explain} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule eval_explain:
+    # Demo only: the hidden object masks exist for synthetic data.
+    input:
+        stores=explain_stores,
+        index=f"{RESULTS}/index.parquet",
+        demo=demo_data_if_enabled,
+    output:
+        f"{RESULTS}/report/explain_quality.csv",
+    params:
+        masks=f"{DEMO_ROOT}/imagenet/masks",
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/eval_explain.log",
+    shell:
+        "python -m pssl eval-explain --stores {input.stores} --index {input.index} --masks {params.masks}"
+        " --out {output} > {log} 2>&1"
+
+
+rule stage_zoo:
+    input:
+        zoo_files(),
+
+
+rule stage_explain:
+    input:
+        explain_stores,
