@@ -1,0 +1,151 @@
+"""Explain stage speed: this pipeline's batched path against the naive use of captum.
+
+Naive: one `NoiseTunnel(Saliency(model)).attribute` call per image and model, captum defaults apart from
+nt_samples and abs=False, fp32, parameters left trainable (so autograd also computes weight gradients).
+Ours: `pssl.explain.run.explain_batch`: frozen parameters, several images per batch, noisy samples in chunks,
+bf16 + channels_last on CUDA.
+
+Speed is measured with the real noise; decile agreement with identical noise (noise_level 0 on both sides:
+CLARIFICATIONS.md), so it tests the arithmetic, not the random numbers.
+
+  python benchmarks/explain_bench.py --zoo results/zoo --index results/index.parquet --images 32
+  python benchmarks/explain_bench.py --arch resnet50 ... --image-size 224 --n-samples 50 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from captum.attr import NoiseTunnel, Saliency
+
+from pssl.data.images import load_rgb, resize_square
+from pssl.data.imagenet import read_table
+from pssl.device import resolve_device, use_bf16
+from pssl.explain.deciles import to_deciles
+from pssl.explain.run import ExplainParams, explain_batch
+from pssl.explain.smoothgrad import TargetScore, saliency_map
+from pssl.models.zoo import Normalized, load_classifier
+
+
+def load_images(index: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    frame, meta = read_table(index)
+    frame = frame[frame["class_idx"] >= 0].iloc[:: max(1, len(frame) // n)].iloc[:n]
+    x = torch.stack([torch.from_numpy(resize_square(load_rgb(Path(meta["root"]) / r), size).copy()).permute(2, 0, 1)
+                     for r in frame["relpath"]]).float() / 255
+    return x, torch.tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
+
+
+def models_from(args, dev) -> list[TargetScore]:
+    if args.zoo:
+        paths = sorted(Path(args.zoo).glob("*.pt"))[: args.models]
+        return [TargetScore(load_classifier(p, dev)[0]) for p in paths]
+    import timm
+    scorers = []
+    for arch in args.arch:
+        m = timm.create_model(arch, pretrained=False, num_classes=args.num_classes)
+        cfg = timm.data.resolve_model_data_config(m)
+        model = Normalized(m, cfg["mean"], cfg["std"]).eval().to(dev)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        scorers.append(TargetScore(model))
+    return scorers
+
+
+def naive(scorers, images, targets, n_samples, noise_level) -> torch.Tensor:
+    """One captum call per image and model; the models' parameters are left trainable as users leave them."""
+    for s in scorers:
+        for p in s.parameters():
+            p.requires_grad_(True)
+    ensemble = torch.zeros(images.shape[0], images.shape[2], images.shape[3], device=images.device)
+    for i in range(images.shape[0]):
+        for s in scorers:
+            g = NoiseTunnel(Saliency(s)).attribute(images[i:i + 1], nt_type="smoothgrad", nt_samples=n_samples,
+                                                   stdevs=noise_level, target=int(targets[i]), abs=False)
+            ensemble[i] += saliency_map(g.float())[0]
+    for s in scorers:
+        for p in s.parameters():
+            p.requires_grad_(False)
+    return to_deciles(ensemble / len(scorers))
+
+
+def ours(scorers, images, targets, params: ExplainParams, bf16: bool) -> torch.Tensor:
+    out = []
+    for i in range(0, images.shape[0], params.batch_size):
+        x = images[i:i + params.batch_size]
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(explain_batch(scorers, x, targets[i:i + params.batch_size], params, bf16)[0])
+    return torch.cat(out)
+
+
+def timed(fn, dev) -> tuple[float, torch.Tensor]:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    result = fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--zoo", help="directory of zoo/*.pt (trained demo zoo)")
+    p.add_argument("--arch", nargs="+", default=[], help="timm names (random init) when no --zoo")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--models", type=int, default=15)
+    p.add_argument("--index", required=True)
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--n-samples", type=int, default=8)
+    p.add_argument("--noise-level", type=float, default=0.15)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sample-chunk", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    scorers = models_from(args, dev)
+    images, targets = load_images(args.index, args.images, args.image_size)
+    images, targets = images.to(dev), targets.to(dev)
+    targets = targets % scorers[0].classifier.model.num_classes if not args.zoo else targets
+    params = ExplainParams(image_size=args.image_size, n_samples=args.n_samples, noise_level=args.noise_level,
+                           batch_size=args.batch_size, sample_chunk=args.sample_chunk)
+    n_units = images.shape[0] * len(scorers)
+    print(f"{images.shape[0]} images x {len(scorers)} models, S={args.image_size}, n_samples={args.n_samples}, "
+          f"device {dev}, torch threads {torch.get_num_threads()}")
+
+    ours(scorers, images[:2], targets[:2], params, False)  # warm-up
+    torch.manual_seed(0)
+    t_naive, _ = timed(lambda: naive(scorers, images, targets, args.n_samples, args.noise_level), dev)
+    torch.manual_seed(0)
+    t_ours, _ = timed(lambda: ours(scorers, images, targets, params, False), dev)
+    print(f"naive captum fp32 : {n_units / t_naive:8.2f} images x models / s  ({t_naive:.1f} s)")
+    print(f"pssl fp32         : {n_units / t_ours:8.2f} images x models / s  ({t_ours:.1f} s)  "
+          f"speed-up {t_naive / t_ours:.2f}x")
+
+    exact = ExplainParams(**{**params.__dict__, "noise_level": 0.0})
+    ref = naive(scorers, images, targets, args.n_samples, 0.0)
+    got = ours(scorers, images, targets, exact, False)
+    print(f"decile agreement fp32 vs naive (identical noise): {(ref == got).float().mean().item() * 100:.3f}%")
+
+    if use_bf16(dev):
+        torch.manual_seed(0)
+        t_bf16, _ = timed(lambda: ours(scorers, images, targets, params, True), dev)
+        print(f"pssl bf16         : {n_units / t_bf16:8.2f} images x models / s  ({t_bf16:.1f} s)  "
+              f"speed-up {t_naive / t_bf16:.2f}x over naive")
+        low = ours(scorers, images, targets, exact, True)
+        d9_ref, d9_low = got == 9, low == 9
+        iou = ((d9_ref & d9_low).sum() / (d9_ref | d9_low).sum()).item()
+        print(f"bf16 vs fp32 (identical noise): decile agreement {(low == got).float().mean().item() * 100:.3f}%, "
+              f"D9 IoU {iou:.4f}")
+
+
+if __name__ == "__main__":
+    main()
