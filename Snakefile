@@ -17,6 +17,7 @@ validate_config(config, workflow.source_path("workflow/schemas/config.schema.yam
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/explain.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:

@@ -82,6 +82,24 @@ def _show(a):
     show_store_image(a.store, a.index, a.out, model_deciles=a.model_deciles)
 
 
+def _label(a):
+    from pssl.device import set_threads
+    from pssl.labels import label_shard
+    set_threads(a.threads)
+    label_shard(a.shard, a.store, a.zoo, a.out, policy=a.policy, top_k=a.top_k, min_conf=a.min_conf,
+                decile_threshold=a.decile_threshold, device=a.device, num_workers=a.num_workers)
+
+
+def _pretrain(a):
+    from pssl.device import set_threads
+    from pssl.train.loop import TrainParams
+    from pssl.train.pretrain import pretrain
+    set_threads(a.threads)
+    pretrain(a.stores, a.labels, a.out_dir, a.head, a.backbone, a.crop, a.backbone_init,
+             w_bg=a.w_bg, decile_threshold=a.decile_threshold, ignore_deciles=tuple(a.ignore_deciles),
+             params=dataclass_from_args(TrainParams, a), device=a.device)
+
+
 def _summary(a):
     from pssl.report.summary import summarize
     print(summarize(a.results))
@@ -163,6 +181,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="PNG file")
     s.add_argument("--model-deciles", action="store_true", help="one panel per model (if kept)")
     s.set_defaults(func=_show)
+
+    s = sub.add_parser("label", help="teacher inference and pseudo-label policy for one shard")
+    s.add_argument("--shard", required=True)
+    s.add_argument("--store", required=True, help="explain/<shard>.zarr")
+    s.add_argument("--zoo", nargs="+", required=True, help="teacher: zoo/<name>.pt files (mean softmax)")
+    s.add_argument("--out", required=True, help="labels/<shard>.parquet")
+    s.add_argument("--policy", choices=["gt", "teacher", "agree"], default="gt")
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--min-conf", type=float, default=0.0)
+    s.add_argument("--decile-threshold", type=int, default=9)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--num-workers", type=int, default=0)
+    s.set_defaults(func=_label)
+
+    from pssl.train.loop import TrainParams
+    s = sub.add_parser("pretrain", help="pre-train a segmentation model on the pseudo labels (torchrun/srun)")
+    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--labels", nargs="+", required=True, help="labels/<shard>.parquet, same order as --stores")
+    s.add_argument("--out-dir", required=True, help="pretrain/<model>: checkpoints, log.csv, final.pt")
+    s.add_argument("--head", required=True, choices=["pspnet", "deeplabv3", "ocrnet"])
+    s.add_argument("--backbone", required=True, help="timm name")
+    s.add_argument("--backbone-init", default=None, help="zoo/<name>.pt of the backbone's architecture")
+    s.add_argument("--crop", type=int, default=256)
+    s.add_argument("--w-bg", type=float, default=0.1)
+    s.add_argument("--decile-threshold", type=int, default=9)
+    s.add_argument("--ignore-deciles", type=int, nargs="*", default=[])
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None)
+    add_dataclass_flags(s, TrainParams)
+    s.set_defaults(func=_pretrain)
 
     s = sub.add_parser("summary", help="print where the pipeline's outputs are")
     s.add_argument("--results", default="results")

@@ -49,20 +49,25 @@ def check_config(config: dict) -> None:
     demo = config["demo"]
     if demo["min_side"] > demo["max_side"]:
         raise ConfigError(f"config key demo.min_side ({demo['min_side']}) exceeds demo.max_side ({demo['max_side']})")
-    names = [m if isinstance(m, str) else m["name"] for m in config["zoo"]["models"]]
+    names = [m if isinstance(m, str) else m["name"] for m in config["zoo"]["models"] + config["zoo"]["init_only"]]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"config key zoo.models: names must be unique, repeated: {', '.join(repeated)}")
+    for name, model in config["pretrain"]["models"].items():
+        if model["init"] is not None and model["init"] not in names:
+            raise ConfigError(f"config key pretrain.models.{name}.init: {model['init']!r} is not a zoo entry "
+                              f"(zoo.models or zoo.init_only)")
     if not demo["enabled"] and not config["imagenet_root"]:
         raise ConfigError(
             "config key imagenet_root is required when demo.enabled is false: pass the ImageNet train directory, "
             "e.g. --config imagenet_root=/data/ILSVRC/Data/CLS-LOC/train")
 
 
-def zoo_specs(config: dict) -> dict[str, dict]:
-    """The zoo as name -> {"name", "arch", "kwargs"}, in config order."""
+def zoo_specs(config: dict, ensemble_only: bool = False) -> dict[str, dict]:
+    """The zoo (ensemble members, then init-only classifiers) as name -> {"name", "arch", "kwargs"}."""
     specs = {}
-    for entry in config["zoo"]["models"]:
+    entries = config["zoo"]["models"] + ([] if ensemble_only else config["zoo"]["init_only"])
+    for entry in entries:
         spec = {"name": entry, "arch": entry, "kwargs": {}} if isinstance(entry, str) else \
             {"name": entry["name"], "arch": entry["arch"], "kwargs": entry.get("kwargs", {})}
         specs[spec["name"]] = spec
@@ -73,6 +78,24 @@ def cli_flags(section: dict) -> str:
     """A config section as `pssl` flags: {"n_samples": 8, "keep_x": True} -> "--n-samples 8 --keep-x true"."""
     return " ".join(f"--{k.replace('_', '-')} {str(v).lower() if isinstance(v, bool) else v}"
                     for k, v in section.items())
+
+
+def train_flags(section: dict, seed: int) -> str:
+    """The TrainParams fields of a config section (pretrain, finetune) as `pssl` flags."""
+    from dataclasses import fields
+
+    from pssl.train.loop import TrainParams
+    names = {f.name for f in fields(TrainParams)}
+    return cli_flags({**{k: v for k, v in section.items() if k in names}, "seed": seed})
+
+
+def launcher(gpus_per_node: int, nodes: int) -> str:
+    """How a distributed job starts its processes: one process, torchrun on one node, srun across nodes."""
+    if nodes > 1:
+        return "srun python"  # one task per GPU; ranks from SLURM_PROCID (pssl.train.distributed)
+    if gpus_per_node > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus_per_node}"
+    return "python"
 
 
 def imagenet_root(config: dict) -> str:

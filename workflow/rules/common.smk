@@ -2,7 +2,7 @@
 import json
 import os
 
-from pssl.config import cli_flags, imagenet_root, zoo_specs
+from pssl.config import cli_flags, imagenet_root, launcher, train_flags, zoo_specs
 
 # All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
 # the job (the .venv, or the conda env of envs/pssl.yaml under --software-deployment-method conda).
@@ -25,11 +25,28 @@ def shard_names():
     return sorted(glob_wildcards(os.path.join(shard_dir, "{shard}.parquet")).shard)
 
 
-ZOO = zoo_specs(config)  # name -> {"name", "arch", "kwargs"}
+ZOO = zoo_specs(config)  # name -> {"name", "arch", "kwargs"}: ensemble members and init-only classifiers
+ENSEMBLE = list(zoo_specs(config, ensemble_only=True))
+PRETRAIN = config["pretrain"]["models"]
 
 
 def zoo_files(wildcards=None):
-    return [f"{RESULTS}/zoo/{name}.pt" for name in ZOO]
+    """The ensemble's classifiers (explain, teacher)."""
+    return [f"{RESULTS}/zoo/{name}.pt" for name in ENSEMBLE]
+
+
+def label_tables(wildcards=None):
+    return expand(f"{RESULTS}/labels/{{shard}}.parquet", shard=shard_names())
+
+
+def pretrained_models(wildcards=None):
+    return [f"{RESULTS}/pretrain/{name}/final.pt" for name in PRETRAIN]
+
+
+def backbone_init(wildcards):
+    """The zoo classifier a segmentation model's backbone starts from ([] for a random start)."""
+    init = PRETRAIN[wildcards.model]["init"]
+    return [f"{RESULTS}/zoo/{init}.pt"] if init else []
 
 
 def explain_stores(wildcards=None):
@@ -38,7 +55,8 @@ def explain_stores(wildcards=None):
 
 def final_outputs(wildcards):
     """The final output of every stage (the inputs of the default target)."""
-    outputs = [f"{RESULTS}/index.parquet", *zoo_files(), *explain_stores()]
+    outputs = [f"{RESULTS}/index.parquet", *zoo_files(), *explain_stores(), *label_tables(),
+               *pretrained_models()]
     if config["demo"]["enabled"]:
         outputs.append(f"{RESULTS}/report/explain_quality.csv")
     return outputs

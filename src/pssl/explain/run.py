@@ -23,7 +23,7 @@ from pssl.data.imagenet import read_table
 from pssl.device import resolve_device, use_bf16
 from pssl.explain.deciles import to_deciles
 from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
-from pssl.models.zoo import load_classifier
+from pssl.models.zoo import ensemble_softmax, load_classifier
 from pssl.progress import Progress
 from pssl import store
 
@@ -77,19 +77,13 @@ def noise_seed(seed: int, first_image_id: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{first_image_id}".encode()).digest()[:7], "little")
 
 
-@torch.no_grad()
-def ensemble_top1(scorers: list[TargetScore], images: torch.Tensor) -> torch.Tensor:
-    """The zoo's prediction on the clean images: top-1 of the mean softmax over classifiers."""
-    return torch.stack([s.classifier(images).float().softmax(dim=1) for s in scorers]).mean(0).argmax(1)
-
-
 def explain_targets(scorers: list[TargetScore], images: torch.Tensor, class_idx: torch.Tensor,
                     mode: str) -> torch.Tensor:
     """One target per image for every model: the label ('class'), or the zoo's top-1 ('top1', and for
     unlabelled rows, class_idx -1)."""
     if mode == "class" and bool((class_idx >= 0).all()):
         return class_idx
-    predicted = ensemble_top1(scorers, images)
+    predicted = ensemble_softmax([s.classifier for s in scorers], images).argmax(dim=1)
     return predicted if mode == "top1" else torch.where(class_idx < 0, predicted, class_idx)
 
 

@@ -81,6 +81,12 @@ def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Normalize
     return wrapped, record
 
 
+@torch.no_grad()
+def ensemble_softmax(classifiers: list[nn.Module], images: torch.Tensor) -> torch.Tensor:
+    """Mean softmax of [0, 1]-input classifiers on clean images: the zoo as one teacher. (B, K)."""
+    return torch.stack([c(images).float().softmax(dim=1) for c in classifiers]).mean(0)
+
+
 def weights_missing_message(arch: str, cache_dir) -> str:
     return (f"pretrained weights for timm model {arch!r} are not in the weights cache "
             f"({cache_dir or 'timm/huggingface default'}) and this node has no network. Fill the cache from a "
