@@ -20,7 +20,7 @@ def test_default_and_tiny_and_paper_configs_are_valid():
         cfg = yaml.safe_load((REPO / name).read_text())
         validate_config(cfg, SCHEMA)
     paper = {**demo_config(), **yaml.safe_load((REPO / "presets/paper.yaml").read_text())}
-    paper["imagenet_root"] = "/data/imagenet/train"
+    paper.update(imagenet_root="/data/imagenet/train", downstream_root="/data/segmentation")
     validate_config(paper, SCHEMA)
 
 

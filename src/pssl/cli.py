@@ -100,6 +100,31 @@ def _pretrain(a):
              params=dataclass_from_args(TrainParams, a), device=a.device)
 
 
+def _eval_pretrain(a):
+    from pssl.explain.quality import pretrain_quality
+    pretrain_quality(a.models, a.stores, a.index, a.masks, a.out, device=a.device)
+
+
+def _finetune(a):
+    from pssl.device import set_threads
+    from pssl.train.finetune import finetune
+    from pssl.train.loop import TrainParams
+    set_threads(a.threads)
+    finetune(a.dataset, a.root, a.head, a.backbone, a.init, a.init_from, a.out_dir, a.crop, a.base_size,
+             dataclass_from_args(TrainParams, a), scales=tuple(a.scales), flip=a.flip, window=a.window,
+             device=a.device)
+
+
+def _select_lr(a):
+    from pssl.report.table3 import select_best_lr
+    select_best_lr(a.runs, a.out)
+
+
+def _report(a):
+    from pssl.report.table3 import write_report
+    print(write_report(a.results, a.out, a.datasets, a.models, a.inits, json.loads(a.titles), a.stores, a.quality))
+
+
 def _summary(a):
     from pssl.report.summary import summarize
     print(summarize(a.results))
@@ -212,6 +237,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     add_dataclass_flags(s, TrainParams)
     s.set_defaults(func=_pretrain)
+
+    s = sub.add_parser("eval-pretrain", help="pre-trained models' foreground vs object masks (demo)")
+    s.add_argument("--models", nargs="+", required=True, help="pretrain/<model>/final.pt")
+    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--index", required=True)
+    s.add_argument("--masks", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_eval_pretrain)
+
+    s = sub.add_parser("finetune", help="fine-tune on a downstream dataset and evaluate on its val split")
+    s.add_argument("--dataset", required=True, choices=["camvid", "voc_aug", "pascal_context", "ade20k",
+                                                         "cityscapes"])
+    s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")
+    s.add_argument("--head", required=True, choices=["pspnet", "deeplabv3", "ocrnet"])
+    s.add_argument("--backbone", required=True)
+    s.add_argument("--init", required=True, choices=["imagenet", "pssl"])
+    s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
+    s.add_argument("--out-dir", required=True, help="checkpoints, log.csv, metrics.json")
+    s.add_argument("--crop", type=int, required=True)
+    s.add_argument("--base-size", type=int, required=True)
+    s.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    s.add_argument("--flip", type=lambda v: v.lower() in ("1", "true", "yes"), default=False, metavar="BOOL")
+    s.add_argument("--window", type=int, default=None, help="sliding-window size for evaluation")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None)
+    add_dataclass_flags(s, TrainParams)
+    s.set_defaults(func=_finetune)
+
+    s = sub.add_parser("select-lr", help="keep the best learning rate (val mIoU) of a lr grid")
+    s.add_argument("--runs", nargs="+", required=True, help="metrics.json of each lr")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_select_lr)
+
+    s = sub.add_parser("report", help="Table 3 (CSV, Markdown, figure) and the pseudo-label gallery")
+    s.add_argument("--results", required=True, help="the results directory (holds finetune/)")
+    s.add_argument("--out", required=True, help="report directory")
+    s.add_argument("--datasets", nargs="+", required=True)
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--inits", nargs="+", default=["imagenet", "pssl"])
+    s.add_argument("--titles", default="{}", help='JSON: model name -> column title')
+    s.add_argument("--stores", nargs="+", required=True, help="explain stores for the gallery")
+    s.add_argument("--quality", nargs="*", default=[], help="quality CSV tables to append (demo)")
+    s.set_defaults(func=_report)
 
     s = sub.add_parser("summary", help="print where the pipeline's outputs are")
     s.add_argument("--results", default="results")

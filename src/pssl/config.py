@@ -57,6 +57,15 @@ def check_config(config: dict) -> None:
         if model["init"] is not None and model["init"] not in names:
             raise ConfigError(f"config key pretrain.models.{name}.init: {model['init']!r} is not a zoo entry "
                               f"(zoo.models or zoo.init_only)")
+    for name in config["finetune"]["models"]:
+        if name not in config["pretrain"]["models"]:
+            raise ConfigError(f"config key finetune.models: {name!r} is not a key of pretrain.models")
+    if not demo["enabled"] and not config["downstream_root"]:
+        missing = [d for d, v in config["finetune"]["datasets"].items() if not v["root"]]
+        if missing:
+            raise ConfigError(
+                f"config key downstream_root (or finetune.datasets.{missing[0]}.root) is required when demo.enabled "
+                f"is false: the directory holding CamVid/, VOCdevkit/, ADEChallengeData2016/, cityscapes/")
     if not demo["enabled"] and not config["imagenet_root"]:
         raise ConfigError(
             "config key imagenet_root is required when demo.enabled is false: pass the ImageNet train directory, "
@@ -69,7 +78,7 @@ def zoo_specs(config: dict, ensemble_only: bool = False) -> dict[str, dict]:
     entries = config["zoo"]["models"] + ([] if ensemble_only else config["zoo"]["init_only"])
     for entry in entries:
         spec = {"name": entry, "arch": entry, "kwargs": {}} if isinstance(entry, str) else \
-            {"name": entry["name"], "arch": entry["arch"], "kwargs": entry.get("kwargs", {})}
+            {"kwargs": {}, **entry}
         specs[spec["name"]] = spec
     return specs
 

@@ -53,10 +53,51 @@ def explain_stores(wildcards=None):
     return expand(f"{RESULTS}/explain/{{shard}}.zarr", shard=shard_names())
 
 
+FINETUNE = config["finetune"]
+LRS = FINETUNE["lr_grid"] or [FINETUNE["lr"]]
+
+
+def dataset_root(dataset):
+    return FINETUNE["datasets"][dataset]["root"] or config["downstream_root"] or DEMO_ROOT
+
+
+def finetune_init(wildcards):
+    """ImageNet init: the zoo classifier of the backbone; PSSL init: the pre-trained model."""
+    if wildcards.init == "pssl":
+        return f"{RESULTS}/pretrain/{wildcards.model}/final.pt"
+    init = PRETRAIN[wildcards.model]["init"]
+    return f"{RESULTS}/zoo/{init}.pt" if init else []
+
+
+def finetune_flags(wildcards):
+    ds = FINETUNE["datasets"][wildcards.dataset]
+    return train_flags({**FINETUNE, "epochs": ds["epochs"], "weight_decay": ds["weight_decay"],
+                        "lr": float(wildcards.lr)}, config["seed"])
+
+
+def finetune_results(wildcards=None):
+    return expand(f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/metrics.json",
+                  dataset=FINETUNE["datasets"], model=FINETUNE["models"], init=FINETUNE["inits"])
+
+
+REPORT_FILES = [f"{RESULTS}/report/{name}" for name in
+                ("table3.csv", "table3.md", "table3_gains.png", "pseudo_label_gallery.png")]
+HEAD_TITLES = {"pspnet": "PSPNet", "deeplabv3": "DeepLabV3", "ocrnet": "OCRNet"}
+MODEL_TITLES = {m: f"{HEAD_TITLES[PRETRAIN[m]['head']]}-{PRETRAIN[m]['backbone']}" for m in PRETRAIN}
+
+
+def quality_tables(wildcards=None):
+    """Demo only: pseudo-label and pre-training quality against the hidden object masks."""
+    if not config["demo"]["enabled"]:
+        return []
+    return [f"{RESULTS}/report/explain_quality.csv", f"{RESULTS}/report/pretrain_quality.csv"]
+
+
 def final_outputs(wildcards):
     """The final output of every stage (the inputs of the default target)."""
     outputs = [f"{RESULTS}/index.parquet", *zoo_files(), *explain_stores(), *label_tables(),
-               *pretrained_models()]
+               *pretrained_models(), *finetune_results()]
+    outputs += REPORT_FILES
     if config["demo"]["enabled"]:
-        outputs.append(f"{RESULTS}/report/explain_quality.csv")
+        outputs += quality_tables()
     return outputs

@@ -71,3 +71,53 @@ def write_quality(stores: list[str], index: str, masks_root: str, out: str) -> p
         print(f"ensemble best-IoU {ens['best_iou']:.3f} beats {beaten}/{len(single)} single models "
               f"(best single: {single['best_iou'].max():.3f})")
     return table
+
+
+def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, masks_root: str, out: str,
+                     device: str = "auto") -> pd.DataFrame:
+    """Foreground (not background) predicted by pre-trained models vs the hidden object masks, next to the
+    D9 pseudo labels themselves: pixel accuracy and IoU of the foreground, averaged over images."""
+    import torch
+
+    from pssl.data.images import load_rgb, resize_square
+    from pssl.device import resolve_device
+    from pssl.models.segmenter import build_segmenter
+
+    dev = resolve_device(device)
+    frame, meta = read_table(index)
+    relpath = dict(zip(frame["image_id"], frame["relpath"]))
+    items = []
+    for path in stores:
+        group = store.open_store(path)
+        ids, status, deciles = group["image_id"][:], group["status"][:], group["deciles"]
+        items += [(int(ids[i]), deciles[i]) for i in np.flatnonzero(status == store.DONE)]
+    size = items[0][1].shape[0]
+
+    def scores(pred: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+        return float((pred == mask).mean()), float((pred & mask).sum() / max(1, (pred | mask).sum()))
+
+    rows = []
+    for image_id, d in items:
+        mask = mask_at(Path(masks_root), relpath[image_id], size)
+        rows.append(("D9 pseudo labels", *scores(d == 9, mask)))
+    for ckpt in checkpoints:
+        record = torch.load(ckpt, map_location="cpu", weights_only=False)
+        cfg = record["config"]
+        model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
+        model.load_state_dict(record["model"])
+        model.eval().to(dev)
+        name = Path(ckpt).parent.name
+        for start in range(0, len(items), 32):
+            batch = items[start:start + 32]
+            x = torch.stack([torch.from_numpy(resize_square(load_rgb(Path(meta["root"]) / relpath[i]), size).copy())
+                             for i, _ in batch]).permute(0, 3, 1, 2).float().div(255).to(dev)
+            with torch.no_grad():
+                pred = model(x)["out"].argmax(1).cpu().numpy() != cfg["background"]
+            for (image_id, _), p in zip(batch, pred):
+                rows.append((name, *scores(p, mask_at(Path(masks_root), relpath[image_id], size))))
+    table = pd.DataFrame(rows, columns=["source", "pixel_acc", "fg_iou"]).groupby("source", sort=False).agg(
+        images=("pixel_acc", "size"), pixel_acc=("pixel_acc", "mean"), fg_iou=("fg_iou", "mean")).reset_index()
+    with atomic_file(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return table

@@ -50,18 +50,33 @@ def backbone(name: str, pretrained: bool = False) -> nn.Module:
 
 
 class Segmenter(nn.Module):
+    """Takes pixels in [0, 1] (like the zoo classifiers) and applies the backbone's normalisation itself.
+
+    Inputs of any size work: they are zero-padded to a multiple of the backbone's total stride (HRNet's
+    branches need multiples of 32) and the logits are cropped back.
+    """
+
     def __init__(self, head_name: str, backbone_name: str, num_classes: int, pretrained_backbone: bool = False):
         super().__init__()
+        import timm.data
         self.head_name, self.backbone_name, self.num_classes = head_name, backbone_name, num_classes
         self.backbone = backbone(backbone_name, pretrained_backbone)
         self.head = HEADS[head_name](self.backbone.feature_info.channels(), num_classes)
+        cfg = timm.data.resolve_model_data_config(self.backbone)
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        self.stride = 32 if backbone_name.startswith("hrnet") else max(self.backbone.feature_info.reduction())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
-        out = self.head(self.backbone(x))
-        result = {"out": F.interpolate(out["out"], size=size, mode="bilinear", align_corners=False)}
+        pad_h, pad_w = (-size[0]) % self.stride, (-size[1]) % self.stride
+        x = F.pad((x - self.mean) / self.std, (0, pad_w, 0, pad_h))
+        padded = x.shape[-2:]
+        out = {k: F.interpolate(v, size=padded, mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
+               for k, v in self.head(self.backbone(x)).items()}
+        result = {"out": out["out"]}
         if self.training and "aux" in out:
-            result["aux"] = F.interpolate(out["aux"], size=size, mode="bilinear", align_corners=False)
+            result["aux"] = out["aux"]
         return result
 
     def classifier_layers(self) -> list[nn.Conv2d]:

@@ -29,17 +29,20 @@ from pssl.io import atomic_file
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """One zoo entry: `name` (file name), the timm `arch`, and extra timm kwargs (e.g. a small ViT)."""
+    """One zoo entry: `name` (file name), the timm `arch`, extra timm kwargs (e.g. a small ViT), and an
+    optional training input size (source train) for architectures that need one (HRNet: multiples of 32)."""
     name: str
     arch: str
     kwargs: dict = field(default_factory=dict)
+    image_size: int | None = None
 
 
 def parse_spec(entry: str | dict) -> ClassifierSpec:
     """A config entry: a timm name, or {name, arch, kwargs}."""
     if isinstance(entry, str):
         return ClassifierSpec(entry, entry)
-    return ClassifierSpec(entry["name"], entry.get("arch", entry["name"]), dict(entry.get("kwargs", {})))
+    return ClassifierSpec(entry["name"], entry.get("arch", entry["name"]), dict(entry.get("kwargs", {})),
+                          entry.get("image_size"))
 
 
 class Normalized(nn.Module):
@@ -122,7 +125,7 @@ def load_labelled_images(index_path, image_size: int) -> tuple[torch.Tensor, tor
     images, labels = [], []
     for relpath, label in zip(frame["relpath"], frame["class_idx"]):
         try:
-            rgb = resize_square(load_rgb(Path(meta["root"]) / relpath), image_size)
+            rgb = resize_square(load_rgb(Path(meta["root"]) / relpath), image_size).copy()
         except UnreadableImage:
             continue  # the explain stage records unreadable files; training just skips them
         images.append(torch.from_numpy(rgb).permute(2, 0, 1))
@@ -170,6 +173,7 @@ def zoo_from_scratch(spec: ClassifierSpec, index_path, out, image_size: int, epo
     import timm
     dev = resolve_device(device)
     start = time.monotonic()
+    image_size = spec.image_size or image_size
     images, labels, num_classes = load_labelled_images(index_path, image_size)
     train_idx, held_idx = split_holdout(labels, holdout, seed)
     torch.manual_seed(seed)

@@ -1,10 +1,13 @@
-"""The one-line summary `make demo` ends with: which stage outputs exist and where."""
+"""What `make demo` ends with: one line saying which stage outputs exist and where, then Table 3."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-STAGE_OUTPUTS = (("index", "index.parquet"), ("shards", "shards/shard-*.parquet"))
+STAGE_OUTPUTS = (("index", "index.parquet"), ("shards", "shards/shard-*.parquet"), ("zoo", "zoo/*.pt"),
+                 ("explain", "explain/shard-*.zarr"), ("labels", "labels/shard-*.parquet"),
+                 ("pretrain", "pretrain/*/final.pt"), ("finetune", "finetune/*/*/*/metrics.json"),
+                 ("report", "report/table3.md"))
 
 
 def summarize(results: str | Path) -> str:
@@ -13,5 +16,7 @@ def summarize(results: str | Path) -> str:
     for stage, pattern in STAGE_OUTPUTS:
         found = sorted(results.glob(pattern))
         if found:
-            parts.append(f"{stage}: {len(found)}" if len(found) > 1 or "*" in pattern else stage)
-    return f"outputs under {results}/ -> " + (", ".join(parts) if parts else "none yet")
+            parts.append(f"{stage} {pattern.split('/')[0]}/ ({len(found)})" if "*" in pattern else pattern)
+    line = f"outputs under {results}/: " + (", ".join(parts) if parts else "none yet")
+    table = results / "report" / "table3.md"
+    return line + ("\n\n" + table.read_text() if table.exists() else "")

@@ -38,7 +38,8 @@ class TrainParams:
     aux_weight: float = 0.4
     checkpoint_every: int = 100   # steps; a checkpoint is also written at every epoch end
     num_workers: int = 0
-    sync_bn: bool = False
+    sync_bn: bool = False         # CUDA only (torch's SyncBatchNorm has no CPU implementation)
+    freeze_bn: bool = False       # BatchNorm uses its running statistics (small per-GPU batches)
     precision: str = "auto"       # auto: bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
 
@@ -60,6 +61,8 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
     dev = info.device
     model.to(dev)
     if p.sync_bn and info.world > 1:
+        if dev.type != "cuda":
+            raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -97,6 +100,10 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
                             num_workers=p.num_workers, pin_memory=dev.type == "cuda",
                             generator=torch.Generator().manual_seed(p.seed + epoch))
         net.train()
+        if p.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         for images, masks in loader:
             started = time.perf_counter()
             images = images.to(dev, non_blocking=True)

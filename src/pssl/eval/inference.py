@@ -1,0 +1,51 @@
+"""Inference for evaluation: sliding window (large images), multi-scale and horizontal flip.
+
+Logits are averaged as softmax probabilities over scales and flips, at the input resolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def sliding_window(model, image: torch.Tensor, num_classes: int, crop: int, stride: int) -> torch.Tensor:
+    """Softmax probabilities (1, C, H, W) of `image` (1, 3, H, W) from overlapping crop x crop windows."""
+    _, _, h, w = image.shape
+    if h <= crop and w <= crop:
+        return model(image)["out"].softmax(1)
+    pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+    padded = F.pad(image, (0, pad_w, 0, pad_h))
+    ph, pw = padded.shape[-2:]
+    probs = torch.zeros(1, num_classes, ph, pw, device=image.device)
+    count = torch.zeros(1, 1, ph, pw, device=image.device)
+    rows = max(1, math.ceil((ph - crop) / stride) + 1)
+    cols = max(1, math.ceil((pw - crop) / stride) + 1)
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = min(r * stride, ph - crop), min(c * stride, pw - crop)
+            window = padded[..., y0:y0 + crop, x0:x0 + crop]
+            probs[..., y0:y0 + crop, x0:x0 + crop] += model(window)["out"].softmax(1)
+            count[..., y0:y0 + crop, x0:x0 + crop] += 1
+    return (probs / count)[..., :h, :w]
+
+
+@torch.no_grad()
+def predict(model, image: torch.Tensor, num_classes: int, scales=(1.0,), flip: bool = False,
+            crop: int | None = None, stride: int | None = None) -> torch.Tensor:
+    """Label map (H, W) for one image (1, 3, H, W) in [0, 1]: mean probability over scales (x flip)."""
+    _, _, h, w = image.shape
+    total = torch.zeros(1, num_classes, h, w, device=image.device)
+    for s in scales:
+        size = (max(8, int(round(h * s))), max(8, int(round(w * s))))
+        scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False) if s != 1.0 else image
+        for flipped in ((False, True) if flip else (False,)):
+            x = scaled.flip(-1) if flipped else scaled
+            p = sliding_window(model, x, num_classes, crop, stride or crop * 2 // 3) if crop else \
+                model(x)["out"].softmax(1)
+            if flipped:
+                p = p.flip(-1)
+            total += F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+    return total.argmax(1)[0]

@@ -1,0 +1,142 @@
+"""The paper's Table 3: per dataset and model, val mIoU with ImageNet init, with PSSL init, and the gain.
+
+Also: the best learning rate of a grid per cell, a figure of the gains, and a gallery of pseudo labels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from pssl import store
+from pssl.data.images import load_rgb
+from pssl.data.imagenet import read_table
+from pssl.io import atomic_file
+from pssl.report.figures import grid, store_panels
+
+DATASET_TITLES = {"camvid": "CamVid", "voc_aug": "VOC-Aug", "pascal_context": "VOC-Context",
+                  "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
+
+
+def select_best_lr(runs: list[str], out: str) -> dict:
+    """The run with the best val mIoU; records every lr's mIoU so the report can say which lr won."""
+    results = [json.loads(Path(r).read_text()) for r in runs]
+    best = max(results, key=lambda m: -1.0 if np.isnan(m["miou"]) else m["miou"])
+    best = {**best, "lr_grid": {str(m["lr"]): m["miou"] for m in results}}
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(best, indent=2) + "\n")
+    print(f"best lr {best['lr']} (val mIoU {best['miou']:.4f}) of {sorted(best['lr_grid'])}")
+    return best
+
+
+def collect(results_dir: str | Path, datasets: list[str], models: list[str], inits: list[str]) -> pd.DataFrame:
+    """One row per (dataset, model, init): miou, pixel_acc, lr, the lr grid."""
+    rows = []
+    for d in datasets:
+        for m in models:
+            for i in inits:
+                path = Path(results_dir) / "finetune" / d / m / i / "metrics.json"
+                if not path.exists():
+                    raise FileNotFoundError(f"Table 3 cell missing: {path}")
+                r = json.loads(path.read_text())
+                rows.append({"dataset": d, "model": m, "init": i, "miou": 100 * r["miou"],
+                             "pixel_acc": 100 * r["pixel_acc"], "lr": r["lr"],
+                             "lr_grid": len(r.get("lr_grid", {})) or 1})
+    return pd.DataFrame(rows)
+
+
+def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
+    """Paper layout: rows = datasets; per model the ImageNet mIoU, the PSSL mIoU and the difference."""
+    wide = cells.pivot_table(index="dataset", columns=["model", "init"], values="miou", sort=False)
+    out = pd.DataFrame(index=[DATASET_TITLES.get(d, d) for d in wide.index])
+    for m in dict.fromkeys(cells["model"]):
+        title = model_titles.get(m, m)
+        imagenet, pssl = wide[(m, "imagenet")].to_numpy(), wide[(m, "pssl")].to_numpy()
+        out[f"{title} ImageNet"] = imagenet
+        out[f"{title} PSSL"] = pssl
+        out[f"{title} diff"] = pssl - imagenet
+    out.index.name = "dataset"
+    return out
+
+
+def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, row in table.iterrows():
+        lines.append(f"| {name} | " + " | ".join(f"{v:+.2f}" if c.endswith("diff") else f"{v:.2f}"
+                                              for c, v in row.items()) + " |")
+    lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
+    grid_note = "best of a grid on val" if (cells["lr_grid"] > 1).any() else "fixed"
+    lines.append("")
+    lines.append(f"val mIoU (%). Learning rates ({grid_note}): " +
+                 "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
+    return "\n".join(lines) + "\n"
+
+
+def gain_figure(table: pd.DataFrame, out: str | Path, width: int = 720, height: int = 360) -> None:
+    """Grouped bars of PSSL - ImageNet mIoU per dataset and model (drawn with PIL, no plotting library)."""
+    diffs = table[[c for c in table.columns if c.endswith("diff")]]
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 60, width - 20, 30, height - 60
+    span = max(1.0, float(np.nanmax(np.abs(diffs.to_numpy()))))
+    zero = top + (bottom - top) / 2
+    scale = (bottom - top) / 2 / span
+    draw.line([(left, zero), (right, zero)], fill="black")
+    draw.text((5, top - 5), f"+{span:.1f}", fill="black")
+    draw.text((5, bottom - 5), f"-{span:.1f}", fill="black")
+    draw.text((left, 5), "PSSL init - ImageNet init, val mIoU (points)", fill="black")
+    colours = [(52, 101, 164), (204, 0, 0), (78, 154, 6), (117, 80, 123)]
+    group_w = (right - left) / len(diffs.index)
+    bar_w = group_w * 0.8 / len(diffs.columns)
+    for g, (dataset, row) in enumerate(diffs.iterrows()):
+        x0 = left + g * group_w + group_w * 0.1
+        for b, value in enumerate(row.to_numpy()):
+            x = x0 + b * bar_w
+            y = zero - value * scale
+            draw.rectangle([x, min(y, zero), x + bar_w - 2, max(y, zero)], fill=colours[b % len(colours)])
+        draw.text((x0, bottom + 8), str(dataset), fill="black")
+    for b, name in enumerate(diffs.columns):
+        draw.rectangle([left + b * 170, height - 22, left + b * 170 + 10, height - 12], fill=colours[b % 4])
+        draw.text((left + b * 170 + 14, height - 24), name.removesuffix(" diff"), fill="black")
+    with atomic_file(out) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def gallery(stores: list[str], out: str | Path, per_store: int = 2) -> None:
+    """Image | ensemble decile heat map | D9 pseudo label, for a few images of each store."""
+    rows = []
+    for path in stores:
+        group = store.open_store(path)
+        frame, meta = read_table(group.attrs["shard_table"])
+        done = np.flatnonzero(group["status"][:] == store.DONE)[:per_store]
+        for row in done:
+            rgb = load_rgb(Path(meta["root"]) / frame["relpath"].iloc[row])
+            rows.append(store_panels(group, int(row), rgb))
+    with atomic_file(out) as tmp:
+        grid(rows).save(tmp, format="PNG")
+
+
+def write_report(results_dir: str, out_dir: str, datasets: list[str], models: list[str], inits: list[str],
+                 model_titles: dict[str, str], stores: list[str], quality_tables: list[str]) -> str:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = collect(results_dir, datasets, models, inits)
+    table = table3(cells, model_titles)
+    with atomic_file(out / "table3.csv") as tmp:
+        table.to_csv(tmp, float_format="%.2f")
+    with atomic_file(out / "finetune_cells.csv") as tmp:
+        cells.to_csv(tmp, index=False, float_format="%.4f")
+    md = "## Table 3: fine-tuning from ImageNet init vs PSSL init\n\n" + markdown(table, cells)
+    for q in quality_tables:  # pandas' to_markdown uses tabulate, which snakemake already depends on
+        md += f"\n### {Path(q).stem.replace('_', ' ')}\n\n" + pd.read_csv(q).to_markdown(index=False, floatfmt=".3f") + "\n"
+    with atomic_file(out / "table3.md") as tmp:
+        tmp.write_text(md)
+    gain_figure(table, out / "table3_gains.png")
+    gallery(stores, out / "pseudo_label_gallery.png")
+    return md
+

@@ -1,0 +1,115 @@
+"""Fine-tuning on a downstream dataset and evaluation on its val split (Table 3 cells).
+
+init imagenet: backbone from the classification weights (zoo entry), head random: the conventional way.
+init pssl:     the whole pre-trained model; only the final per-class layers are re-initialised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from pssl.data.pseudo import augment, train_transforms
+from pssl.data.segsets import SegmentationSet
+from pssl.eval.inference import predict
+from pssl.eval.metrics import IGNORE, confusion_matrix, scores
+from pssl.io import atomic_file
+from pssl.models.segmenter import Segmenter, build_segmenter
+from pssl.progress import Progress
+from pssl.train.distributed import init_distributed, shutdown
+from pssl.train.loop import TrainParams, fit
+from pssl.train.losses import class_weights
+from pssl.train.pretrain import init_backbone_from
+
+
+class FinetuneDataset(torch.utils.data.Dataset):
+    def __init__(self, data: SegmentationSet, crop: int, base_size: int, seed: int):
+        self.data, self.seed, self.epoch = data, seed, 0
+        self.transform = train_transforms(crop, base_size, ignore=IGNORE, heavy=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        rgb, labels = self.data.read(i)
+        return augment(self.transform, rgb, labels, self.seed, self.epoch, i)
+
+
+def init_from_pretrained(model: Segmenter, checkpoint: str) -> str:
+    """Load a PSSL pre-trained model except its per-class layers, which stay freshly initialised."""
+    record = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = record["config"]
+    if (cfg["head"], cfg["backbone"]) != (model.head_name, model.backbone_name):
+        raise ValueError(f"{checkpoint} is a {cfg['head']}-{cfg['backbone']}, not a "
+                         f"{model.head_name}-{model.backbone_name}")
+    fresh = {id(p) for layer in model.classifier_layers() for p in layer.parameters()}
+    skip = {name for name, p in model.named_parameters() if id(p) in fresh}
+    state = {k: v for k, v in record["model"].items() if k not in skip}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if set(missing) != skip or unexpected:
+        raise ValueError(f"{checkpoint}: unexpected checkpoint layout (missing {sorted(set(missing) - skip)}, "
+                         f"unexpected {unexpected})")
+    return f"{Path(checkpoint).parent.name} ({len(state)} tensors, {len(skip)} re-initialised)"
+
+
+@torch.no_grad()
+def evaluate(model: Segmenter, data: SegmentationSet, device, scales=(1.0,), flip=False,
+             window: int | None = None) -> dict:
+    model.eval().to(device)
+    confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
+    with Progress(len(data), f"eval {data.name} {data.split}") as progress:
+        for i in range(len(data)):
+            rgb, labels = data.read(i)
+            x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+            pred = predict(model, x, data.num_classes, scales, flip, crop=window)
+            confusion += confusion_matrix(pred.cpu(), torch.from_numpy(labels.astype("int64")), data.num_classes)
+            progress.update()
+    return scores(confusion)
+
+
+def finetune(dataset: str, root: str, head: str, backbone: str, init: str, init_path: str | None,
+             out_dir: str | Path, crop: int, base_size: int, params: TrainParams, scales=(1.0,),
+             flip: bool = False, window: int | None = None, device: str = "auto") -> dict:
+    started = time.monotonic()
+    info = init_distributed(device)
+    out_dir = Path(out_dir)
+    train_set = SegmentationSet(dataset, root, "train")
+    val_set = SegmentationSet(dataset, root, "val")
+    torch.manual_seed(params.seed)
+    model = build_segmenter(head, backbone, train_set.num_classes)
+    if init == "imagenet":
+        loaded = init_backbone_from(model, init_path)
+    elif init == "pssl":
+        loaded = init_from_pretrained(model, init_path)
+    else:
+        raise ValueError(f"init must be 'imagenet' or 'pssl', got {init!r}")
+    if info.main:
+        print(f"finetune {dataset} {head}-{backbone} init {init}: {loaded}; {len(train_set)} train, "
+              f"{len(val_set)} val images, lr {params.lr}", flush=True)
+    weight = class_weights(train_set.num_classes, None, 1.0)
+    model = fit(model, FinetuneDataset(train_set, crop, base_size, params.seed), weight, params, out_dir, info,
+                ignore_index=IGNORE)
+    metrics = {}
+    if info.main:
+        result = evaluate(model, val_set, info.device, scales, flip, window)
+        notes = [n for n in (train_set.report_unexpected(), val_set.report_unexpected()) if n]
+        metrics = {**result, "classes": list(train_set.spec.classes), "lr": params.lr, "init": init,
+                   "init_from": loaded, "epochs": params.epochs, "dataset": dataset, "model": f"{head}-{backbone}",
+                   "eval": {"split": "val", "scales": list(scales), "flip": flip, "sliding_window": window},
+                   "train": asdict(params), "label_warnings": notes,
+                   "seconds": round(time.monotonic() - started, 1)}
+        for note in notes:
+            print(note)
+        with atomic_file(out_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"{dataset} {head}-{backbone} {init}: mIoU {result['miou']:.4f}, pixel acc {result['pixel_acc']:.4f}")
+    del model
+    shutdown(info)
+    return metrics

@@ -1,0 +1,173 @@
+"""Downstream: loaders, metrics, inference, PSSL-init loading, lr selection and the Table 3 layout."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pssl.data.segsets import SegmentationSet, list_pairs
+from pssl.eval.inference import predict, sliding_window
+from pssl.eval.metrics import confusion_matrix, scores
+from pssl.models.segmenter import build_segmenter
+from pssl.report.table3 import markdown, select_best_lr, table3
+from pssl.train.finetune import init_from_pretrained
+
+DATASETS = ["camvid", "voc_aug", "pascal_context", "ade20k", "cityscapes"]
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------
+
+def iou_by_counting(pred, target, num_classes, ignore=255):
+    """Independent IoU: per class, count pixels with boolean masks."""
+    valid = target != ignore
+    ious = []
+    for c in range(num_classes):
+        p, t = (pred == c) & valid, (target == c) & valid
+        union = (p | t).sum()
+        ious.append(np.nan if union == 0 else (p & t).sum() / union)
+    acc = ((pred == target) & valid).sum() / valid.sum()
+    return np.array(ious), acc
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_an_independent_computation(seed):
+    rng = np.random.default_rng(seed)
+    num_classes = 6
+    target = rng.integers(0, num_classes - 1, size=(4, 20, 30))  # class 5 never in the ground truth
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = np.where(rng.random(target.shape) < 0.7, target, rng.integers(0, num_classes, size=target.shape))
+    pred[pred == 255] = 0
+    cm = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), num_classes)
+    result = scores(cm)
+    ious, acc = iou_by_counting(pred, target, num_classes)
+    got = np.array([np.nan if v is None else v for v in result["per_class_iou"]])
+    assert np.allclose(got, ious, equal_nan=True)
+    assert result["miou"] == pytest.approx(np.nanmean(ious))
+    assert result["pixel_acc"] == pytest.approx(acc)
+    assert cm.sum() == (target != 255).sum()
+
+
+def test_class_absent_everywhere_is_left_out_of_the_mean():
+    pred = torch.tensor([[0, 0, 1]])
+    target = torch.tensor([[0, 1, 1]])
+    result = scores(confusion_matrix(pred, target, 3))
+    assert result["per_class_iou"][2] is None
+    assert result["miou"] == pytest.approx((0.5 + 0.5) / 2)
+
+
+# ---- loaders -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_loaders_read_the_demo_layouts(tiny_demo, dataset):
+    for split, n in (("train", 4), ("val", 2)):
+        data = SegmentationSet(dataset, tiny_demo, split)
+        assert len(data) == n
+        rgb, labels = data.read(0)
+        assert rgb.dtype == np.uint8 and rgb.shape[:2] == labels.shape
+        values = set(np.unique(labels).tolist())
+        assert values <= set(range(data.num_classes)) | {255} and values - {255}
+        assert not data.unexpected, data.report_unexpected()
+
+
+def test_class_counts():
+    from pssl.data.downstream import DATASETS as SPECS
+    assert {d: SPECS[d].num_classes for d in DATASETS} == {"camvid": 11, "voc_aug": 21, "pascal_context": 60,
+                                                           "ade20k": 150, "cityscapes": 19}
+
+
+def test_cityscapes_label_ids_become_train_ids(tiny_demo):
+    data = SegmentationSet("cityscapes", tiny_demo, "train")
+    raw = np.asarray(Image.open(data.pairs[0][1]))
+    _, labels = data.read(0)
+    assert np.all(labels[raw == 7] == 0) and np.all(labels[raw == 26] == 13) and np.all(labels[raw == 0] == 255)
+
+
+def test_incomplete_tree_fails_naming_the_missing_path(tiny_demo, tmp_path):
+    copy = tmp_path / "demo"
+    shutil.copytree(tiny_demo / "ADEChallengeData2016", copy / "ADEChallengeData2016")
+    shutil.rmtree(copy / "ADEChallengeData2016" / "annotations" / "validation")
+    with pytest.raises(FileNotFoundError, match="annotations/validation"):
+        list_pairs("ade20k", copy, "val")
+    with pytest.raises(FileNotFoundError, match="VOCdevkit"):
+        list_pairs("voc_aug", tmp_path / "nowhere", "train")
+
+
+def test_unexpected_label_values_are_reported_not_trained_on(tiny_demo, tmp_path):
+    copy = tmp_path / "demo"
+    shutil.copytree(tiny_demo / "CamVid", copy / "CamVid")
+    data = SegmentationSet("camvid", copy, "train")
+    label_path = data.pairs[0][1]
+    raw = np.asarray(Image.open(label_path)).copy()
+    raw[:3, :3] = 42
+    Image.fromarray(raw).save(label_path)
+    _, labels = data.read(0)
+    assert np.all(labels[:3, :3] == 255)
+    assert "42" in data.report_unexpected()
+
+
+# ---- inference and init ------------------------------------------------------------------------------------
+
+def test_sliding_window_and_multiscale_flip_shapes():
+    torch.manual_seed(0)
+    model = build_segmenter("pspnet", "test_resnet", 4).eval()
+    image = torch.rand(1, 3, 40, 72)
+    with torch.no_grad():
+        whole = model(image)["out"].softmax(1)
+        assert torch.allclose(sliding_window(model, image, 4, crop=80, stride=60), whole)
+        windows = sliding_window(model, image, 4, crop=32, stride=24)
+    assert windows.shape == whole.shape and torch.allclose(windows.sum(1), torch.ones(1, 40, 72))
+    pred = predict(model, image, 4, scales=(0.75, 1.0, 1.25), flip=True, crop=32)
+    assert pred.shape == (40, 72) and pred.dtype == torch.int64
+
+
+def test_pssl_init_loads_everything_but_the_class_layers(tmp_path):
+    torch.manual_seed(0)
+    pretrained = build_segmenter("pspnet", "test_resnet", 11)
+    path = tmp_path / "final.pt"
+    torch.save({"model": pretrained.state_dict(), "config": {"head": "pspnet", "backbone": "test_resnet"}}, path)
+    torch.manual_seed(1)
+    model = build_segmenter("pspnet", "test_resnet", 5)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    init_from_pretrained(model, str(path))
+    state, source = model.state_dict(), pretrained.state_dict()
+    classifier = {"head.classifier.weight", "head.classifier.bias", "head.aux.2.weight", "head.aux.2.bias"}
+    for k in state:
+        if k in classifier:
+            assert torch.equal(state[k], fresh[k]) and state[k].shape[0] == 5, k
+        else:
+            assert torch.equal(state[k], source[k]), k
+    with pytest.raises(ValueError, match="not a deeplabv3"):
+        init_from_pretrained(build_segmenter("deeplabv3", "test_resnet", 5), str(path))
+
+
+# ---- report ------------------------------------------------------------------------------------------------
+
+def test_select_best_lr(tmp_path):
+    runs = []
+    for lr, miou in ((0.01, 0.31), (0.02, 0.45), (0.05, float("nan"))):
+        p = tmp_path / f"lr{lr}.json"
+        p.write_text(json.dumps({"miou": miou, "lr": lr, "pixel_acc": 0.5}))
+        runs.append(str(p))
+    best = select_best_lr(runs, str(tmp_path / "best.json"))
+    assert best["lr"] == 0.02 and set(best["lr_grid"]) == {"0.01", "0.02", "0.05"}
+    assert json.loads((tmp_path / "best.json").read_text())["miou"] == 0.45
+
+
+def test_table3_layout_and_differences():
+    cells = pd.DataFrame([{"dataset": d, "model": m, "init": i, "miou": v, "pixel_acc": 0.0, "lr": 0.01,
+                           "lr_grid": 1}
+                          for d, base in (("camvid", 60.0), ("ade20k", 40.0))
+                          for m in ("a", "b")
+                          for i, v in (("imagenet", base), ("pssl", base + (1.5 if m == "a" else -0.5)))])
+    table = table3(cells, {"a": "PSPNet-R", "b": "OCRNet-H"})
+    assert list(table.index) == ["CamVid", "ADE20K"]
+    assert list(table.columns) == ["PSPNet-R ImageNet", "PSPNet-R PSSL", "PSPNet-R diff",
+                                   "OCRNet-H ImageNet", "OCRNet-H PSSL", "OCRNet-H diff"]
+    assert table.loc["CamVid", "PSPNet-R diff"] == pytest.approx(1.5)
+    assert table.loc["ADE20K", "OCRNet-H diff"] == pytest.approx(-0.5)
+    md = markdown(table, cells)
+    assert "| CamVid | 60.00 | 61.50 | +1.50 |" in md

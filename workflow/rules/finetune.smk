@@ -1,0 +1,116 @@
+# Stage: fine-tuning fan-out (dataset x model x init x lr), best lr per cell.
+
+
+localrules:
+    select_lr,
+
+
+rule finetune:
+    input:
+        init=finetune_init,
+        data=demo_data_if_enabled,
+    output:
+        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/metrics.json",
+    wildcard_constraints:
+        init="imagenet|pssl",
+    params:
+        launcher=launcher(FINETUNE["gpus_per_node"], FINETUNE["nodes"]),
+        root=lambda wc: dataset_root(wc.dataset),
+        head=lambda wc: PRETRAIN[wc.model]["head"],
+        backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
+        crop=lambda wc: FINETUNE["datasets"][wc.dataset]["crop"],
+        base=lambda wc: FINETUNE["datasets"][wc.dataset]["base_size"],
+        window=lambda wc: f"--window {FINETUNE['datasets'][wc.dataset]['window']}"
+        if FINETUNE["datasets"][wc.dataset]["window"] else "",
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        train=finetune_flags,
+        scales=" ".join(map(str, config["eval"]["scales"])),
+        flip=str(config["eval"]["flip"]).lower(),
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=FINETUNE["gpus_per_node"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}.log",
+    shell:
+        "{params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
+        " --head {params.head} --backbone {params.backbone} --init {wildcards.init} --init-from {input.init}"
+        " --out-dir {params.out_dir} --crop {params.crop} --base-size {params.base} {params.window}"
+        " --scales {params.scales} --flip {params.flip} {params.train} --device {params.device}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule select_lr:
+    input:
+        lambda wc: expand(f"{RESULTS}/finetune/{wc.dataset}/{wc.model}/{wc.init}/lr{{lr}}/metrics.json", lr=LRS),
+    output:
+        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/metrics.json",
+    wildcard_constraints:
+        init="imagenet|pssl",
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/select_lr.log",
+    shell:
+        "python -m pssl select-lr --runs {input} --out {output} > {log} 2>&1"
+
+
+rule eval_pretrain:
+    # Demo only: pre-trained models' foreground against the hidden object masks.
+    input:
+        models=pretrained_models,
+        stores=explain_stores,
+        index=f"{RESULTS}/index.parquet",
+        demo=demo_data_if_enabled,
+    output:
+        f"{RESULTS}/report/pretrain_quality.csv",
+    params:
+        masks=f"{DEMO_ROOT}/imagenet/masks",
+        device=config["device"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/eval_pretrain.log",
+    shell:
+        "python -m pssl eval-pretrain --models {input.models} --stores {input.stores} --index {input.index}"
+        " --masks {params.masks} --out {output} --device {params.device} > {log} 2>&1"
+
+
+rule stage_finetune:
+    input:
+        finetune_results,
+
+
+rule report:
+    input:
+        cells=finetune_results,
+        stores=explain_stores,
+        quality=quality_tables,
+    output:
+        table=report(f"{RESULTS}/report/table3.csv", caption="../report/table3.rst", category="Table 3"),
+        markdown=report(f"{RESULTS}/report/table3.md", caption="../report/table3.rst", category="Table 3"),
+        gains=report(f"{RESULTS}/report/table3_gains.png", caption="../report/gains.rst", category="Table 3"),
+        gallery=report(f"{RESULTS}/report/pseudo_label_gallery.png", caption="../report/gallery.rst",
+                       category="Pseudo labels"),
+    params:
+        datasets=list(FINETUNE["datasets"]),
+        models=FINETUNE["models"],
+        inits=FINETUNE["inits"],
+        titles=json.dumps(MODEL_TITLES),
+        out=f"{RESULTS}/report",
+        results=RESULTS,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/report.log",
+    shell:
+        "python -m pssl report --results {params.results} --out {params.out} --datasets {params.datasets}"
+        " --models {params.models} --inits {params.inits} --titles {params.titles:q} --stores {input.stores}"
+        " --quality {input.quality} > {log} 2>&1"
+
+
+rule stage_report:
+    input:
+        REPORT_FILES,
