@@ -29,9 +29,11 @@ def snakemake_env() -> dict:
 
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real Snakefile with the tiny config in `workdir` (its own .snakemake and results)."""
+    """Run the real Snakefile with the tiny config in `workdir` (its own .snakemake and results).
+    A `--configfile` among `args` replaces the tiny config (pass TINY first to layer on top of it)."""
+    configs = [] if "--configfile" in args else ["--configfile", str(TINY)]
     cmd = [shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), "--configfile", str(TINY), "--cores", "2", *args]
+           "--directory", str(workdir), *configs, "--cores", "2", *args]
     proc = subprocess.run(cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

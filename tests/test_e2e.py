@@ -5,12 +5,19 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from pssl import store
 from pssl.data.imagenet import read_table
 from pssl.shards import list_shards
 
+from pssl.report.summary import summarize
+
 from conftest import run_snakemake
+
+
+def run_summary(workdir):
+    return summarize(workdir / "results")
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +38,29 @@ def test_full_run_writes_every_stage(pipeline_run):
         group = store.open_store(workdir / f"results/explain/{shard}.zarr")
         assert (group["status"][:] == store.DONE).all() and group["deciles"].shape[1:] == (32, 32)
     assert sorted(p.name for p in (workdir / "results/zoo").glob("*.pt")) == [
-        "test_convnext.pt", "test_efficientnet.pt", "test_vit_32.pt"]
+        "hrnet_w18_small.pt", "test_convnext.pt", "test_efficientnet.pt", "test_resnet.pt", "test_vit_32.pt"]
     quality = pd.read_csv(workdir / "results/report/explain_quality.csv")
     assert quality["explainer"].iloc[0] == "ensemble" and len(quality) == 4
     assert quality["images"].iloc[0] == 18
+    labels = pd.concat([read_table(workdir / f"results/labels/shard-0000{i}.parquet")[0] for i in range(3)])
+    assert list(labels.columns) == ["image_id", "gt_class", "teacher_class", "teacher_conf", "label", "keep",
+                                    "fg_fraction"] and len(labels) == 18
+    for model in ("psp", "dlv3", "ocr"):
+        final = torch.load(workdir / f"results/pretrain/{model}/final.pt", weights_only=False)
+        assert final["config"]["num_classes"] == 4 and final["kind"] == "pssl-pretrain"
+    assert len(list((workdir / "results/finetune").glob("*/*/*/metrics.json"))) == 5 * 3 * 2
+
+
+def test_report_table_has_every_cell(pipeline_run):
+    workdir, _ = pipeline_run
+    table = pd.read_csv(workdir / "results/report/table3.csv", index_col=0)
+    assert list(table.index) == ["CamVid", "VOC-Aug", "VOC-Context", "ADE20K", "Cityscapes"]
+    assert table.shape == (5, 9) and table.notna().all().all()
+    markdown = (workdir / "results/report/table3.md").read_text()
+    assert markdown.count("\n| ") >= 6 and "PSPNet-test_resnet diff" in markdown
+    for png in ("table3_gains.png", "pseudo_label_gallery.png"):
+        assert (workdir / "results/report" / png).stat().st_size > 1000
+    assert "report/table3.md" in run_summary(workdir)
 
 
 def test_rerun_has_nothing_to_do(pipeline_run):
@@ -47,6 +73,14 @@ def _jobs_planned(dry_run_output: str) -> dict[str, int]:
     """Rule -> count from the job-stats table of a dry run."""
     table = dry_run_output.split("Job stats:")[1]
     return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m[0] != "total"}
+
+
+def test_changed_label_policy_reruns_labels_not_explain(pipeline_run):
+    workdir, _ = pipeline_run
+    proc = run_snakemake(workdir, "-n", "--config", "labels={policy: agree}")
+    planned = _jobs_planned(proc.stdout + proc.stderr)
+    assert planned.get("label_shard") == 3 and planned.get("pretrain") == 3
+    assert "explain_shard" not in planned and "zoo_model" not in planned
 
 
 def test_changed_shard_size_reshards_but_keeps_demo_data(pipeline_run):
@@ -62,9 +96,9 @@ def test_deleting_one_store_rebuilds_exactly_that_shard(pipeline_run):
     before = {s: (workdir / f"results/explain/{s}.zarr/zarr.json").stat().st_mtime_ns
               for s in ("shard-00000", "shard-00002")}
     shutil.rmtree(target)
-    proc = run_snakemake(workdir)
+    proc = run_snakemake(workdir, "stage_explain")  # up to the explain stage: downstream reruns are not the point
     planned = _jobs_planned(proc.stdout + proc.stderr)
-    assert planned.get("explain_shard") == 1 and "zoo_model" not in planned and "shard_index" not in planned
+    assert planned == {"explain_shard": 1, "stage_explain": 1}
     assert target.exists()
     after = {s: (workdir / f"results/explain/{s}.zarr/zarr.json").stat().st_mtime_ns for s in before}
     assert after == before

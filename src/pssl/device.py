@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -30,3 +31,8 @@ def set_threads(threads: int | None) -> None:
     """Match torch's intra-op threads to the cores the scheduler gave this job."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def allocation() -> str:
+    """The GPUs the scheduler gave this job, for the job's log."""
+    return f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}"

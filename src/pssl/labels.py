@@ -18,7 +18,7 @@ import torch
 
 from pssl import store
 from pssl.data.imagenet import read_table, write_table
-from pssl.device import resolve_device
+from pssl.device import allocation, resolve_device
 from pssl.explain.run import ShardBatches
 from pssl.models.zoo import ensemble_softmax, load_classifier
 from pssl.progress import Progress
@@ -78,6 +78,7 @@ def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[st
                              "decile_threshold": decile_threshold, "teacher": [Path(p).stem for p in zoo_paths]})
     labelled = gt >= 0
     agree = float((table["teacher_class"][labelled] == gt[labelled]).mean()) if labelled.any() else float("nan")
+    print(f"{Path(shard).stem}: teacher on {dev}, {allocation()}")
     print(f"{Path(shard).stem}: {int(keep.sum())}/{n} kept under policy {policy!r}; "
           f"teacher top-1 agrees with the label on {agree:.3f} of labelled images")
     return table

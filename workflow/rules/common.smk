@@ -2,7 +2,17 @@
 import json
 import os
 
-from pssl.config import cli_flags, imagenet_root, launcher, train_flags, zoo_specs
+from pssl.config import (
+    cli_flags,
+    explain_minutes,
+    imagenet_root,
+    launcher,
+    pretrain_resources,
+    train_flags,
+    train_minutes,
+    zoo_specs,
+)
+from pssl.data.downstream import TRAIN_IMAGES
 
 # All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
 # the job (the .venv, or the conda env of envs/pssl.yaml under --software-deployment-method conda).
@@ -73,6 +83,18 @@ def finetune_flags(wildcards):
     ds = FINETUNE["datasets"][wildcards.dataset]
     return train_flags({**FINETUNE, "epochs": ds["epochs"], "weight_decay": ds["weight_decay"],
                         "lr": float(wildcards.lr)}, config["seed"])
+
+
+def pretrain_runtime(wildcards, input):
+    p = config["pretrain"]
+    images = len(input.labels) * config["shard_size"]
+    return train_minutes(config, images, p["epochs"], p["crop"], p["gpus_per_node"] * p["nodes"])
+
+
+def finetune_runtime(wildcards):
+    ds = FINETUNE["datasets"][wildcards.dataset]
+    return train_minutes(config, TRAIN_IMAGES[wildcards.dataset], ds["epochs"], ds["crop"],
+                         FINETUNE["gpus_per_node"])
 
 
 def finetune_results(wildcards=None):

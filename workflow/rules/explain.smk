@@ -36,6 +36,7 @@ rule zoo_model:
     threads: config["threads"]
     resources:
         gpu=lambda wc: 1 if config["zoo"]["source"] == "train" and config["device"] != "cpu" else 0,
+        runtime=lambda wc: 600 if config["zoo"]["source"] == "train" else 20,
     conda:
         CONDA_ENV
     log:
@@ -59,6 +60,8 @@ rule explain_shard:
     threads: config["threads"]
     resources:
         gpu=1,
+        runtime=explain_minutes(config),
+        mem_mb=config["job_mem_mb"]["explain"],
     conda:
         CONDA_ENV
     log:

@@ -30,6 +30,8 @@ rule finetune:
     threads: config["threads"]
     resources:
         gpu=FINETUNE["gpus_per_node"],
+        runtime=finetune_runtime,
+        mem_mb=config["job_mem_mb"]["finetune"],
     conda:
         CONDA_ENV
     log:

@@ -17,6 +17,8 @@ rule label_shard:
     threads: config["threads"]
     resources:
         gpu=1,
+        runtime=explain_minutes(config) // 5 + 10,
+        mem_mb=config["job_mem_mb"]["labels"],
     conda:
         CONDA_ENV
     log:
@@ -48,7 +50,9 @@ rule pretrain:
         device=config["device"],
     threads: config["threads"]
     resources:
-        gpu=config["pretrain"]["gpus_per_node"],
+        **pretrain_resources(config),
+        runtime=pretrain_runtime,
+        mem_mb=config["job_mem_mb"]["pretrain"],
     conda:
         CONDA_ENV
     log:

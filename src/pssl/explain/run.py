@@ -20,7 +20,7 @@ import torch
 
 from pssl.data.images import UnreadableImage, load_rgb, resize_square
 from pssl.data.imagenet import read_table
-from pssl.device import resolve_device, use_bf16
+from pssl.device import allocation, resolve_device, use_bf16
 from pssl.explain.deciles import to_deciles
 from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
 from pssl.models.zoo import ensemble_softmax, load_classifier
@@ -147,7 +147,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
     pending = [b for b in range(n_batches)
                if (status[b * params.batch_size:(b + 1) * params.batch_size] == store.PENDING).any()]
     print(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
-          f"on {dev} ({'bf16' if bf16 else 'fp32'})", flush=True)
+          f"on {dev} ({'bf16' if bf16 else 'fp32'}), {allocation()}", flush=True)
     class_idx_all = torch.tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
     image_ids = frame["image_id"].to_numpy()
     loader = torch.utils.data.DataLoader(

@@ -17,6 +17,7 @@ from pssl.data.pseudo import augment, train_transforms
 from pssl.data.segsets import SegmentationSet
 from pssl.eval.inference import predict
 from pssl.eval.metrics import IGNORE, confusion_matrix, scores
+from pssl.device import allocation
 from pssl.io import atomic_file
 from pssl.models.segmenter import Segmenter, build_segmenter
 from pssl.progress import Progress
@@ -92,7 +93,7 @@ def finetune(dataset: str, root: str, head: str, backbone: str, init: str, init_
         raise ValueError(f"init must be 'imagenet' or 'pssl', got {init!r}")
     if info.main:
         print(f"finetune {dataset} {head}-{backbone} init {init}: {loaded}; {len(train_set)} train, "
-              f"{len(val_set)} val images, lr {params.lr}", flush=True)
+              f"{len(val_set)} val images, lr {params.lr}, {info.world} process(es), {allocation()}", flush=True)
     weight = class_weights(train_set.num_classes, None, 1.0)
     model = fit(model, FinetuneDataset(train_set, crop, base_size, params.seed), weight, params, out_dir, info,
                 ignore_index=IGNORE)

@@ -13,6 +13,7 @@ import torch
 
 from pssl.data.imagenet import read_table
 from pssl.data.pseudo import PseudoLabelDataset
+from pssl.device import allocation
 from pssl.io import atomic_file
 from pssl.models.segmenter import build_segmenter, load_backbone_weights
 from pssl.train.distributed import init_distributed, shutdown
@@ -45,7 +46,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, head: st
     init = init_backbone_from(model, backbone_init)
     if info.main:
         print(f"pretrain {head}-{backbone}: {num_classes} + 1 classes, backbone init {init}, "
-              f"{info.world} process(es) on {info.device}", flush=True)
+              f"{info.world} process(es) on {info.device}, {allocation()}", flush=True)
     weight = class_weights(num_classes + 1, background=num_classes, w_bg=w_bg)
     model = fit(model, dataset, weight, params, out_dir, info)
     final = out_dir / "final.pt"
