@@ -135,10 +135,11 @@ def test_cancelled_explain_job_resumes_to_the_identical_store(tmp_path):
 
     workdir = tmp_path / "preempted"
     workdir.mkdir()
+    log = open(tmp_path / "preempted.log", "w")  # a file, not a pipe nobody reads: --verbose would fill it
     proc = subprocess.Popen(
         [shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
          "--directory", str(workdir), "--cores", "2", *SLURM_ARGS, target, *slow],
-        cwd=workdir, env=snakemake_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=workdir, env=snakemake_env(), stdout=log, stderr=subprocess.STDOUT)
     partial = workdir / "results/explain/.shard-00000.zarr.partial"
     n_total = 8
     done = 0
@@ -155,15 +156,17 @@ def test_cancelled_explain_job_resumes_to_the_identical_store(tmp_path):
     jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     subprocess.run(["scancel", *jobs], check=True)
     try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:  # still polling the cancelled job: stop it as a user would
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+    log.close()
     assert not (workdir / target).exists() and partial.exists()
 
+    run_snakemake(workdir, "--unlock", *slow)  # a stopped snakemake may leave its lock behind
     rerun = slurm_run(workdir, target, *slow)
     assert "submitted with SLURM jobid" in rerun.stdout + rerun.stderr
-    log = (workdir / "results/logs/explain/shard-00000.log").read_text()
-    to_do = int(re.search(r"(\d+)/(\d+) batches to do", log).group(1))
+    job_log = (workdir / "results/logs/explain/shard-00000.log").read_text()
+    to_do = int(re.search(r"(\d+)/(\d+) batches to do", job_log).group(1))
     assert to_do <= (n_total - done) // 2 + 1 < n_total // 2, "finished images were not recomputed"
     assert store_content(workdir / target) == store_content(reference / target)

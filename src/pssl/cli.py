@@ -122,7 +122,7 @@ def _select_lr(a):
 
 def _report(a):
     from pssl.report.table3 import write_report
-    print(write_report(a.results, a.out, a.datasets, a.models, a.inits, json.loads(a.titles), a.stores, a.quality))
+    print(write_report(a.cells, a.out, json.loads(a.titles), a.stores, a.quality))
 
 
 def _summary(a):
@@ -272,11 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_select_lr)
 
     s = sub.add_parser("report", help="Table 3 (CSV, Markdown, figure) and the pseudo-label gallery")
-    s.add_argument("--results", required=True, help="the results directory (holds finetune/)")
+    s.add_argument("--cells", nargs="+", required=True, help="finetune/<dataset>/<model>/<init>/metrics.json")
     s.add_argument("--out", required=True, help="report directory")
-    s.add_argument("--datasets", nargs="+", required=True)
-    s.add_argument("--models", nargs="+", required=True)
-    s.add_argument("--inits", nargs="+", default=["imagenet", "pssl"])
     s.add_argument("--titles", default="{}", help='JSON: model name -> column title')
     s.add_argument("--stores", nargs="+", required=True, help="explain stores for the gallery")
     s.add_argument("--quality", nargs="*", default=[], help="quality CSV tables to append (demo)")

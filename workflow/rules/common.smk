@@ -29,6 +29,11 @@ def demo_data_if_enabled(wildcards):
     return [DEMO_ROOT] if config["demo"]["enabled"] else []
 
 
+def shard_table(wildcards):
+    """One shard's table, through the checkpoint, so a single store can be a target on a fresh run."""
+    return os.path.join(checkpoints.shard_index.get().output[0], f"{wildcards.shard}.parquet")
+
+
 def shard_names():
     """Shards written by the checkpoint; evaluated after it ran, so the fan-out follows the data."""
     shard_dir = checkpoints.shard_index.get().output[0]

@@ -49,7 +49,7 @@ rule zoo_model:
 
 rule explain_shard:
     input:
-        shard=f"{RESULTS}/shards/{{shard}}.parquet",
+        shard=shard_table,
         zoo=zoo_files(),
     output:
         directory(f"{RESULTS}/explain/{{shard}}.zarr"),

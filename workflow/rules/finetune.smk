@@ -97,20 +97,15 @@ rule report:
         gallery=report(f"{RESULTS}/report/pseudo_label_gallery.png", caption="../report/gallery.rst",
                        category="Pseudo labels"),
     params:
-        datasets=list(FINETUNE["datasets"]),
-        models=FINETUNE["models"],
-        inits=FINETUNE["inits"],
         titles=json.dumps(MODEL_TITLES),
-        out=f"{RESULTS}/report",
-        results=RESULTS,
+        out=lambda wc, output: os.path.dirname(output.table),
     conda:
         CONDA_ENV
     log:
         f"{LOGS}/report.log",
     shell:
-        "python -m pssl report --results {params.results} --out {params.out} --datasets {params.datasets}"
-        " --models {params.models} --inits {params.inits} --titles {params.titles:q} --stores {input.stores}"
-        " --quality {input.quality} > {log} 2>&1"
+        "python -m pssl report --cells {input.cells} --out {params.out} --titles {params.titles:q}"
+        " --stores {input.stores} --quality {input.quality} > {log} 2>&1"
 
 
 rule stage_report:

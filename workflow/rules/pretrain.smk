@@ -3,7 +3,7 @@
 
 rule label_shard:
     input:
-        shard=f"{RESULTS}/shards/{{shard}}.parquet",
+        shard=shard_table,
         store=f"{RESULTS}/explain/{{shard}}.zarr",
         zoo=zoo_files(),
     output:

@@ -33,20 +33,19 @@ def select_best_lr(runs: list[str], out: str) -> dict:
     return best
 
 
-def collect(results_dir: str | Path, datasets: list[str], models: list[str], inits: list[str]) -> pd.DataFrame:
-    """One row per (dataset, model, init): miou, pixel_acc, lr, the lr grid."""
+def collect(cells: list[str]) -> pd.DataFrame:
+    """One row per finetune/<dataset>/<model>/<init>/metrics.json: miou, pixel_acc, lr, the lr grid size."""
     rows = []
-    for d in datasets:
-        for m in models:
-            for i in inits:
-                path = Path(results_dir) / "finetune" / d / m / i / "metrics.json"
-                if not path.exists():
-                    raise FileNotFoundError(f"Table 3 cell missing: {path}")
-                r = json.loads(path.read_text())
-                rows.append({"dataset": d, "model": m, "init": i, "miou": 100 * r["miou"],
-                             "pixel_acc": 100 * r["pixel_acc"], "lr": r["lr"],
-                             "lr_grid": len(r.get("lr_grid", {})) or 1})
-    return pd.DataFrame(rows)
+    for path in map(Path, cells):
+        dataset, model, init = path.parts[-4:-1]
+        r = json.loads(path.read_text())
+        rows.append({"dataset": dataset, "model": model, "init": init, "miou": 100 * r["miou"],
+                     "pixel_acc": 100 * r["pixel_acc"], "lr": r["lr"], "lr_grid": len(r.get("lr_grid", {})) or 1})
+    frame = pd.DataFrame(rows)
+    incomplete = frame.groupby(["dataset", "model"])["init"].nunique() < frame["init"].nunique()
+    if incomplete.any():
+        raise ValueError(f"Table 3 cells without both inits: {list(incomplete[incomplete].index)}")
+    return frame
 
 
 def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
@@ -121,11 +120,11 @@ def gallery(stores: list[str], out: str | Path, per_store: int = 2) -> None:
         grid(rows).save(tmp, format="PNG")
 
 
-def write_report(results_dir: str, out_dir: str, datasets: list[str], models: list[str], inits: list[str],
-                 model_titles: dict[str, str], stores: list[str], quality_tables: list[str]) -> str:
+def write_report(cell_files: list[str], out_dir: str, model_titles: dict[str, str], stores: list[str],
+                 quality_tables: list[str]) -> str:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells = collect(results_dir, datasets, models, inits)
+    cells = collect(cell_files)
     table = table3(cells, model_titles)
     with atomic_file(out / "table3.csv") as tmp:
         table.to_csv(tmp, float_format="%.2f")
