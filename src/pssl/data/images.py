@@ -1,0 +1,56 @@
+"""Decoding any image ImageNet throws at us into 8-bit RGB, or a clear reason why not.
+
+Converted: CMYK, grayscale, palette, alpha, 16-bit, PNG bytes behind a .JPEG name (PIL sniffs the format).
+Refused (UnreadableImage with the reason): zero bytes, truncated files, bytes that are no image.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class UnreadableImage(Exception):
+    """The file cannot be decoded; str(exc) is the reason recorded in the store."""
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit int) gray: scale the full range to 8 bits instead of PIL's clipping convert.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = ((arr - lo) / (hi - lo) * 255.0 + 0.5 if hi > lo else np.zeros_like(arr)).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if img.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa"):
+        img = img.convert("RGBA").convert("RGB")  # alpha dropped, palette expanded
+    return np.asarray(img.convert("RGB"))
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, or raise UnreadableImage."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise UnreadableImage("zero-byte file")
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except UnreadableImage:
+        raise
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image (unidentified format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImage(f"decode error: {e}") from None
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size without cropping (the explain resolution S), bilinear with antialiasing."""
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
