@@ -57,6 +57,10 @@ def check_config(config: dict) -> None:
         if model["init"] is not None and model["init"] not in names:
             raise ConfigError(f"config key pretrain.models.{name}.init: {model['init']!r} is not a zoo entry "
                               f"(zoo.models or zoo.init_only)")
+    if not demo["enabled"] and not config["imagenet_root"]:
+        raise ConfigError(
+            "config key imagenet_root is required when demo.enabled is false: pass the ImageNet train directory, "
+            "e.g. --config imagenet_root=/data/ILSVRC/Data/CLS-LOC/train")
     for name in config["finetune"]["models"]:
         if name not in config["pretrain"]["models"]:
             raise ConfigError(f"config key finetune.models: {name!r} is not a key of pretrain.models")
@@ -66,10 +70,6 @@ def check_config(config: dict) -> None:
             raise ConfigError(
                 f"config key downstream_root (or finetune.datasets.{missing[0]}.root) is required when demo.enabled "
                 f"is false: the directory holding CamVid/, VOCdevkit/, ADEChallengeData2016/, cityscapes/")
-    if not demo["enabled"] and not config["imagenet_root"]:
-        raise ConfigError(
-            "config key imagenet_root is required when demo.enabled is false: pass the ImageNet train directory, "
-            "e.g. --config imagenet_root=/data/ILSVRC/Data/CLS-LOC/train")
 
 
 def zoo_specs(config: dict, ensemble_only: bool = False) -> dict[str, dict]:
