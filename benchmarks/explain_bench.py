@@ -20,15 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from captum.attr import NoiseTunnel, Saliency
 
-from pssl.data.images import load_rgb, resize_square
+from pssl.config import zoo_specs
 from pssl.data.imagenet import read_table
+from pssl.data.images import load_rgb, resize_square
 from pssl.device import resolve_device, use_bf16
 from pssl.explain.deciles import to_deciles
-from pssl.explain.run import ExplainParams, explain_batch
+from pssl.explain.run import explain_batch
 from pssl.explain.smoothgrad import TargetScore, saliency_map
 from pssl.models.zoo import Normalized, load_classifier
+from pssl.params import ExplainParams
 
 
 def load_images(index: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,8 +44,10 @@ def load_images(index: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tens
 
 def models_from(args, dev) -> list[TargetScore]:
     if args.zoo:
-        paths = sorted(Path(args.zoo).glob("*.pt"))[: args.models]
-        return [TargetScore(load_classifier(p, dev)[0]) for p in paths]
+        # The ensemble members of the config, in its order (zoo/ also holds init-only classifiers).
+        members = list(zoo_specs(yaml.safe_load(Path(args.config).read_text()), ensemble_only=True))
+        return [TargetScore(load_classifier(Path(args.zoo) / f"{name}.pt", dev)[0])
+                for name in members[: args.models]]
     import timm
     scorers = []
     for arch in args.arch:
@@ -95,6 +100,7 @@ def timed(fn, dev) -> tuple[float, torch.Tensor]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--zoo", help="directory of zoo/*.pt (trained demo zoo)")
+    p.add_argument("--config", default="config.yaml", help="with --zoo: the config whose ensemble to load")
     p.add_argument("--arch", nargs="+", default=[], help="timm names (random init) when no --zoo")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--models", type=int, default=15)

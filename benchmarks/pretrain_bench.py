@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from pssl.device import resolve_device
 from pssl.models.segmenter import build_segmenter
+from pssl.params import TrainParams
 from pssl.train.distributed import DistInfo
-from pssl.train.loop import TrainParams, fit
+from pssl.train.loop import fit
 from pssl.train.losses import class_weights
 
 

@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 from pssl.models.segmenter import build_segmenter
+from pssl.params import TrainParams
 from pssl.train.distributed import init_distributed, shutdown
-from pssl.train.loop import TrainParams, fit
+from pssl.train.loop import fit
 from pssl.train.losses import class_weights
 
 

@@ -2,9 +2,11 @@
 
 import copy
 
+import pandas as pd
 import pytest
 import yaml
-from pssl.config import ConfigError, check_config, validate_config
+from pssl.config import ConfigError, check_config, validate_config, zoo_minutes
+from pssl.data.imagenet import count_rows, write_table
 
 from conftest import REPO, run_snakemake
 
@@ -64,3 +66,21 @@ def test_snakemake_rejects_before_any_job(tmp_path, args, key):
     assert proc.returncode != 0
     assert key in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+def test_zoo_runtime_follows_the_training_work(tmp_path):
+    """SLURM runtime of a zoo job: a fixed 20 min to load timm weights; training grows with images, epochs,
+    and runtime_scale (the estimate is floored at 30 min of start-up)."""
+    cfg = demo_config()
+    frame = pd.DataFrame({"relpath": [f"a/{i}.JPEG" for i in range(50)], "class_idx": [0] * 50})
+    write_table(frame, tmp_path / "index.parquet", {})
+    assert count_rows(tmp_path / "index.parquet") == 50
+    imagenet = 1_281_167
+    small, large = zoo_minutes(cfg, 50), zoo_minutes(cfg, imagenet)
+    assert 30 < small < large
+    cfg["zoo"]["train"]["epochs"] *= 2
+    assert zoo_minutes(cfg, imagenet) > large
+    cfg["runtime_scale"] = 2.0
+    assert zoo_minutes(cfg, imagenet) >= 2 * large
+    cfg["zoo"]["source"] = "timm"
+    assert zoo_minutes(cfg, imagenet) == 20

@@ -17,9 +17,10 @@ from PIL import Image
 from pssl import store
 from pssl.data.imagenet import build_index, read_table
 from pssl.explain.deciles import minmax_normalize, to_deciles
-from pssl.explain.run import ExplainParams, explain_shard, explain_targets
+from pssl.explain.run import explain_shard, explain_targets
 from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
 from pssl.models.zoo import ClassifierSpec, save_classifier
+from pssl.params import ExplainParams
 from pssl.shards import write_shards
 
 from conftest import REPO, snakemake_env

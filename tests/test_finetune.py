@@ -13,7 +13,8 @@ from pssl.data.segsets import SegmentationSet, list_pairs
 from pssl.eval.inference import predict, sliding_window
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.models.segmenter import build_segmenter
-from pssl.report.table3 import markdown, select_best_lr, table3
+from pssl.report.lr_grid import select_best_lr
+from pssl.report.table3 import markdown, table3
 from pssl.train.finetune import init_from_pretrained
 
 DATASETS = ["camvid", "voc_aug", "pascal_context", "ade20k", "cityscapes"]

@@ -61,7 +61,8 @@ def _zoo_fetch(a):
 
 def _explain(a):
     from pssl.device import set_threads
-    from pssl.explain.run import ExplainParams, explain_shard
+    from pssl.explain.run import explain_shard
+    from pssl.params import ExplainParams
     set_threads(a.threads)
     explain_shard(a.shard, a.zoo, a.out, dataclass_from_args(ExplainParams, a), device=a.device,
                   num_workers=a.num_workers)
@@ -92,7 +93,7 @@ def _label(a):
 
 def _pretrain(a):
     from pssl.device import set_threads
-    from pssl.train.loop import TrainParams
+    from pssl.params import TrainParams
     from pssl.train.pretrain import pretrain
     set_threads(a.threads)
     pretrain(a.stores, a.labels, a.out_dir, a.head, a.backbone, a.crop, a.backbone_init,
@@ -108,7 +109,7 @@ def _eval_pretrain(a):
 def _finetune(a):
     from pssl.device import set_threads
     from pssl.train.finetune import finetune
-    from pssl.train.loop import TrainParams
+    from pssl.params import TrainParams
     set_threads(a.threads)
     finetune(a.dataset, a.root, a.head, a.backbone, a.init, a.init_from, a.out_dir, a.crop, a.base_size,
              dataclass_from_args(TrainParams, a), scales=tuple(a.scales), flip=a.flip, window=a.window,
@@ -116,7 +117,7 @@ def _finetune(a):
 
 
 def _select_lr(a):
-    from pssl.report.table3 import select_best_lr
+    from pssl.report.lr_grid import select_best_lr
     select_best_lr(a.runs, a.out)
 
 
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", default=None)
     s.set_defaults(func=_zoo_fetch)
 
-    from pssl.explain.run import ExplainParams
+    from pssl.params import ExplainParams
     s = sub.add_parser("explain", help="SmoothGrad ensemble deciles of one shard into a zarr store")
     s.add_argument("--shard", required=True)
     s.add_argument("--zoo", nargs="+", required=True, help="zoo/<name>.pt files, the ensemble's members")
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-workers", type=int, default=0)
     s.set_defaults(func=_label)
 
-    from pssl.train.loop import TrainParams
+    from pssl.params import TrainParams
     s = sub.add_parser("pretrain", help="pre-train a segmentation model on the pseudo labels (torchrun/srun)")
     s.add_argument("--stores", nargs="+", required=True)
     s.add_argument("--labels", nargs="+", required=True, help="labels/<shard>.parquet, same order as --stores")

@@ -93,7 +93,7 @@ def train_flags(section: dict, seed: int) -> str:
     """The TrainParams fields of a config section (pretrain, finetune) as `pssl` flags."""
     from dataclasses import fields
 
-    from pssl.train.loop import TrainParams
+    from pssl.params import TrainParams
     names = {f.name for f in fields(TrainParams)}
     return cli_flags({**{k: v for k, v in section.items() if k in names}, "seed": seed})
 
@@ -122,6 +122,14 @@ def explain_minutes(config: dict) -> int:
 def train_minutes(config: dict, images: int, epochs: int, crop: int, gpus: int) -> int:
     work = images * epochs * (crop / 256) ** 2 / (TRAIN_IMAGES_PER_MIN * gpus)
     return int(config["runtime_scale"] * (30 + 1.5 * work)) + 1
+
+
+def zoo_minutes(config: dict, images: int) -> int:
+    """One zoo classifier: loading timm weights, or training it on `images` indexed images (one GPU)."""
+    if config["zoo"]["source"] == "timm":
+        return 20
+    t = config["zoo"]["train"]
+    return train_minutes(config, images, t["epochs"], t["image_size"], 1)
 
 
 def pretrain_resources(config: dict) -> dict:

@@ -10,9 +10,11 @@ from pssl.config import (
     pretrain_resources,
     train_flags,
     train_minutes,
+    zoo_minutes,
     zoo_specs,
 )
 from pssl.data.downstream import TRAIN_IMAGES
+from pssl.data.imagenet import count_rows
 
 # All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
 # the job (the .venv, or the conda env of envs/pssl.yaml under --software-deployment-method conda).
@@ -88,6 +90,10 @@ def finetune_flags(wildcards):
     ds = FINETUNE["datasets"][wildcards.dataset]
     return train_flags({**FINETUNE, "epochs": ds["epochs"], "weight_decay": ds["weight_decay"],
                         "lr": float(wildcards.lr)}, config["seed"])
+
+
+def zoo_runtime(wildcards, input):
+    return zoo_minutes(config, count_rows(input.index))
 
 
 def pretrain_runtime(wildcards, input):

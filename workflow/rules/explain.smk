@@ -36,7 +36,7 @@ rule zoo_model:
     threads: config["threads"]
     resources:
         gpu=lambda wc: 1 if config["zoo"]["source"] == "train" and config["device"] != "cpu" else 0,
-        runtime=lambda wc: 600 if config["zoo"]["source"] == "train" else 20,
+        runtime=zoo_runtime,
     conda:
         CONDA_ENV
     log:

@@ -71,6 +71,11 @@ def read_table(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), meta
 
 
+def count_rows(path: str | os.PathLike) -> int:
+    """Rows of a parquet table, from its footer alone (the workflow sizes SLURM runtimes with it)."""
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 def build_index(root: str | os.PathLike, out: str | os.PathLike, labelled: bool = True) -> pd.DataFrame:
     frame, classes = scan_imagenet(root, labelled)
     write_table(frame, out, {"root": str(Path(root).resolve()), "classes": classes})

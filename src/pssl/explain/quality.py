@@ -96,10 +96,11 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     def scores(pred: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
         return float((pred == mask).mean()), float((pred & mask).sum() / max(1, (pred | mask).sum()))
 
-    rows = []
-    for image_id, d in items:
-        mask = mask_at(Path(masks_root), relpath[image_id], size)
-        rows.append(("D9 pseudo labels", *scores(d == 9, mask)))
+    # Every image and mask is decoded once, at the store's resolution, and shared by all models.
+    masks = [mask_at(Path(masks_root), relpath[image_id], size) for image_id, _ in items]
+    images = torch.from_numpy(np.stack([resize_square(load_rgb(Path(meta["root"]) / relpath[image_id]), size)
+                                        for image_id, _ in items])).permute(0, 3, 1, 2)
+    rows = [("D9 pseudo labels", *scores(d == 9, mask)) for (_, d), mask in zip(items, masks)]
     for ckpt in checkpoints:
         record = torch.load(ckpt, map_location="cpu", weights_only=False)
         cfg = record["config"]
@@ -108,13 +109,10 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
         model.eval().to(dev)
         name = Path(ckpt).parent.name
         for start in range(0, len(items), 32):
-            batch = items[start:start + 32]
-            x = torch.stack([torch.from_numpy(resize_square(load_rgb(Path(meta["root"]) / relpath[i]), size).copy())
-                             for i, _ in batch]).permute(0, 3, 1, 2).float().div(255).to(dev)
+            x = images[start:start + 32].float().div(255).to(dev)
             with torch.no_grad():
                 pred = model(x)["out"].argmax(1).cpu().numpy() != cfg["background"]
-            for (image_id, _), p in zip(batch, pred):
-                rows.append((name, *scores(p, mask_at(Path(masks_root), relpath[image_id], size))))
+            rows += [(name, *scores(p, mask)) for p, mask in zip(pred, masks[start:start + 32])]
     table = pd.DataFrame(rows, columns=["source", "pixel_acc", "fg_iou"]).groupby("source", sort=False).agg(
         images=("pixel_acc", "size"), pixel_acc=("pixel_acc", "mean"), fg_iou=("fg_iou", "mean")).reset_index()
     with atomic_file(out) as tmp:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +24,9 @@ from pssl.device import allocation, resolve_device, use_bf16
 from pssl.explain.deciles import to_deciles
 from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
 from pssl.models.zoo import ensemble_softmax, load_classifier
+from pssl.params import ExplainParams
 from pssl.progress import Progress
 from pssl import store
-
-
-@dataclass(frozen=True)
-class ExplainParams:
-    image_size: int = 64
-    n_samples: int = 8
-    noise_level: float = 0.15
-    output: str = "prob"        # prob | logit
-    target: str = "class"       # class | top1 (the zoo's top-1; unlabelled rows always use it)
-    batch_size: int = 16        # images per batch
-    sample_chunk: int = 8       # noisy copies per image per forward pass
-    keep_model_deciles: bool = False
-    seed: int = 0
-    precision: str = "auto"     # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
 
 
 def config_hash(params: ExplainParams, zoo_records: list[dict], zoo_paths: list[str]) -> str:

@@ -1,6 +1,6 @@
 """The paper's Table 3: per dataset and model, val mIoU with ImageNet init, with PSSL init, and the gain.
 
-Also: the best learning rate of a grid per cell, a figure of the gains, and a gallery of pseudo labels.
+Also: a figure of the gains and a gallery of pseudo labels.
 """
 
 from __future__ import annotations
@@ -20,17 +20,6 @@ from pssl.report.figures import grid, store_panels
 
 DATASET_TITLES = {"camvid": "CamVid", "voc_aug": "VOC-Aug", "pascal_context": "VOC-Context",
                   "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
-
-
-def select_best_lr(runs: list[str], out: str) -> dict:
-    """The run with the best val mIoU; records every lr's mIoU so the report can say which lr won."""
-    results = [json.loads(Path(r).read_text()) for r in runs]
-    best = max(results, key=lambda m: -1.0 if np.isnan(m["miou"]) else m["miou"])
-    best = {**best, "lr_grid": {str(m["lr"]): m["miou"] for m in results}}
-    with atomic_file(out) as tmp:
-        tmp.write_text(json.dumps(best, indent=2) + "\n")
-    print(f"best lr {best['lr']} (val mIoU {best['miou']:.4f}) of {sorted(best['lr_grid'])}")
-    return best
 
 
 def collect(cells: list[str]) -> pd.DataFrame:

@@ -15,14 +15,15 @@ import torch
 
 from pssl.data.pseudo import augment, train_transforms
 from pssl.data.segsets import SegmentationSet
+from pssl.device import allocation
 from pssl.eval.inference import predict
 from pssl.eval.metrics import IGNORE, confusion_matrix, scores
-from pssl.device import allocation
 from pssl.io import atomic_file
 from pssl.models.segmenter import Segmenter, build_segmenter
+from pssl.params import TrainParams
 from pssl.progress import Progress
 from pssl.train.distributed import init_distributed, shutdown
-from pssl.train.loop import TrainParams, fit
+from pssl.train.loop import fit
 from pssl.train.losses import class_weights
 from pssl.train.pretrain import init_backbone_from
 

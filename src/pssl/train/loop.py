@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,30 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pssl.device import autocast, use_bf16
+from pssl.params import TrainParams
 from pssl.progress import Progress
 from pssl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from pssl.train.distributed import DistInfo, all_reduce_sum
 from pssl.train.losses import weighted_ce_sums
 from pssl.train.schedules import lr_multiplier
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    epochs: int = 30
-    batch_size: int = 64          # global batch, split evenly over the ranks
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "step"        # step (paper pre-training) | poly
-    milestone: int = 20           # step schedule: epoch where lr is multiplied by gamma
-    gamma: float = 0.1
-    aux_weight: float = 0.4
-    checkpoint_every: int = 100   # steps; a checkpoint is also written at every epoch end
-    num_workers: int = 0
-    sync_bn: bool = False         # CUDA only (torch's SyncBatchNorm has no CPU implementation)
-    freeze_bn: bool = False       # BatchNorm uses its running statistics (small per-GPU batches)
-    precision: str = "auto"       # auto: bf16 autocast on CUDA, fp32 on CPU
-    seed: int = 0
 
 
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir: str | Path, info: DistInfo,

@@ -16,9 +16,10 @@ from pssl.data.pseudo import PseudoLabelDataset
 from pssl.device import allocation
 from pssl.io import atomic_file
 from pssl.models.segmenter import build_segmenter, load_backbone_weights
+from pssl.params import TrainParams
 from pssl.train.distributed import init_distributed, shutdown
+from pssl.train.loop import fit
 from pssl.train.losses import class_weights
-from pssl.train.loop import TrainParams, fit
 
 
 def init_backbone_from(model, classifier_path: str | None) -> str:
