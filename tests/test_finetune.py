@@ -13,9 +13,10 @@ from pssl.data.segsets import SegmentationSet, list_pairs
 from pssl.eval.inference import predict, sliding_window
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.models.segmenter import build_segmenter
+from pssl.params import TrainParams
 from pssl.report.lr_grid import select_best_lr
 from pssl.report.table3 import markdown, table3
-from pssl.train.finetune import init_from_pretrained
+from pssl.train.finetune import finetune, init_from_pretrained
 
 DATASETS = ["camvid", "voc_aug", "pascal_context", "ade20k", "cityscapes"]
 
@@ -143,6 +144,19 @@ def test_pssl_init_loads_everything_but_the_class_layers(tmp_path):
             assert torch.equal(state[k], source[k]), k
     with pytest.raises(ValueError, match="not a deeplabv3"):
         init_from_pretrained(build_segmenter("deeplabv3", "test_resnet", 5), str(path))
+
+
+def test_finished_job_keeps_weights_and_metrics_not_resume_checkpoints(tiny_demo, tmp_path):
+    params = TrainParams(epochs=1, batch_size=2, lr=0.01, schedule="poly", checkpoint_every=1)
+    out = tmp_path / "run"
+    metrics = finetune("camvid", str(tiny_demo), "pspnet", "test_resnet", "imagenet", None, out, crop=32,
+                       base_size=48, params=params, device="cpu")
+    assert json.loads((out / "metrics.json").read_text())["miou"] == metrics["miou"]
+    assert not list(out.glob("ckpt-*.pt"))
+    final = torch.load(out / "final.pt", weights_only=False)
+    assert final["kind"] == "pssl-finetune" and final["config"]["num_classes"] == 11
+    model = build_segmenter(final["config"]["head"], final["config"]["backbone"], final["config"]["num_classes"])
+    model.load_state_dict(final["model"])  # the weights that were evaluated, loadable as they are
 
 
 # ---- report ------------------------------------------------------------------------------------------------

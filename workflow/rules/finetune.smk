@@ -10,7 +10,8 @@ rule finetune:
         init=finetune_init,
         data=demo_data_if_enabled,
     output:
-        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/metrics.json",
+        metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/metrics.json",
+        weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/final.pt",
     wildcard_constraints:
         init="imagenet|pssl",
     params:
@@ -22,7 +23,7 @@ rule finetune:
         base=lambda wc: FINETUNE["datasets"][wc.dataset]["base_size"],
         window=lambda wc: f"--window {FINETUNE['datasets'][wc.dataset]['window']}"
         if FINETUNE["datasets"][wc.dataset]["window"] else "",
-        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        out_dir=lambda wc, output: os.path.dirname(output.metrics),
         train=finetune_flags,
         scales=" ".join(map(str, config["eval"]["scales"])),
         flip=str(config["eval"]["flip"]).lower(),

@@ -38,6 +38,12 @@ def save_checkpoint(directory: str | Path, step: int, state: dict) -> Path:
     return path
 
 
+def remove_checkpoints(directory: str | Path) -> None:
+    """Drop the resume checkpoints of a finished job (model + optimizer state: twice the weights' size)."""
+    for path in Path(directory).glob("ckpt-*.pt"):
+        path.unlink()
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     found = sorted(Path(directory).glob("ckpt-*.pt"))
     return found[-1] if found else None

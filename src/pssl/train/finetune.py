@@ -2,6 +2,9 @@
 
 init imagenet: backbone from the classification weights (zoo entry), head random: the conventional way.
 init pssl:     the whole pre-trained model; only the final per-class layers are re-initialised.
+
+Outputs in out_dir: metrics.json, final.pt (the evaluated weights and their config), log.csv. The resume
+checkpoints are removed once both are written.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pssl.io import atomic_file
 from pssl.models.segmenter import Segmenter, build_segmenter
 from pssl.params import TrainParams
 from pssl.progress import Progress
+from pssl.train.checkpoint import remove_checkpoints
 from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import fit
 from pssl.train.losses import class_weights
@@ -109,8 +113,14 @@ def finetune(dataset: str, root: str, head: str, backbone: str, init: str, init_
                    "seconds": round(time.monotonic() - started, 1)}
         for note in notes:
             print(note)
+        config = {"head": head, "backbone": backbone, "num_classes": train_set.num_classes, "dataset": dataset,
+                  "classes": list(train_set.spec.classes), "init": init, "train": asdict(params)}
+        with atomic_file(out_dir / "final.pt") as tmp:
+            torch.save({"model": model.state_dict(), "config": config, "kind": "pssl-finetune"}, tmp)
         with atomic_file(out_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        # Finished: final.pt and metrics.json are the job's outputs; resuming needs the checkpoints no more.
+        remove_checkpoints(out_dir)
         print(f"{dataset} {head}-{backbone} {init}: mIoU {result['miou']:.4f}, pixel acc {result['pixel_acc']:.4f}")
     del model
     shutdown(info)
