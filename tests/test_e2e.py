@@ -49,6 +49,8 @@ def test_full_run_writes_every_stage(pipeline_run):
         final = torch.load(workdir / f"results/pretrain/{model}/final.pt", weights_only=False)
         assert final["config"]["num_classes"] == 4 and final["kind"] == "pssl-pretrain"
     assert len(list((workdir / "results/finetune").glob("*/*/*/metrics.json"))) == 5 * 3 * 2
+    assert len(list((workdir / "results/finetune").glob("*/*/*/lr*/final.pt"))) == 5 * 3 * 2
+    assert not list((workdir / "results/finetune").glob("*/*/*/lr*/ckpt-*.pt"))
 
 
 def test_report_table_has_every_cell(pipeline_run):

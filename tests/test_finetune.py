@@ -159,6 +159,13 @@ def test_finished_job_keeps_weights_and_metrics_not_resume_checkpoints(tiny_demo
     model.load_state_dict(final["model"])  # the weights that were evaluated, loadable as they are
 
 
+def test_cli_head_choices_are_the_registered_heads():
+    from pssl.cli import SEGMENTATION_HEADS
+    from pssl.models.segmenter import HEADS
+    build_segmenter("pspnet", "test_resnet", 2)  # registers every head
+    assert sorted(SEGMENTATION_HEADS) == sorted(HEADS)
+
+
 # ---- report ------------------------------------------------------------------------------------------------
 
 def test_select_best_lr(tmp_path):

@@ -9,13 +9,19 @@ import logging
 import sys
 
 
+SEGMENTATION_HEADS = ["pspnet", "deeplabv3", "ocrnet"]  # pssl.models.segmenter.HEADS, without importing torch
+
+
+def parse_bool(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One --flag per dataclass field (snake_case -> kebab-case), typed from the field's default."""
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
-            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=f.default,
-                                metavar="BOOL")
+            parser.add_argument(flag, type=parse_bool, default=f.default, metavar="BOOL")
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
 
@@ -222,12 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-workers", type=int, default=0)
     s.set_defaults(func=_label)
 
+    from pssl.data.downstream import DATASETS
     from pssl.params import TrainParams
     s = sub.add_parser("pretrain", help="pre-train a segmentation model on the pseudo labels (torchrun/srun)")
     s.add_argument("--stores", nargs="+", required=True)
     s.add_argument("--labels", nargs="+", required=True, help="labels/<shard>.parquet, same order as --stores")
     s.add_argument("--out-dir", required=True, help="pretrain/<model>: checkpoints, log.csv, final.pt")
-    s.add_argument("--head", required=True, choices=["pspnet", "deeplabv3", "ocrnet"])
+    s.add_argument("--head", required=True, choices=SEGMENTATION_HEADS)
     s.add_argument("--backbone", required=True, help="timm name")
     s.add_argument("--backbone-init", default=None, help="zoo/<name>.pt of the backbone's architecture")
     s.add_argument("--crop", type=int, default=256)
@@ -249,18 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_eval_pretrain)
 
     s = sub.add_parser("finetune", help="fine-tune on a downstream dataset and evaluate on its val split")
-    s.add_argument("--dataset", required=True, choices=["camvid", "voc_aug", "pascal_context", "ade20k",
-                                                         "cityscapes"])
+    s.add_argument("--dataset", required=True, choices=list(DATASETS))
     s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")
-    s.add_argument("--head", required=True, choices=["pspnet", "deeplabv3", "ocrnet"])
+    s.add_argument("--head", required=True, choices=SEGMENTATION_HEADS)
     s.add_argument("--backbone", required=True)
     s.add_argument("--init", required=True, choices=["imagenet", "pssl"])
     s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
-    s.add_argument("--out-dir", required=True, help="checkpoints, log.csv, metrics.json")
+    s.add_argument("--out-dir", required=True, help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
     s.add_argument("--crop", type=int, required=True)
     s.add_argument("--base-size", type=int, required=True)
     s.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    s.add_argument("--flip", type=lambda v: v.lower() in ("1", "true", "yes"), default=False, metavar="BOOL")
+    s.add_argument("--flip", type=parse_bool, default=False, metavar="BOOL")
     s.add_argument("--window", type=int, default=None, help="sliding-window size for evaluation")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None)

@@ -22,8 +22,8 @@ FORMAT_VERSION = 1
 PENDING, DONE, UNREADABLE = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", UNREADABLE: "unreadable"}
 # Chosen by measurement (benchmarks/store_codecs.py, numbers in benchmarks/README.md): on demo decile maps
-# zstd level 9 was the smallest of the codecs tried (993 bytes per 48 x 48 map vs 1087 for bit-shuffled
-# blosc-zstd), and its 0.6 ms per image to write is nothing next to explaining the image.
+# zstd level 9 was the smallest of the codecs tried (1005 bytes per 48 x 48 map vs 1095 for bit-shuffled
+# blosc-zstd), and its 0.8 ms per image to write is nothing next to explaining the image.
 DECILE_CODEC = ZstdCodec(level=9)
 IMAGES_PER_ZARR_SHARD = 256
 

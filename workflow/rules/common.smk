@@ -98,7 +98,7 @@ def zoo_runtime(wildcards, input):
 
 def pretrain_runtime(wildcards, input):
     p = config["pretrain"]
-    images = len(input.labels) * config["shard_size"]
+    images = sum(count_rows(table) for table in input.labels)
     return train_minutes(config, images, p["epochs"], p["crop"], p["gpus_per_node"] * p["nodes"])
 
 

@@ -89,7 +89,7 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     items = []
     for path in stores:
         group = store.open_store(path)
-        ids, status, deciles = group["image_id"][:], group["status"][:], group["deciles"]
+        ids, status, deciles = group["image_id"][:], group["status"][:], group["deciles"][:]
         items += [(int(ids[i]), deciles[i]) for i in np.flatnonzero(status == store.DONE)]
     size = items[0][1].shape[0]
 

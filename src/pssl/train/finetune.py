@@ -106,15 +106,15 @@ def finetune(dataset: str, root: str, head: str, backbone: str, init: str, init_
     if info.main:
         result = evaluate(model, val_set, info.device, scales, flip, window)
         notes = [n for n in (train_set.report_unexpected(), val_set.report_unexpected()) if n]
-        metrics = {**result, "classes": list(train_set.spec.classes), "lr": params.lr, "init": init,
-                   "init_from": loaded, "epochs": params.epochs, "dataset": dataset, "model": f"{head}-{backbone}",
+        config = {"head": head, "backbone": backbone, "num_classes": train_set.num_classes, "dataset": dataset,
+                  "classes": list(train_set.spec.classes), "init": init, "train": asdict(params)}
+        metrics = {**result, "classes": config["classes"], "lr": params.lr, "init": init, "init_from": loaded,
+                   "epochs": params.epochs, "dataset": dataset, "model": f"{head}-{backbone}",
                    "eval": {"split": "val", "scales": list(scales), "flip": flip, "sliding_window": window},
-                   "train": asdict(params), "label_warnings": notes,
+                   "train": config["train"], "label_warnings": notes,
                    "seconds": round(time.monotonic() - started, 1)}
         for note in notes:
             print(note)
-        config = {"head": head, "backbone": backbone, "num_classes": train_set.num_classes, "dataset": dataset,
-                  "classes": list(train_set.spec.classes), "init": init, "train": asdict(params)}
         with atomic_file(out_dir / "final.pt") as tmp:
             torch.save({"model": model.state_dict(), "config": config, "kind": "pssl-finetune"}, tmp)
         with atomic_file(out_dir / "metrics.json") as tmp:
