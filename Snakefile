@@ -1,17 +1,33 @@
 # PSSL pipeline. Thin by design: configuration, validation, the stage rule files, and `rule all`.
 # Each stage lives in workflow/rules/<stage>.smk and calls one `pssl` CLI command.
-from snakemake.utils import min_version
+import os
+import sys
 
-from pssl.config import validate_config
+from snakemake.utils import min_version, update_config
+
+from pssl.config import ConfigError, check_data_roots, typed_cli_config, validate_config
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A config file is exactly what it says: config.yaml (the demo) is read only when no --configfile is given,
+# so nothing of the demo leaks into a preset (Snakemake would deep-merge them). Several --configfile
+# arguments are merged in order, for a user who wants to layer files on purpose.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-# snakemake.utils.validate against the schema, then cross-key checks; errors name the offending key.
-validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+# Snakemake reads nested --config values as strings ('{enabled: false}' -> {'enabled': 'false'}): type them
+# as YAML would, so the command line means what the same text means in a config file.
+update_config(config, typed_cli_config(workflow.config_settings.config))
+try:
+    # snakemake.utils.validate against the schema, then cross-key checks; errors name the offending key.
+    validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+    # The data roots and every configured dataset's documented layout, before any job runs.
+    check_data_roots(config)
+except ConfigError as error:
+    sys.exit(f"ConfigError: {error}")  # one line; a traceback into this file would add nothing
 
 
 include: "workflow/rules/common.smk"
@@ -24,4 +40,5 @@ include: "workflow/rules/finetune.smk"
 rule all:
     default_target: True
     input:
-        final_outputs,
+        final_outputs(),
+        shard_outputs,

@@ -1,5 +1,6 @@
 """The real Snakemake DAG on tests/configs/tiny.yaml: full run, no-op rerun, single-shard rebuild."""
 
+import json
 import re
 import shutil
 
@@ -57,7 +58,11 @@ def test_report_table_has_every_cell(pipeline_run):
     workdir, _ = pipeline_run
     table = pd.read_csv(workdir / "results/report/table3.csv", index_col=0)
     assert list(table.index) == ["CamVid", "VOC-Aug", "VOC-Context", "ADE20K", "Cityscapes"]
-    assert table.shape == (5, 9) and table.notna().all().all()
+    assert table.shape == (5, 10) and table.notna().all().all()
+    assert table.loc["CamVid", "split"] == "test" and set(table["split"].drop("CamVid")) == {"val"}
+    camvid = json.loads((workdir / "results/finetune/camvid/psp/pssl/metrics.json").read_text())
+    assert camvid["eval"]["split"] == "test" and camvid["selection"]["split"] == "val"
+    assert camvid["eval"]["base_size"] == 48
     markdown = (workdir / "results/report/table3.md").read_text()
     assert markdown.count("\n| ") >= 6 and "PSPNet-test_resnet diff" in markdown
     for png in ("table3_gains.png", "pseudo_label_gallery.png"):

@@ -196,6 +196,7 @@ def test_store_contract_and_determinism(demo_shard, tiny_zoo, tmp_path):
     hist = np.bincount(group["deciles"][:].ravel(), minlength=10) / group["deciles"][:].size
     assert np.allclose(hist, 0.1, atol=0.02)  # eq. 2 puts ~10% of the pixels in each decile
     assert group.attrs["smoothgrad"]["n_samples"] == 3 and len(group.attrs["models"]) == 2
+    assert "without keeping the aspect ratio" in group.attrs["preprocessing"]
     assert not list(tmp_path.glob(".*partial"))
 
 

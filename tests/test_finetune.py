@@ -168,28 +168,32 @@ def test_cli_head_choices_are_the_registered_heads():
 
 # ---- report ------------------------------------------------------------------------------------------------
 
-def test_select_best_lr(tmp_path):
+def test_select_best_lr_chooses_on_val_not_on_the_reported_split(tmp_path):
+    """Cells that report test (CamVid) pick their lr by the val mIoU in `selection`, never by test."""
     runs = []
-    for lr, miou in ((0.01, 0.31), (0.02, 0.45), (0.05, float("nan"))):
+    for lr, test_miou, val_miou in ((0.01, 0.60, 0.31), (0.02, 0.40, 0.45), (0.05, float("nan"), float("nan"))):
         p = tmp_path / f"lr{lr}.json"
-        p.write_text(json.dumps({"miou": miou, "lr": lr, "pixel_acc": 0.5}))
+        p.write_text(json.dumps({"miou": test_miou, "lr": lr, "pixel_acc": 0.5, "eval": {"split": "test"},
+                                 "selection": {"split": "val", "miou": val_miou}}))
         runs.append(str(p))
     best = select_best_lr(runs, str(tmp_path / "best.json"))
     assert best["lr"] == 0.02 and set(best["lr_grid"]) == {"0.01", "0.02", "0.05"}
-    assert json.loads((tmp_path / "best.json").read_text())["miou"] == 0.45
+    assert best["lr_grid"]["0.01"] == 0.31
+    assert json.loads((tmp_path / "best.json").read_text())["miou"] == 0.40
 
 
 def test_table3_layout_and_differences():
-    cells = pd.DataFrame([{"dataset": d, "model": m, "init": i, "miou": v, "pixel_acc": 0.0, "lr": 0.01,
-                           "lr_grid": 1}
-                          for d, base in (("camvid", 60.0), ("ade20k", 40.0))
+    cells = pd.DataFrame([{"dataset": d, "model": m, "init": i, "split": split, "miou": v, "pixel_acc": 0.0,
+                           "lr": 0.01, "lr_grid": 1}
+                          for d, split, base in (("camvid", "test", 60.0), ("ade20k", "val", 40.0))
                           for m in ("a", "b")
                           for i, v in (("imagenet", base), ("pssl", base + (1.5 if m == "a" else -0.5)))])
     table = table3(cells, {"a": "PSPNet-R", "b": "OCRNet-H"})
     assert list(table.index) == ["CamVid", "ADE20K"]
-    assert list(table.columns) == ["PSPNet-R ImageNet", "PSPNet-R PSSL", "PSPNet-R diff",
+    assert list(table["split"]) == ["test", "val"]
+    assert list(table.columns) == ["split", "PSPNet-R ImageNet", "PSPNet-R PSSL", "PSPNet-R diff",
                                    "OCRNet-H ImageNet", "OCRNet-H PSSL", "OCRNet-H diff"]
     assert table.loc["CamVid", "PSPNet-R diff"] == pytest.approx(1.5)
     assert table.loc["ADE20K", "OCRNet-H diff"] == pytest.approx(-0.5)
     md = markdown(table, cells)
-    assert "| CamVid | 60.00 | 61.50 | +1.50 |" in md
+    assert "| CamVid | test | 60.00 | 61.50 | +1.50 |" in md

@@ -104,7 +104,7 @@ def _pretrain(a):
     set_threads(a.threads)
     pretrain(a.stores, a.labels, a.out_dir, a.head, a.backbone, a.crop, a.backbone_init,
              w_bg=a.w_bg, decile_threshold=a.decile_threshold, ignore_deciles=tuple(a.ignore_deciles),
-             params=dataclass_from_args(TrainParams, a), device=a.device)
+             params=dataclass_from_args(TrainParams, a), device=a.device, pad_label=a.pad_label)
 
 
 def _eval_pretrain(a):
@@ -119,7 +119,7 @@ def _finetune(a):
     set_threads(a.threads)
     finetune(a.dataset, a.root, a.head, a.backbone, a.init, a.init_from, a.out_dir, a.crop, a.base_size,
              dataclass_from_args(TrainParams, a), scales=tuple(a.scales), flip=a.flip, window=a.window,
-             device=a.device)
+             eval_split=a.eval_split, device=a.device)
 
 
 def _select_lr(a):
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-init", default=None, help="zoo/<name>.pt of the backbone's architecture")
     s.add_argument("--crop", type=int, default=256)
     s.add_argument("--w-bg", type=float, default=0.1)
+    s.add_argument("--pad-label", choices=["ignore", "background"], default="ignore",
+                   help="label of padded pixels (crop, rotation)")
     s.add_argument("--decile-threshold", type=int, default=9)
     s.add_argument("--ignore-deciles", type=int, nargs="*", default=[])
     s.add_argument("--device", default="auto")
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_eval_pretrain)
 
-    s = sub.add_parser("finetune", help="fine-tune on a downstream dataset and evaluate on its val split")
+    s = sub.add_parser("finetune", help="fine-tune on a downstream dataset and evaluate it")
     s.add_argument("--dataset", required=True, choices=list(DATASETS))
     s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")
     s.add_argument("--head", required=True, choices=SEGMENTATION_HEADS)
@@ -264,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
     s.add_argument("--out-dir", required=True, help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
     s.add_argument("--crop", type=int, required=True)
-    s.add_argument("--base-size", type=int, required=True)
+    s.add_argument("--base-size", type=int, required=True,
+                   help="training: long side random in [0.5, 2] x base; evaluation: long side = scale x base")
+    s.add_argument("--eval-split", choices=["val", "test"], default="val",
+                   help="split the metrics report (the learning rate is always chosen on val)")
     s.add_argument("--scales", type=float, nargs="+", default=[1.0])
     s.add_argument("--flip", type=parse_bool, default=False, metavar="BOOL")
     s.add_argument("--window", type=int, default=None, help="sliding-window size for evaluation")

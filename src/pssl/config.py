@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
 def check_config(config: dict) -> None:
     """Raise ConfigError naming the key when keys contradict each other."""
     demo = config["demo"]
-    if demo["min_side"] > demo["max_side"]:
+    if demo["enabled"] and demo["min_side"] > demo["max_side"]:
         raise ConfigError(f"config key demo.min_side ({demo['min_side']}) exceeds demo.max_side ({demo['max_side']})")
     names = [m if isinstance(m, str) else m["name"] for m in config["zoo"]["models"] + config["zoo"]["init_only"]]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -64,12 +65,76 @@ def check_config(config: dict) -> None:
     for name in config["finetune"]["models"]:
         if name not in config["pretrain"]["models"]:
             raise ConfigError(f"config key finetune.models: {name!r} is not a key of pretrain.models")
+    for dataset, settings in config["finetune"]["datasets"].items():
+        for name in settings.get("per_model", {}):
+            if name not in config["finetune"]["models"]:
+                raise ConfigError(f"config key finetune.datasets.{dataset}.per_model.{name}: not one of "
+                                  f"finetune.models ({', '.join(config['finetune']['models'])})")
     if not demo["enabled"] and not config["downstream_root"]:
         missing = [d for d, v in config["finetune"]["datasets"].items() if not v["root"]]
         if missing:
             raise ConfigError(
                 f"config key downstream_root (or finetune.datasets.{missing[0]}.root) is required when demo.enabled "
                 f"is false: the directory holding CamVid/, VOCdevkit/, ADEChallengeData2016/, cityscapes/")
+
+
+def typed_cli_config(cli: dict) -> dict:
+    """`--config` values typed as YAML types them: Snakemake parses nested values with YAML's BaseLoader, which
+    keeps every scalar a string ({enabled: false} -> {'enabled': 'false'}), and top-level 'true' / 'null' too."""
+    import yaml
+
+    def typed(value):
+        if isinstance(value, dict):
+            return {k: typed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [typed(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        for number in (int, float):  # float() also reads 1e-3, which YAML 1.1 would leave a string
+            try:
+                return number(value)
+            except ValueError:
+                pass
+        try:
+            loaded = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return loaded if loaded is None or isinstance(loaded, bool) else value
+
+    return typed(dict(cli))
+
+
+def finetune_settings(config: dict, dataset: str, model: str) -> dict:
+    """A dataset's fine-tuning settings for one model: the dataset's, with its per_model overrides applied."""
+    settings = {k: v for k, v in config["finetune"]["datasets"][dataset].items() if k != "per_model"}
+    return {**settings, **config["finetune"]["datasets"][dataset].get("per_model", {}).get(model, {})}
+
+
+def check_data_roots(config: dict) -> None:
+    """Raise ConfigError naming the path when a data root or a configured dataset's documented layout is
+    missing. Only directory listings are read; the demo's own tree is skipped (a rule generates it)."""
+    from pssl.data.segsets import missing_paths
+
+    if config["imagenet_root"]:
+        root = Path(config["imagenet_root"])
+        if not root.is_dir():
+            raise ConfigError(f"config key imagenet_root: {root} is not a directory")
+        entries = list(os.scandir(root))
+        if not entries or (config["labelled"] and not any(e.is_dir() for e in entries)):
+            raise ConfigError(f"config key imagenet_root: {root} has no class folders (<wnid>/<image>); "
+                              f"for loose unlabelled images set labelled: false")
+    for dataset, settings in config["finetune"]["datasets"].items():
+        root = settings["root"] or config["downstream_root"]
+        if not root:
+            continue  # the demo's downstream sets
+        key = f"finetune.datasets.{dataset}.root" if settings["root"] else "downstream_root"
+        try:
+            missing = missing_paths(dataset, root, ("train", "val", settings["eval_split"]))
+        except ValueError as e:
+            raise ConfigError(f"config key finetune.datasets.{dataset}.eval_split: {e}") from None
+        if missing:
+            raise ConfigError(f"config key {key}: {dataset} needs {missing[0]} (missing"
+                              + (f", and {len(missing) - 1} more)" if len(missing) > 1 else ")"))
 
 
 def zoo_specs(config: dict, ensemble_only: bool = False) -> dict[str, dict]:
@@ -111,6 +176,17 @@ def launcher(gpus_per_node: int, nodes: int) -> str:
 # multiplies every estimate for slower hardware.
 EXPLAIN_FWD_BWD_PER_MIN = 60_000   # 224 px ResNet-50-class forward+backward passes per minute
 TRAIN_IMAGES_PER_MIN = 6_000       # segmentation training images per minute at crop 256 (ResNet-50 class)
+
+
+IMAGENET_TRAIN_IMAGES = 1_281_167  # the bound runtimes use before anything is indexed
+
+
+def rows_or_bound(tables: list[str], bound: int) -> int:
+    """Total rows of parquet tables when all of them exist (footers only), else `bound`."""
+    from pssl.data.imagenet import count_rows
+    if not tables or not all(Path(t).exists() for t in tables):
+        return bound
+    return sum(count_rows(t) for t in tables)
 
 
 def explain_minutes(config: dict) -> int:

@@ -27,6 +27,7 @@ class TrainParams:
     epochs: int = 30
     batch_size: int = 64          # global batch, split evenly over the ranks
     lr: float = 0.01
+    backbone_lr_mult: float = 1.0  # the backbone trains at lr x this (PaddleSeg's relative_lr)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "step"        # step (paper pre-training) | poly

@@ -2,19 +2,23 @@
 import json
 import os
 
+from snakemake.exceptions import IncompleteCheckpointException
+
 from pssl.config import (
+    IMAGENET_TRAIN_IMAGES,
     cli_flags,
     explain_minutes,
+    finetune_settings,
     imagenet_root,
     launcher,
     pretrain_resources,
+    rows_or_bound,
     train_flags,
     train_minutes,
     zoo_minutes,
     zoo_specs,
 )
 from pssl.data.downstream import TRAIN_IMAGES
-from pssl.data.imagenet import count_rows
 
 # All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
 # the job (the .venv, or the conda env of envs/pssl.yaml under --software-deployment-method conda).
@@ -22,7 +26,7 @@ CONDA_ENV = "../../envs/pssl.yaml"
 shell.prefix(f"export PYTHONPATH={workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 RESULTS = config["results"]
-DEMO_ROOT = config["demo"]["root"]
+DEMO_ROOT = config["demo"].get("root")  # required only when the demo is enabled
 LOGS = f"{RESULTS}/logs"
 
 
@@ -86,24 +90,35 @@ def finetune_init(wildcards):
     return f"{RESULTS}/zoo/{init}.pt" if init else []
 
 
+def finetune_setting(name):
+    """One per-dataset fine-tuning setting of a job, with the dataset's per_model override for its model."""
+    return lambda wc: finetune_settings(config, wc.dataset, wc.model)[name]
+
+
 def finetune_flags(wildcards):
-    ds = FINETUNE["datasets"][wildcards.dataset]
+    ds = finetune_settings(config, wildcards.dataset, wildcards.model)
     return train_flags({**FINETUNE, "epochs": ds["epochs"], "weight_decay": ds["weight_decay"],
                         "lr": float(wildcards.lr)}, config["seed"])
 
 
-def zoo_runtime(wildcards, input):
-    return zoo_minutes(config, count_rows(input.index))
+# Runtimes read only files that exist when the DAG is built (a dry run of a partly finished pipeline
+# included), never a job's output: the index, the shard tables, else ImageNet's size as a safe bound.
+def zoo_runtime(wildcards):
+    return zoo_minutes(config, rows_or_bound([f"{RESULTS}/index.parquet"], IMAGENET_TRAIN_IMAGES))
 
 
-def pretrain_runtime(wildcards, input):
+def pretrain_runtime(wildcards):
     p = config["pretrain"]
-    images = sum(count_rows(table) for table in input.labels)
+    try:
+        tables = [os.path.join(checkpoints.shard_index.get().output[0], f"{shard}.parquet") for shard in shard_names()]
+    except IncompleteCheckpointException:  # not sharded yet (Snakemake would turn it into a broken resource)
+        tables = []
+    images = rows_or_bound(tables, rows_or_bound([f"{RESULTS}/index.parquet"], IMAGENET_TRAIN_IMAGES))
     return train_minutes(config, images, p["epochs"], p["crop"], p["gpus_per_node"] * p["nodes"])
 
 
 def finetune_runtime(wildcards):
-    ds = FINETUNE["datasets"][wildcards.dataset]
+    ds = finetune_settings(config, wildcards.dataset, wildcards.model)
     return train_minutes(config, TRAIN_IMAGES[wildcards.dataset], ds["epochs"], ds["crop"],
                          FINETUNE["gpus_per_node"])
 
@@ -126,11 +141,14 @@ def quality_tables(wildcards=None):
     return [f"{RESULTS}/report/explain_quality.csv", f"{RESULTS}/report/pretrain_quality.csv"]
 
 
-def final_outputs(wildcards):
-    """The final output of every stage (the inputs of the default target)."""
-    outputs = [f"{RESULTS}/index.parquet", *zoo_files(), *explain_stores(), *label_tables(),
-               *pretrained_models(), *finetune_results()]
-    outputs += REPORT_FILES
-    if config["demo"]["enabled"]:
-        outputs += quality_tables()
-    return outputs
+def final_outputs():
+    """The final output of every stage whose path does not depend on the shards. Listed without the
+    checkpoint, so a dry run before the shards exist still plans the zoo, pre-training, every fine-tune job
+    and the report."""
+    outputs = [f"{RESULTS}/index.parquet", *zoo_files(), *pretrained_models(), *finetune_results(), *REPORT_FILES]
+    return outputs + quality_tables()
+
+
+def shard_outputs(wildcards):
+    """Every shard's explain store and label table (known once the checkpoint wrote the shards)."""
+    return [*explain_stores(), *label_tables()]

@@ -1,22 +1,24 @@
 # Stage: demo data, ImageNet index, shards.
 
 
-rule make_demo_data:
-    output:
-        directory(DEMO_ROOT),
-    params:
-        seed=config["seed"],
-        demo=config["demo"],
-    conda:
-        CONDA_ENV
-    log:
-        f"{LOGS}/make_demo_data.log",
-    shell:
-        "python -m pssl demo-data --out {output} --seed {params.seed}"
-        " --num-classes {params.demo[num_classes]} --images-per-class {params.demo[images_per_class]}"
-        " --min-side {params.demo[min_side]} --max-side {params.demo[max_side]}"
-        " --downstream-train {params.demo[downstream_train]} --downstream-val {params.demo[downstream_val]}"
-        " > {log} 2>&1"
+if config["demo"]["enabled"]:  # the demo's data; a real run brings its own
+
+    rule make_demo_data:
+        output:
+            directory(DEMO_ROOT),
+        params:
+            seed=config["seed"],
+            demo=config["demo"],
+        conda:
+            CONDA_ENV
+        log:
+            f"{LOGS}/make_demo_data.log",
+        shell:
+            "python -m pssl demo-data --out {output} --seed {params.seed}"
+            " --num-classes {params.demo[num_classes]} --images-per-class {params.demo[images_per_class]}"
+            " --min-side {params.demo[min_side]} --max-side {params.demo[max_side]}"
+            " --downstream-train {params.demo[downstream_train]} --downstream-val {params.demo[downstream_val]}"
+            " > {log} 2>&1"
 
 
 rule index_images:

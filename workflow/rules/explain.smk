@@ -71,23 +71,24 @@ rule explain_shard:
         " {params.explain} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
-rule eval_explain:
-    # Demo only: the hidden object masks exist for synthetic data.
-    input:
-        stores=explain_stores,
-        index=f"{RESULTS}/index.parquet",
-        demo=demo_data_if_enabled,
-    output:
-        f"{RESULTS}/report/explain_quality.csv",
-    params:
-        masks=f"{DEMO_ROOT}/imagenet/masks",
-    conda:
-        CONDA_ENV
-    log:
-        f"{LOGS}/eval_explain.log",
-    shell:
-        "python -m pssl eval-explain --stores {input.stores} --index {input.index} --masks {params.masks}"
-        " --out {output} > {log} 2>&1"
+if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data only
+
+    rule eval_explain:
+        input:
+            stores=explain_stores,
+            index=f"{RESULTS}/index.parquet",
+            demo=demo_data_if_enabled,
+        output:
+            f"{RESULTS}/report/explain_quality.csv",
+        params:
+            masks=f"{DEMO_ROOT}/imagenet/masks",
+        conda:
+            CONDA_ENV
+        log:
+            f"{LOGS}/eval_explain.log",
+        shell:
+            "python -m pssl eval-explain --stores {input.stores} --index {input.index} --masks {params.masks}"
+            " --out {output} > {log} 2>&1"
 
 
 rule stage_zoo:

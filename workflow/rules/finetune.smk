@@ -19,10 +19,10 @@ rule finetune:
         root=lambda wc: dataset_root(wc.dataset),
         head=lambda wc: PRETRAIN[wc.model]["head"],
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
-        crop=lambda wc: FINETUNE["datasets"][wc.dataset]["crop"],
-        base=lambda wc: FINETUNE["datasets"][wc.dataset]["base_size"],
-        window=lambda wc: f"--window {FINETUNE['datasets'][wc.dataset]['window']}"
-        if FINETUNE["datasets"][wc.dataset]["window"] else "",
+        crop=finetune_setting("crop"),
+        base=finetune_setting("base_size"),
+        window=lambda wc: f"--window {w}" if (w := finetune_setting("window")(wc)) else "",
+        eval_split=finetune_setting("eval_split"),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
         train=finetune_flags,
         scales=" ".join(map(str, config["eval"]["scales"])),
@@ -41,7 +41,7 @@ rule finetune:
         "{params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {wildcards.init} --init-from {input.init}"
         " --out-dir {params.out_dir} --crop {params.crop} --base-size {params.base} {params.window}"
-        " --scales {params.scales} --flip {params.flip} {params.train} --device {params.device}"
+        " --eval-split {params.eval_split} --scales {params.scales} --flip {params.flip} {params.train} --device {params.device}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -60,25 +60,26 @@ rule select_lr:
         "python -m pssl select-lr --runs {input} --out {output} > {log} 2>&1"
 
 
-rule eval_pretrain:
-    # Demo only: pre-trained models' foreground against the hidden object masks.
-    input:
-        models=pretrained_models,
-        stores=explain_stores,
-        index=f"{RESULTS}/index.parquet",
-        demo=demo_data_if_enabled,
-    output:
-        f"{RESULTS}/report/pretrain_quality.csv",
-    params:
-        masks=f"{DEMO_ROOT}/imagenet/masks",
-        device=config["device"],
-    conda:
-        CONDA_ENV
-    log:
-        f"{LOGS}/eval_pretrain.log",
-    shell:
-        "python -m pssl eval-pretrain --models {input.models} --stores {input.stores} --index {input.index}"
-        " --masks {params.masks} --out {output} --device {params.device} > {log} 2>&1"
+if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data only
+
+    rule eval_pretrain:
+        input:
+            models=pretrained_models,
+            stores=explain_stores,
+            index=f"{RESULTS}/index.parquet",
+            demo=demo_data_if_enabled,
+        output:
+            f"{RESULTS}/report/pretrain_quality.csv",
+        params:
+            masks=f"{DEMO_ROOT}/imagenet/masks",
+            device=config["device"],
+        conda:
+            CONDA_ENV
+        log:
+            f"{LOGS}/eval_pretrain.log",
+        shell:
+            "python -m pssl eval-pretrain --models {input.models} --stores {input.stores} --index {input.index}"
+            " --masks {params.masks} --out {output} --device {params.device} > {log} 2>&1"
 
 
 rule stage_finetune:

@@ -45,6 +45,7 @@ rule pretrain:
         train=train_flags(config["pretrain"], config["seed"]),
         crop=config["pretrain"]["crop"],
         w_bg=config["pretrain"]["w_bg"],
+        pad_label=config["pretrain"]["pad_label"],
         threshold=config["labels"]["decile_threshold"],
         ignore=" ".join(map(str, config["labels"]["ignore_deciles"])),
         device=config["device"],
@@ -60,7 +61,8 @@ rule pretrain:
     shell:
         "{params.launcher} -m pssl pretrain --stores {input.stores} --labels {input.labels}"
         " --out-dir {params.out_dir} --head {params.head} --backbone {params.backbone} {params.init}"
-        " --crop {params.crop} --w-bg {params.w_bg} --decile-threshold {params.threshold}"
+        " --crop {params.crop} --w-bg {params.w_bg} --pad-label {params.pad_label}"
+        " --decile-threshold {params.threshold}"
         " --ignore-deciles {params.ignore} {params.train} --device {params.device} --threads {threads}"
         " > {log} 2>&1"
 

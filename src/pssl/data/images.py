@@ -54,3 +54,10 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize to size x size without cropping (the explain resolution S), bilinear with antialiasing."""
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def long_side_size(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(H, W) with the longer side `long_side` and the aspect ratio kept, rounded as PyTorch-Encoding does."""
+    if h > w:
+        return long_side, int(w * long_side / h + 0.5)
+    return int(h * long_side / w + 0.5), long_side

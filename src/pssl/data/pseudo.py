@@ -2,7 +2,8 @@
 
 Label map: pixels with decile >= decile_threshold get the image's label, the rest the background class K;
 deciles listed in ignore_deciles become ignore (-1). The S x S map is resized to the image with nearest
-neighbour. Joint image/mask augmentation uses torchvision.transforms.v2 with padding filled as ignore.
+neighbour. Joint image/mask augmentation uses torchvision.transforms.v2 with padding filled as ignore (or,
+with pad_label background, as the background class).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from pssl import store
-from pssl.data.images import load_rgb
+from pssl.data.images import load_rgb, long_side_size
 from pssl.data.imagenet import read_table
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,39 @@ def resize_nearest(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def train_transforms(crop: int, base_size: int | None = None, ignore: int = IGNORE, heavy: bool = True,
-                     scale: tuple[float, float] = (0.5, 2.0)) -> v2.Compose:
-    """Joint image/mask augmentation: random scale (shorter side in scale x base_size), crop with padding
-    filled as ignore, flip; `heavy` (pre-training) adds rotation, blur and colour jitter."""
+class RandomLongSideResize(v2.Transform):
+    """PyTorch-Encoding's random scale for fine-tuning: the long side uniform in [scale] x base, aspect kept
+    (masks are resized with nearest neighbour by torchvision)."""
+
+    def __init__(self, base: int, scale: tuple[float, float] = (0.5, 2.0)):
+        super().__init__()
+        self.low, self.high = int(base * scale[0]), int(base * scale[1])
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = next(v2.functional.get_size(x) for x in flat_inputs if isinstance(x, tv_tensors.Image))
+        long_side = int(torch.randint(self.low, self.high + 1, ()))
+        return {"size": list(long_side_size(h, w, long_side))}
+
+    def transform(self, inpt, params: dict):
+        return v2.functional.resize(inpt, params["size"], antialias=True)
+
+    # torchvision < 0.21 calls these names
+    _get_params, _transform = make_params, transform
+
+
+def train_transforms(crop: int, base_size: int | None = None, mask_fill: int = IGNORE, heavy: bool = True,
+                     scale: tuple[float, float] = (0.5, 2.0), long_side: bool = False) -> v2.Compose:
+    """Joint image/mask augmentation: random scale, crop with the mask's padding filled with `mask_fill`, flip;
+    `heavy` (pre-training) adds rotation, blur and colour jitter.
+
+    Random scale: the shorter side in scale x base_size (pre-training, as PaddleSeg's PSSL configs), or with
+    `long_side` the longer side in scale x base_size, aspect kept (fine-tuning, PyTorch-Encoding's convention,
+    which the paper's base size 520 / crop 480 follow).
+    """
     base = base_size or crop
-    fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore}
-    steps = [v2.RandomResize(int(base * scale[0]), int(base * scale[1]))]
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: mask_fill}
+    steps = [RandomLongSideResize(base, scale) if long_side else
+             v2.RandomResize(int(base * scale[0]), int(base * scale[1]))]
     if heavy:
         steps.append(v2.RandomRotation(10.0, fill=fill))
     steps += [v2.RandomCrop(crop, pad_if_needed=True, fill=fill), v2.RandomHorizontalFlip()]
@@ -86,10 +113,14 @@ class Sample:
 
 class PseudoLabelDataset(torch.utils.data.Dataset):
     def __init__(self, stores: list[str], labels: list[str], num_classes: int, crop: int,
-                 decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), seed: int = 0):
+                 decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), seed: int = 0,
+                 pad_label: str = "ignore"):
         self.background = num_classes  # class K: the segmentation head has K + 1 outputs
         self.threshold, self.ignore_deciles, self.seed = decile_threshold, tuple(ignore_deciles), seed
-        self.transform = train_transforms(crop)
+        if pad_label not in ("ignore", "background"):
+            raise ValueError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
+        # Padding from the crop and the rotation: ignored, or background as in the authors' code at the paper.
+        self.transform = train_transforms(crop, mask_fill=IGNORE if pad_label == "ignore" else self.background)
         self.epoch = 0
         self.store_paths = list(stores)
         self.samples: list[Sample] = []

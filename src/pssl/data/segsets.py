@@ -26,8 +26,42 @@ def _need(path: Path) -> Path:
     return path
 
 
+# ADE20K names its splits differently on disk; its test release has no annotations.
+ADE20K_SPLITS = {"train": "training", "val": "validation"}
+
+
+def layout(dataset: str, root: str | Path, split: str) -> list[Path]:
+    """The documented folders and list files one split of `dataset` needs under `root` (cheap to check)."""
+    root = Path(root)
+    if dataset == "camvid":
+        base = root / "CamVid"
+        return [base / split, base / f"{split}annot"]
+    if dataset == "voc_aug":
+        base = root / "VOCdevkit" / "VOC2012"
+        return [base / "JPEGImages", base / "SegmentationClassAug",
+                base / "ImageSets" / "Segmentation" / ("train_aug.txt" if split == "train" else f"{split}.txt")]
+    if dataset == "pascal_context":
+        base = root / "VOCdevkit" / "VOC2010"
+        return [base / "JPEGImages", base / "SegmentationClassContext",
+                base / "ImageSets" / "SegmentationContext" / f"{split}.txt"]
+    if dataset == "ade20k":
+        if split not in ADE20K_SPLITS:
+            raise ValueError(f"ade20k has no annotated {split!r} split; use one of {', '.join(ADE20K_SPLITS)}")
+        base = root / "ADEChallengeData2016"
+        return [base / "images" / ADE20K_SPLITS[split], base / "annotations" / ADE20K_SPLITS[split]]
+    if dataset == "cityscapes":
+        base = root / "cityscapes"
+        return [base / "leftImg8bit" / split, base / "gtFine" / split]
+    raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+
+
+def missing_paths(dataset: str, root: str | Path, splits) -> list[Path]:
+    """Paths of the documented layout that do not exist, for every split in `splits`."""
+    return [p for split in dict.fromkeys(splits) for p in layout(dataset, root, split) if not p.exists()]
+
+
 def _from_list(list_file: Path, image_dir: Path, label_dir: Path, image_suffix: str) -> list[tuple[Path, Path]]:
-    stems = [s for s in _need(list_file).read_text().split() if s]
+    stems = [s for s in list_file.read_text().split() if s]
     pairs = [(image_dir / f"{s}{image_suffix}", label_dir / f"{s}.png") for s in stems]
     for image, label in pairs[:1] + pairs[-1:]:  # spot-check: a list pointing at missing files fails early
         _need(image), _need(label)
@@ -35,32 +69,20 @@ def _from_list(list_file: Path, image_dir: Path, label_dir: Path, image_suffix: 
 
 
 def list_pairs(dataset: str, root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """(image path, label path) pairs of `split` ('train' or 'val') for `dataset` under `root`."""
-    root = Path(root)
+    """(image path, label path) pairs of `split` ('train', 'val', 'test') for `dataset` under `root`."""
+    paths = [_need(p) for p in layout(dataset, root, split)]
     if dataset == "camvid":
-        base = _need(root / "CamVid")
-        images = sorted(_need(base / split).glob("*.png"))
-        return [(p, _need(base / f"{split}annot" / p.name)) for p in images]
-    if dataset == "voc_aug":
-        base = _need(root / "VOCdevkit" / "VOC2012")
-        lists = base / "ImageSets" / "Segmentation"
-        return _from_list(lists / ("train_aug.txt" if split == "train" else "val.txt"), _need(base / "JPEGImages"),
-                          _need(base / "SegmentationClassAug"), ".jpg")
-    if dataset == "pascal_context":
-        base = _need(root / "VOCdevkit" / "VOC2010")
-        return _from_list(base / "ImageSets" / "SegmentationContext" / f"{split}.txt", _need(base / "JPEGImages"),
-                          _need(base / "SegmentationClassContext"), ".jpg")
+        images, labels = paths
+        return [(p, _need(labels / p.name)) for p in sorted(images.glob("*.png"))]
+    if dataset in ("voc_aug", "pascal_context"):
+        images, labels, list_file = paths
+        return _from_list(list_file, images, labels, ".jpg")
     if dataset == "ade20k":
-        base = _need(root / "ADEChallengeData2016")
-        sub = {"train": "training", "val": "validation"}[split]
-        images = sorted(_need(base / "images" / sub).glob("*.jpg"))
-        return [(p, _need(base / "annotations" / sub / f"{p.stem}.png")) for p in images]
-    if dataset == "cityscapes":
-        base = _need(root / "cityscapes")
-        images = sorted(_need(base / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
-        return [(p, _need(base / "gtFine" / split / p.parent.name /
-                          p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"))) for p in images]
-    raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        images, labels = paths
+        return [(p, _need(labels / f"{p.stem}.png")) for p in sorted(images.glob("*.jpg"))]
+    images, labels = paths  # cityscapes
+    return [(p, _need(labels / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")))
+            for p in sorted(images.glob("*/*_leftImg8bit.png"))]
 
 
 class SegmentationSet:

@@ -1,6 +1,8 @@
 """Inference for evaluation: sliding window (large images), multi-scale and horizontal flip.
 
-Logits are averaged as softmax probabilities over scales and flips, at the input resolution.
+Logits are averaged as softmax probabilities over scales and flips, at the input resolution. With a base
+size, scale s resizes the image to a long side of ceil(s x base), aspect kept (PyTorch-Encoding's
+multi-scale evaluation, the convention of the paper's base sizes); without one, s scales the image itself.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from pssl.data.images import long_side_size
 
 
 def sliding_window(model, image: torch.Tensor, num_classes: int, crop: int, stride: int) -> torch.Tensor:
@@ -32,15 +36,22 @@ def sliding_window(model, image: torch.Tensor, num_classes: int, crop: int, stri
     return (probs / count)[..., :h, :w]
 
 
+def scaled_size(h: int, w: int, scale: float, base_size: int | None = None) -> tuple[int, int]:
+    """Input size at one evaluation scale: long side ceil(scale x base_size), or (h, w) x scale without a base."""
+    if base_size:
+        return long_side_size(h, w, math.ceil(base_size * scale))
+    return max(8, int(round(h * scale))), max(8, int(round(w * scale)))
+
+
 @torch.no_grad()
 def predict(model, image: torch.Tensor, num_classes: int, scales=(1.0,), flip: bool = False,
-            crop: int | None = None, stride: int | None = None) -> torch.Tensor:
+            crop: int | None = None, stride: int | None = None, base_size: int | None = None) -> torch.Tensor:
     """Label map (H, W) for one image (1, 3, H, W) in [0, 1]: mean probability over scales (x flip)."""
     _, _, h, w = image.shape
     total = torch.zeros(1, num_classes, h, w, device=image.device)
     for s in scales:
-        size = (max(8, int(round(h * s))), max(8, int(round(w * s))))
-        scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False) if s != 1.0 else image
+        size = scaled_size(h, w, s, base_size)
+        scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False) if size != (h, w) else image
         for flipped in ((False, True) if flip else (False,)):
             x = scaled.flip(-1) if flipped else scaled
             p = sliding_window(model, x, num_classes, crop, stride or crop * 2 // 3) if crop else \

@@ -125,6 +125,10 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
                  "smoothgrad": {k: v for k, v in asdict(params).items()}, "config_hash": digest,
                  "explained_output": "softmax probability of the target class" if params.output == "prob"
                  else "logit of the target class",
+                 # InterpretDL resizes the short side to 224 and keeps the aspect ratio; squashing keeps one
+                 # S x S input for every classifier (ViT / Swin need exactly 224 x 224).
+                 "preprocessing": f"resized to {params.image_size} x {params.image_size} without keeping the "
+                                  f"aspect ratio (no crop); deciles map back to the image by nearest neighbour",
                  "shard": Path(shard).stem, "shard_table": str(Path(shard).resolve()), "image_root": str(root)}
         group = store.create_store(partial, frame["image_id"].to_numpy(), frame["class_idx"].to_numpy(),
                                    params.image_size, len(scorers), params.keep_model_deciles, attrs)

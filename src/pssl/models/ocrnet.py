@@ -46,11 +46,10 @@ class ObjectAttention(nn.Module):
 
 @register_head("ocrnet")
 class OCRHead(nn.Module):
-    def __init__(self, channels: list[int], num_classes: int, c_mid: int | None = None, c_key: int | None = None):
+    # 512 mid / 256 key channels: the official HRNet-OCR, PaddleSeg and mmsegmentation widths.
+    def __init__(self, channels: list[int], num_classes: int, c_mid: int = 512, c_key: int = 256):
         super().__init__()
         c_cat = sum(channels)
-        c_mid = c_mid or max(64, min(512, c_cat))
-        c_key = c_key or max(32, c_mid // 2)
         self.aux = nn.Sequential(conv_bn_relu(c_cat, c_cat, 1), nn.Conv2d(c_cat, num_classes, 1))
         self.pixel = conv_bn_relu(c_cat, c_mid)
         self.gather = SpatialGather()

@@ -10,11 +10,18 @@ from pssl.io import atomic_file
 
 
 def select_best_lr(runs: list[str], out: str) -> dict:
-    """The run with the best val mIoU; records every lr's mIoU so the report can say which lr won."""
+    """The run with the best mIoU on the selection split (val; also when the cell reports test); records every
+    lr's selection mIoU so the report can say which lr won."""
     results = [json.loads(Path(r).read_text()) for r in runs]
-    best = max(results, key=lambda m: -1.0 if math.isnan(m["miou"]) else m["miou"])
-    best = {**best, "lr_grid": {str(m["lr"]): m["miou"] for m in results}}
+
+    def selection_miou(m: dict) -> float:
+        miou = m["selection"]["miou"]
+        return -1.0 if math.isnan(miou) else miou
+
+    best = max(results, key=selection_miou)
+    best = {**best, "lr_grid": {str(m["lr"]): m["selection"]["miou"] for m in results}}
     with atomic_file(out) as tmp:
         tmp.write_text(json.dumps(best, indent=2) + "\n")
-    print(f"best lr {best['lr']} (val mIoU {best['miou']:.4f}) of {sorted(best['lr_grid'])}")
+    print(f"best lr {best['lr']} ({best['selection']['split']} mIoU {best['selection']['miou']:.4f}) "
+          f"of {sorted(best['lr_grid'])}")
     return best

@@ -1,4 +1,5 @@
-"""The paper's Table 3: per dataset and model, val mIoU with ImageNet init, with PSSL init, and the gain.
+"""The paper's Table 3: per dataset and model, mIoU with ImageNet init, with PSSL init, and the gain, on each
+dataset's evaluation split (the paper: CamVid test, val elsewhere).
 
 Also: a figure of the gains and a gallery of pseudo labels.
 """
@@ -28,7 +29,8 @@ def collect(cells: list[str]) -> pd.DataFrame:
     for path in map(Path, cells):
         dataset, model, init = path.parts[-4:-1]
         r = json.loads(path.read_text())
-        rows.append({"dataset": dataset, "model": model, "init": init, "miou": 100 * r["miou"],
+        rows.append({"dataset": dataset, "model": model, "init": init, "split": r["eval"]["split"],
+                     "miou": 100 * r["miou"],
                      "pixel_acc": 100 * r["pixel_acc"], "lr": r["lr"], "lr_grid": len(r.get("lr_grid", {})) or 1})
     frame = pd.DataFrame(rows)
     incomplete = frame.groupby(["dataset", "model"])["init"].nunique() < frame["init"].nunique()
@@ -41,6 +43,8 @@ def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
     """Paper layout: rows = datasets; per model the ImageNet mIoU, the PSSL mIoU and the difference."""
     wide = cells.pivot_table(index="dataset", columns=["model", "init"], values="miou", sort=False)
     out = pd.DataFrame(index=[DATASET_TITLES.get(d, d) for d in wide.index])
+    splits = cells.groupby("dataset")["split"].agg(lambda v: "/".join(sorted(set(v))))
+    out["split"] = [splits[d] for d in wide.index]  # the split each row's mIoU was measured on
     for m in dict.fromkeys(cells["model"]):
         title = model_titles.get(m, m)
         imagenet, pssl = wide[(m, "imagenet")].to_numpy(), wide[(m, "pssl")].to_numpy()
@@ -53,14 +57,15 @@ def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
     cols = list(table.columns)
-    lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "|".join("---" if c == "split" else "---:"
+                                                                          for c in cols) + "|"]
     for name, row in table.iterrows():
-        lines.append(f"| {name} | " + " | ".join(f"{v:+.2f}" if c.endswith("diff") else f"{v:.2f}"
-                                              for c, v in row.items()) + " |")
+        lines.append(f"| {name} | " + " | ".join(v if c == "split" else f"{v:+.2f}" if c.endswith("diff")
+                                              else f"{v:.2f}" for c, v in row.items()) + " |")
     lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
     grid_note = "best of a grid on val" if (cells["lr_grid"] > 1).any() else "fixed"
     lines.append("")
-    lines.append(f"val mIoU (%). Learning rates ({grid_note}): " +
+    lines.append(f"mIoU (%) on the split named per row. Learning rates ({grid_note}, chosen on val): " +
                  "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
     return "\n".join(lines) + "\n"
 
@@ -77,7 +82,7 @@ def gain_figure(table: pd.DataFrame, out: str | Path, width: int = 720, height: 
     draw.line([(left, zero), (right, zero)], fill="black")
     draw.text((5, top - 5), f"+{span:.1f}", fill="black")
     draw.text((5, bottom - 5), f"-{span:.1f}", fill="black")
-    draw.text((left, 5), "PSSL init - ImageNet init, val mIoU (points)", fill="black")
+    draw.text((left, 5), "PSSL init - ImageNet init, mIoU (points)", fill="black")
     colours = [(52, 101, 164), (204, 0, 0), (78, 154, 6), (117, 80, 123)]
     group_w = (right - left) / len(diffs.index)
     bar_w = group_w * 0.8 / len(diffs.columns)

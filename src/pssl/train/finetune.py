@@ -1,7 +1,10 @@
-"""Fine-tuning on a downstream dataset and evaluation on its val split (Table 3 cells).
+"""Fine-tuning on a downstream dataset and evaluation on its evaluation split (Table 3 cells).
 
 init imagenet: backbone from the classification weights (zoo entry), head random: the conventional way.
 init pssl:     the whole pre-trained model; only the final per-class layers are re-initialised.
+
+The metrics are those of `eval_split` (the paper: CamVid's test split, val elsewhere); the learning rate of a
+grid is chosen on val (`selection` in metrics.json), so a test split never picks its own hyper-parameters.
 
 Outputs in out_dir: metrics.json, final.pt (the evaluated weights and their config), log.csv. The resume
 checkpoints are removed once both are written.
@@ -35,7 +38,7 @@ from pssl.train.pretrain import init_backbone_from
 class FinetuneDataset(torch.utils.data.Dataset):
     def __init__(self, data: SegmentationSet, crop: int, base_size: int, seed: int):
         self.data, self.seed, self.epoch = data, seed, 0
-        self.transform = train_transforms(crop, base_size, ignore=IGNORE, heavy=False)
+        self.transform = train_transforms(crop, base_size, mask_fill=IGNORE, heavy=False, long_side=True)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -67,14 +70,14 @@ def init_from_pretrained(model: Segmenter, checkpoint: str) -> str:
 
 @torch.no_grad()
 def evaluate(model: Segmenter, data: SegmentationSet, device, scales=(1.0,), flip=False,
-             window: int | None = None) -> dict:
+             window: int | None = None, base_size: int | None = None) -> dict:
     model.eval().to(device)
     confusion = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
     with Progress(len(data), f"eval {data.name} {data.split}") as progress:
         for i in range(len(data)):
             rgb, labels = data.read(i)
             x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
-            pred = predict(model, x, data.num_classes, scales, flip, crop=window)
+            pred = predict(model, x, data.num_classes, scales, flip, crop=window, base_size=base_size)
             confusion += confusion_matrix(pred.cpu(), torch.from_numpy(labels.astype("int64")), data.num_classes)
             progress.update()
     return scores(confusion)
@@ -82,12 +85,12 @@ def evaluate(model: Segmenter, data: SegmentationSet, device, scales=(1.0,), fli
 
 def finetune(dataset: str, root: str, head: str, backbone: str, init: str, init_path: str | None,
              out_dir: str | Path, crop: int, base_size: int, params: TrainParams, scales=(1.0,),
-             flip: bool = False, window: int | None = None, device: str = "auto") -> dict:
+             flip: bool = False, window: int | None = None, eval_split: str = "val", device: str = "auto") -> dict:
     started = time.monotonic()
     info = init_distributed(device)
     out_dir = Path(out_dir)
     train_set = SegmentationSet(dataset, root, "train")
-    val_set = SegmentationSet(dataset, root, "val")
+    eval_sets = {split: SegmentationSet(dataset, root, split) for split in dict.fromkeys(("val", eval_split))}
     torch.manual_seed(params.seed)
     model = build_segmenter(head, backbone, train_set.num_classes)
     if init == "imagenet":
@@ -98,19 +101,23 @@ def finetune(dataset: str, root: str, head: str, backbone: str, init: str, init_
         raise ValueError(f"init must be 'imagenet' or 'pssl', got {init!r}")
     if info.main:
         print(f"finetune {dataset} {head}-{backbone} init {init}: {loaded}; {len(train_set)} train, "
-              f"{len(val_set)} val images, lr {params.lr}, {info.world} process(es), {allocation()}", flush=True)
+              f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {params.lr}, {info.world} process(es), {allocation()}", flush=True)
     weight = class_weights(train_set.num_classes, None, 1.0)
     model = fit(model, FinetuneDataset(train_set, crop, base_size, params.seed), weight, params, out_dir, info,
                 ignore_index=IGNORE)
     metrics = {}
     if info.main:
-        result = evaluate(model, val_set, info.device, scales, flip, window)
-        notes = [n for n in (train_set.report_unexpected(), val_set.report_unexpected()) if n]
+        results = {split: evaluate(model, data, info.device, scales, flip, window, base_size)
+                   for split, data in eval_sets.items()}
+        result = results[eval_split]
+        notes = [n for n in (train_set.report_unexpected(), *(d.report_unexpected() for d in eval_sets.values())) if n]
         config = {"head": head, "backbone": backbone, "num_classes": train_set.num_classes, "dataset": dataset,
                   "classes": list(train_set.spec.classes), "init": init, "train": asdict(params)}
         metrics = {**result, "classes": config["classes"], "lr": params.lr, "init": init, "init_from": loaded,
                    "epochs": params.epochs, "dataset": dataset, "model": f"{head}-{backbone}",
-                   "eval": {"split": "val", "scales": list(scales), "flip": flip, "sliding_window": window},
+                   "eval": {"split": eval_split, "scales": list(scales), "base_size": base_size, "flip": flip,
+                            "sliding_window": window},
+                   "selection": {"split": "val", "miou": results["val"]["miou"]},
                    "train": config["train"], "label_warnings": notes,
                    "seconds": round(time.monotonic() - started, 1)}
         for note in notes:
@@ -121,7 +128,8 @@ def finetune(dataset: str, root: str, head: str, backbone: str, init: str, init_
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         # Finished: final.pt and metrics.json are the job's outputs; resuming needs the checkpoints no more.
         remove_checkpoints(out_dir)
-        print(f"{dataset} {head}-{backbone} {init}: mIoU {result['miou']:.4f}, pixel acc {result['pixel_acc']:.4f}")
+        print(f"{dataset} {head}-{backbone} {init}: {eval_split} mIoU {result['miou']:.4f}, pixel acc "
+              f"{result['pixel_acc']:.4f}; val mIoU {results['val']['miou']:.4f}")
     del model
     shutdown(info)
     return metrics

@@ -48,7 +48,12 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    # Head first, so param_groups[0]["lr"] (the logged lr) is the head's; the backbone at lr x backbone_lr_mult.
+    backbone_params = list(model.backbone.parameters())
+    in_backbone = {id(t) for t in backbone_params}
+    groups = [{"params": [t for t in model.parameters() if id(t) not in in_backbone], "lr": p.lr},
+              {"params": backbone_params, "lr": p.lr * p.backbone_lr_mult}]
+    optimizer = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(p.schedule, steps_per_epoch, total_steps, (p.milestone,), p.gamma))
     step = 0

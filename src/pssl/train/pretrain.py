@@ -37,12 +37,13 @@ def init_backbone_from(model, classifier_path: str | None) -> str:
 def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, head: str, backbone: str,
              crop: int, backbone_init: str | None, w_bg: float = 0.1,
              decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), params: TrainParams = TrainParams(),
-             device: str = "auto") -> Path:
+             device: str = "auto", pad_label: str = "ignore") -> Path:
     info = init_distributed(device)
     out_dir = Path(out_dir)
     torch.manual_seed(params.seed)
     num_classes = read_table(labels[0])[1]["num_classes"]  # K: the teacher's (= classifiers') classes
-    dataset = PseudoLabelDataset(stores, labels, num_classes, crop, decile_threshold, ignore_deciles, params.seed)
+    dataset = PseudoLabelDataset(stores, labels, num_classes, crop, decile_threshold, ignore_deciles, params.seed,
+                                 pad_label)
     model = build_segmenter(head, backbone, num_classes + 1)  # K classes + background
     init = init_backbone_from(model, backbone_init)
     if info.main:
@@ -53,7 +54,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, head: st
     final = out_dir / "final.pt"
     if info.main:
         config = {"head": head, "backbone": backbone, "num_classes": num_classes + 1, "background": num_classes,
-                  "crop": crop, "backbone_init": init, "w_bg": w_bg, "decile_threshold": decile_threshold,
+                  "crop": crop, "pad_label": pad_label, "backbone_init": init, "w_bg": w_bg, "decile_threshold": decile_threshold,
                   "ignore_deciles": list(ignore_deciles), "train": asdict(params), "world_size": info.world}
         with atomic_file(final) as tmp:
             torch.save({"model": model.state_dict(), "config": config, "kind": "pssl-pretrain"}, tmp)
