@@ -63,9 +63,9 @@ def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
         lines.append(f"| {name} | " + " | ".join(v if c == "split" else f"{v:+.2f}" if c.endswith("diff")
                                               else f"{v:.2f}" for c, v in row.items()) + " |")
     lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
-    grid_note = "best of a grid on val" if (cells["lr_grid"] > 1).any() else "fixed"
+    grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
     lines.append("")
-    lines.append(f"mIoU (%) on the split named per row. Learning rates ({grid_note}, chosen on val): " +
+    lines.append(f"mIoU (%) on the split named per row. Learning rates ({grid_note}): " +
                  "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
     return "\n".join(lines) + "\n"
 
