@@ -26,7 +26,7 @@ from captum.attr import NoiseTunnel, Saliency
 from pssl.config import zoo_specs
 from pssl.data.imagenet import read_table
 from pssl.data.images import load_rgb, resize_square
-from pssl.device import resolve_device, use_bf16
+from pssl.device import precision_for, resolve_device
 from pssl.explain.deciles import to_deciles
 from pssl.explain.run import explain_batch
 from pssl.explain.smoothgrad import TargetScore, saliency_map
@@ -141,7 +141,7 @@ def main() -> None:
     got = ours(scorers, images, targets, exact, False)
     print(f"decile agreement fp32 vs naive (identical noise): {(ref == got).float().mean().item() * 100:.3f}%")
 
-    if use_bf16(dev):
+    if precision_for(dev, training=False) == "bf16":
         torch.manual_seed(0)
         t_bf16, _ = timed(lambda: ours(scorers, images, targets, params, True), dev)
         print(f"pssl bf16         : {n_units / t_bf16:8.2f} images x models / s  ({t_bf16:.1f} s)  "

@@ -28,12 +28,14 @@ def snakemake_env() -> dict:
     return env
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, check: bool = True, cores: str | None = "2",
+                  prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run the real Snakefile with the tiny config in `workdir` (its own .snakemake and results).
-    A `--configfile` among `args` replaces the tiny config (pass TINY first to layer on top of it)."""
+    A `--configfile` among `args` replaces the tiny config (pass TINY first to layer on top of it).
+    `cores=None` passes no --cores (a cluster run); `prefix` wraps the command (e.g. taskset)."""
     configs = [] if "--configfile" in args else ["--configfile", str(TINY)]
-    cmd = [shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), *configs, "--cores", "2", *args]
+    cmd = [*prefix, shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), *configs, *(["--cores", cores] if cores else []), *args]
     proc = subprocess.run(cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

@@ -5,8 +5,8 @@ import copy
 import pandas as pd
 import pytest
 import yaml
-from pssl.config import (ConfigError, check_config, check_data_roots, rows_or_bound, typed_cli_config,
-                         validate_config, zoo_minutes)
+from pssl.cluster import rows_or_bound, zoo_minutes
+from pssl.config import ConfigError, check_config, check_data_roots, typed_cli_config, validate_config
 from snakemake.utils import update_config
 from pssl.data.imagenet import count_rows, write_table
 
@@ -123,7 +123,7 @@ def test_zoo_runtime_follows_the_training_work(tmp_path):
     assert 30 < small < large
     cfg["zoo"]["train"]["epochs"] *= 2
     assert zoo_minutes(cfg, imagenet) > large
-    cfg["runtime_scale"] = 2.0
+    cfg["cluster"]["runtime_scale"] = 2.0
     assert zoo_minutes(cfg, imagenet) >= 2 * large
     cfg["zoo"]["source"] = "timm"
     assert zoo_minutes(cfg, imagenet) == 20

@@ -7,6 +7,7 @@ without an accounting database needs (shared/notes/local-slurm.md): --slurm-stat
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from pssl import store
 from pssl.data.imagenet import read_table
@@ -40,13 +42,17 @@ if reason:
     pytest.skip(f"{reason}: start the local test cluster with `sudo scripts/slurm-cluster.sh start` "
                 f"(CI's .ci/run does), then rerun the tests", allow_module_level=True)
 
-def overlay(tmp: Path, name: str, text: str) -> list[str]:
-    """A config overlay on top of the tiny config (nested values in --config are not type-converted)."""
+def overlay(tmp: Path, name: str, settings: dict) -> list[str]:
+    """A config file on top of the tiny config: the test cluster's partitions, updated with `settings`."""
     path = tmp / f"{name}.yaml"
-    path.write_text(text)
+    merged = {**settings, "cluster": {**CLUSTER, **settings.get("cluster", {})}}
+    path.write_text(yaml.safe_dump(merged))
     return ["--configfile", str(TINY), str(path)]
-SLURM_ARGS = ["--profile", str(REPO / "profiles/slurm"), "--default-resources", "slurm_partition=debug",
-              "mem_mb=1000", "cpus_per_task=1", "runtime=30", "--slurm-status-command", "squeue",
+
+
+# The test cluster: GPU partition "debug" and CPU partition "cpu" on one 2-core node with 2 fake GPUs.
+CLUSTER = {"gpu_partition": "debug", "cpu_partition": "cpu", "cores_per_node": 2}
+SLURM_ARGS = ["--profile", str(REPO / "profiles/slurm"), "--slurm-status-command", "squeue",
               "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "10",
               "--retries", "0", "--jobs", "4", "--seconds-between-status-checks", "2", "--verbose"]
 # Every stage up to pre-training, and one fine-tune cell per init: what the checks below need, at a CI-sized cost
@@ -56,7 +62,9 @@ TARGETS = ["stage_pretrain", "results/finetune/camvid/psp/imagenet/metrics.json"
 
 
 def slurm_run(workdir, *args, check=True):
-    return run_snakemake(workdir, *SLURM_ARGS, *args, check=check)
+    # As from a login node with one core: cluster jobs must get the threads the config asks for, not the
+    # cores of the machine Snakemake runs on (no --cores, as a user runs it with the SLURM profile).
+    return run_snakemake(workdir, *SLURM_ARGS, *args, check=check, cores=None, prefix=("taskset", "-c", "0"))
 
 
 def executed_jobs(output: str) -> list[tuple[str, str, int]]:
@@ -67,8 +75,10 @@ def executed_jobs(output: str) -> list[tuple[str, str, int]]:
 
 @pytest.fixture(scope="module")
 def slurm_and_local(tmp_path_factory):
-    # The cluster has 2 fake GPUs: pretraining runs as 2 ranks under torchrun (gloo on CPU).
-    two_ranks = overlay(tmp_path_factory.mktemp("config"), "two_ranks", "pretrain: {gpus_per_node: 2}\n")
+    # The cluster has 2 fake GPUs: pretraining runs as 2 ranks, srun tasks (gloo on CPU), and the CPU jobs
+    # with 2 threads each.
+    two_ranks = overlay(tmp_path_factory.mktemp("config"), "two_ranks",
+                        {"pretrain": {"gpus_per_node": 2, "launcher": "srun"}, "threads": 2})
     on_slurm = tmp_path_factory.mktemp("slurm")
     proc = slurm_run(on_slurm, *TARGETS, *two_ranks)
     local = tmp_path_factory.mktemp("local")
@@ -94,10 +104,40 @@ def test_every_non_local_job_ran_as_a_slurm_job(slurm_and_local):
               if "sbatch call: " in line]
     assert sbatch, "the plugin prints its sbatch calls with --verbose"
     SBATCH_LOG.write_text("\n".join(sbatch) + "\n")
-    assert any("--gpus=1" in line or "gpu:1" in line for line in sbatch)
-    assert any("--gpus=2" in line or "gpu:2" in line for line in sbatch)
-    assert any("--requeue" in line for line in sbatch)
     assert (workdir / "results/finetune/camvid/psp/pssl/metrics.json").exists()
+
+
+# What sbatch must get per rule, for the test overlay (threads 2, cores_per_node 2, pre-training on 2 GPUs as
+# srun tasks, the tiny config's memory): partition, CPUs, GPUs, nodes, memory.
+EXPECTED_SBATCH = {
+    "make_demo_data": ["-p cpu", "--nodes=1", "--cpus-per-task=1", "--mem 1000"],
+    "index_images": ["-p cpu", "--nodes=1", "--cpus-per-task=1", "--mem 1000"],
+    "shard_index": ["-p cpu", "--nodes=1", "--cpus-per-task=1", "--mem 1000"],
+    "zoo_model": ["-p debug", "--nodes=1", "--cpus-per-task=2", "--gpus=1", "--mem 2000"],
+    "explain_shard": ["-p debug", "--nodes=1", "--cpus-per-task=2", "--gpus=1", "--mem 2000"],
+    "label_shard": ["-p debug", "--nodes=1", "--cpus-per-task=2", "--gpus=1", "--mem 2000"],
+    "pretrain": ["-p debug", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=gpu:2",
+                 "--mem 3000"],
+    "finetune": ["-p debug", "--nodes=1", "--cpus-per-task=1", "--gpus=1", "--mem 2000"],
+}
+
+
+def test_sbatch_lines_ask_for_the_right_resources_per_rule(slurm_and_local):
+    _, _, output = slurm_and_local
+    sbatch = [line.split("sbatch call: ", 1)[1].split(" --wrap=")[0] for line in output.splitlines()
+              if "sbatch call: " in line]
+    seen = set()
+    for line in sbatch:
+        rule = re.search(r"--comment '?rule_([a-z_]+?)(?:_wildcards\S*?)?'? ", line).group(1)
+        seen.add(rule)
+        for flag in EXPECTED_SBATCH[rule]:
+            assert f" {flag} " in f" {line} ", (rule, flag, line)
+        assert "--requeue" in line
+        gpus = re.findall(r"--gpus=\d+|--gres=gpu:\d+", line)
+        assert gpus == [f for f in EXPECTED_SBATCH[rule] if f.startswith(("--gpus", "--gres"))], (rule, line)
+    assert seen == set(EXPECTED_SBATCH)
+    explain = [line for line in output.splitlines() if "-m pssl explain " in line]
+    assert explain and all("--threads 2 " in line for line in explain), "threads capped by the login node"
 
 
 def test_gpu_jobs_saw_their_allocation(slurm_and_local):
@@ -108,11 +148,69 @@ def test_gpu_jobs_saw_their_allocation(slurm_and_local):
         assert re.search(r"CUDA_VISIBLE_DEVICES=\d", log.read_text()), log
 
 
-def test_pretraining_ran_as_two_ranks(slurm_and_local):
-    workdir, _, _ = slurm_and_local
-    for log in sorted((workdir / "results/logs/pretrain").glob("*.log")):
+def test_pretraining_ran_as_two_srun_tasks(slurm_and_local):
+    workdir, _, output = slurm_and_local
+    assert "srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 --kill-on-bad-exit=1 python -m pssl " \
+        "pretrain" in output
+    logs = sorted((workdir / "results/logs/pretrain").glob("*.log"))
+    assert len(logs) == 3
+    for log in logs:
         text = log.read_text()
-        assert "2 process(es)" in text and re.search(r"CUDA_VISIBLE_DEVICES=\d,\d", text), log
+        assert "2 process(es)" in text and re.search(r"CUDA_VISIBLE_DEVICES=\d", text), log
+
+
+def test_srun_launch_trains_two_ranks_like_one_process(tmp_path):
+    """The launch line the workflow writes for N nodes x G GPUs, run for real as 1 node x 2 tasks inside an
+    sbatch allocation shaped by the same resources, with the SLURM variables the jobstep plugin removes
+    removed: the two ranks end with the weights of one process (the DDP test's criterion)."""
+    from pssl.cluster import TrainLayout
+    from test_pretrain import run_worker
+    import torch
+
+    layout = TrainLayout(gpus_per_node=2, nodes=1, num_workers=0, cores_per_node=2, launcher_kind="srun")
+    geometry = layout.resources()
+    keep = "SLURM_JOB_ID|SLURM_JOBID|SLURM_CLUSTER_NAME|SLURM_SUBMIT_DIR|SLURM_SUBMIT_HOST"
+    script = (f"for v in $(compgen -e | grep '^SLURM_' | grep -Ev '^({keep})$'); do unset $v; done; "
+              f"cd {REPO} && {layout.launcher()} tests/ddp_worker.py {tmp_path}/two.pt {tmp_path}/ckpt")
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--wait", "-p", "debug", f"--nodes={geometry['nodes']}",
+         f"--ntasks-per-node={geometry['tasks_per_node']}", f"--cpus-per-task={geometry['cpus_per_task']}",
+         f"--gres={geometry['gres']}", "--mem", "3000", "-t", "10", "-o", f"{tmp_path}/job.log",
+         "--wrap", f"bash -c {shlex.quote(script)}"],
+        env=snakemake_env(), capture_output=True, text=True, timeout=900)
+    assert submit.returncode == 0, (submit.stderr, (tmp_path / "job.log").read_text())
+    one = run_worker(tmp_path / "one.pt", tmp_path / "ckpt1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+
+
+def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_run(slurm_and_local, tmp_path):
+    """A 2-minute time limit and a 2-minute margin: the job is within the margin from its start, so each run
+    trains one step more than it started with, checkpoints and requeues itself (4 steps: one requeue)."""
+    import torch
+
+    on_slurm, _, _ = slurm_and_local
+    config = overlay(tmp_path, "limit", {"cluster": {"requeue_margin_min": 2}})
+    target = "results/pretrain/psp/final.pt"
+    runs = {}
+    for name in ("local", "slurm"):  # the explain stores and label tables of the fixture's run, times kept
+        workdir = tmp_path / name
+        for part in ("data", "results"):
+            shutil.copytree(on_slurm / part, workdir / part, ignore=shutil.ignore_patterns("pretrain", "finetune"))
+        runs[name] = workdir
+    run_snakemake(runs["local"], target, *config)
+    proc = slurm_run(runs["slurm"], target, *config, "--set-resources", "pretrain:runtime=2")
+    output = proc.stdout + proc.stderr
+    assert len(re.findall(r"Job \d+ has been submitted with SLURM jobid", output)) == 1
+    log = (runs["slurm"] / "results/logs/pretrain/psp.log").read_text()  # the last run's log
+    assert "resuming from ckpt-000000002.pt at step 2/4" in log, log
+    a = torch.load(runs["local"] / target, weights_only=False)["model"]
+    b = torch.load(runs["slurm"] / target, weights_only=False)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_stores_and_label_tables_equal_a_local_run(slurm_and_local):
@@ -127,7 +225,7 @@ def test_stores_and_label_tables_equal_a_local_run(slurm_and_local):
 
 def test_cancelled_explain_job_resumes_to_the_identical_store(tmp_path):
     # Slow enough to be caught part-way: many noise samples, two images per batch.
-    slow = overlay(tmp_path, "slow", "explain: {n_samples: 300, batch_size: 2, sample_chunk: 50}\n")
+    slow = overlay(tmp_path, "slow", {"explain": {"n_samples": 300, "batch_size": 2, "sample_chunk": 50}})
     target = "results/explain/shard-00000.zarr"
     reference = tmp_path / "reference"
     reference.mkdir()

@@ -71,7 +71,7 @@ def _explain(a):
     from pssl.params import ExplainParams
     set_threads(a.threads)
     explain_shard(a.shard, a.zoo, a.out, dataclass_from_args(ExplainParams, a), device=a.device,
-                  num_workers=a.num_workers)
+                  num_workers=a.num_workers, requeue_margin_min=a.requeue_margin_min)
 
 
 def _eval_explain(a):
@@ -104,7 +104,8 @@ def _pretrain(a):
     set_threads(a.threads)
     pretrain(a.stores, a.labels, a.out_dir, a.head, a.backbone, a.crop, a.backbone_init,
              w_bg=a.w_bg, decile_threshold=a.decile_threshold, ignore_deciles=tuple(a.ignore_deciles),
-             params=dataclass_from_args(TrainParams, a), device=a.device, pad_label=a.pad_label)
+             params=dataclass_from_args(TrainParams, a), device=a.device, pad_label=a.pad_label,
+             expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min)
 
 
 def _eval_pretrain(a):
@@ -119,7 +120,8 @@ def _finetune(a):
     set_threads(a.threads)
     finetune(a.dataset, a.root, a.head, a.backbone, a.init, a.init_from, a.out_dir, a.crop, a.base_size,
              dataclass_from_args(TrainParams, a), scales=tuple(a.scales), flip=a.flip, window=a.window,
-             eval_split=a.eval_split, device=a.device)
+             eval_split=a.eval_split, device=a.device, expect_world=a.expect_world,
+             requeue_margin_min=a.requeue_margin_min)
 
 
 def _select_lr(a):
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--num-workers", type=int, default=0)
+    s.add_argument("--requeue-margin-min", type=float, default=15.0,
+                   help="under SLURM: save and requeue the job this many minutes before its time limit")
     add_dataclass_flags(s, ExplainParams)
     s.set_defaults(func=_explain)
 
@@ -245,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-deciles", type=int, nargs="*", default=[])
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--expect-world", type=int, default=None,
+                   help="ranks the job must start as (nodes x GPUs per node); another count fails at once")
+    s.add_argument("--requeue-margin-min", type=float, default=15.0,
+                   help="under SLURM: save and requeue the job this many minutes before its time limit")
     add_dataclass_flags(s, TrainParams)
     s.set_defaults(func=_pretrain)
 
@@ -275,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", type=int, default=None, help="sliding-window size for evaluation")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--expect-world", type=int, default=None,
+                   help="ranks the job must start as (nodes x GPUs per node); another count fails at once")
+    s.add_argument("--requeue-margin-min", type=float, default=15.0,
+                   help="under SLURM: save and requeue the job this many minutes before its time limit")
     add_dataclass_flags(s, TrainParams)
     s.set_defaults(func=_finetune)
 

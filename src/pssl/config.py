@@ -163,61 +163,6 @@ def train_flags(section: dict, seed: int) -> str:
     return cli_flags({**{k: v for k, v in section.items() if k in names}, "seed": seed})
 
 
-def launcher(gpus_per_node: int, nodes: int) -> str:
-    """How a distributed job starts its processes: one process, torchrun on one node, srun across nodes."""
-    if nodes > 1:
-        return "srun --kill-on-bad-exit=1 python"  # one task per GPU; ranks from SLURM_PROCID
-    if gpus_per_node > 1:
-        return f"torchrun --standalone --nproc_per_node {gpus_per_node}"
-    return "python"
-
-
-# Rough throughput of one modern GPU (bf16), used to size SLURM runtimes; runtime_scale in the config
-# multiplies every estimate for slower hardware.
-EXPLAIN_FWD_BWD_PER_MIN = 60_000   # 224 px ResNet-50-class forward+backward passes per minute
-TRAIN_IMAGES_PER_MIN = 6_000       # segmentation training images per minute at crop 256 (ResNet-50 class)
-
-
-IMAGENET_TRAIN_IMAGES = 1_281_167  # the bound runtimes use before anything is indexed
-
-
-def rows_or_bound(tables: list[str], bound: int) -> int:
-    """Total rows of parquet tables when all of them exist (footers only), else `bound`."""
-    from pssl.data.imagenet import count_rows
-    if not tables or not all(Path(t).exists() for t in tables):
-        return bound
-    return sum(count_rows(t) for t in tables)
-
-
-def explain_minutes(config: dict) -> int:
-    e = config["explain"]
-    passes = config["shard_size"] * len(config["zoo"]["models"]) * (e["n_samples"] + 1) * (e["image_size"] / 224) ** 2
-    return int(config["runtime_scale"] * (15 + passes / EXPLAIN_FWD_BWD_PER_MIN)) + 1
-
-
-def train_minutes(config: dict, images: int, epochs: int, crop: int, gpus: int) -> int:
-    work = images * epochs * (crop / 256) ** 2 / (TRAIN_IMAGES_PER_MIN * gpus)
-    return int(config["runtime_scale"] * (30 + 1.5 * work)) + 1
-
-
-def zoo_minutes(config: dict, images: int) -> int:
-    """One zoo classifier: loading timm weights, or training it on `images` indexed images (one GPU)."""
-    if config["zoo"]["source"] == "timm":
-        return 20
-    t = config["zoo"]["train"]
-    return train_minutes(config, images, t["epochs"], t["image_size"], 1)
-
-
-def pretrain_resources(config: dict) -> dict:
-    """One node: `gpu` GPUs for torchrun. Several: one srun task per GPU (the `mpi` resource makes the
-    slurm jobstep run the command as is, so its own `srun` starts the tasks)."""
-    p = config["pretrain"]
-    if p["nodes"] > 1:
-        return {"nodes": p["nodes"], "tasks_per_node": p["gpus_per_node"], "mpi": "srun",
-                "gres": f"gpu:{p['gpus_per_node']}"}
-    return {"gpu": p["gpus_per_node"]}
-
-
 def imagenet_root(config: dict) -> str:
     """The ImageNet-layout train directory this config indexes."""
     return config["imagenet_root"] or str(Path(config["demo"]["root"]) / "imagenet" / "train")

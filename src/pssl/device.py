@@ -1,4 +1,4 @@
-"""Device and precision: the same code on CPU (fp32) and CUDA (bf16 autocast, channels_last)."""
+"""Device and precision: the same code on CPU (fp32) and CUDA (bf16 or fp16 autocast, channels_last)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,35 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def use_bf16(device: torch.device, precision: str = "auto") -> bool:
-    """bf16 autocast only where CUDA is present (precision 'auto'), or when asked for explicitly."""
+def choose_precision(requested: str, device_type: str, capability: tuple[int, int] | None,
+                     training: bool) -> str:
+    """'fp32', 'bf16' or 'fp16' for `requested` ('auto' or one of those) on a device.
+
+    auto: bf16 only where it is native (CUDA compute capability 8.0+: A100, H100; a V100 reports bf16 support
+    through emulation, and its bf16 convolutions are very slow); on older GPUs fp16 with loss scaling for
+    training and fp32 for input gradients (explain), which fp16 would underflow; fp32 on CPU.
+    """
+    if requested == "fp16" and (device_type != "cuda" or not training):
+        raise ValueError("precision fp16 is for training on CUDA (with loss scaling); use fp32 or bf16")
+    if requested != "auto":
+        return requested
+    if device_type != "cuda":
+        return "fp32"
+    if capability is not None and capability >= (8, 0):
+        return "bf16"
+    return "fp16" if training else "fp32"
+
+
+def precision_for(device: torch.device, requested: str = "auto", training: bool = True) -> str:
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return choose_precision(requested, device.type, capability, training)
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for 'bf16' / 'fp16'; none for 'fp32'."""
     if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    return device.type == "cuda"
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def set_threads(threads: int | None) -> None:

@@ -19,7 +19,7 @@ class ExplainParams:
     sample_chunk: int = 8       # noisy copies per image per forward pass
     keep_model_deciles: bool = False
     seed: int = 0
-    precision: str = "auto"     # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"     # auto (bf16 on GPUs with native bf16, else fp32) | fp32 | bf16
 
 
 @dataclass(frozen=True)
@@ -38,5 +38,5 @@ class TrainParams:
     num_workers: int = 0
     sync_bn: bool = False         # CUDA only (torch's SyncBatchNorm has no CPU implementation)
     freeze_bn: bool = False       # BatchNorm uses its running statistics (small per-GPU batches)
-    precision: str = "auto"       # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"       # auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU
     seed: int = 0

@@ -4,20 +4,16 @@ import os
 
 from snakemake.exceptions import IncompleteCheckpointException
 
-from pssl.config import (
+from pssl.cluster import (
     IMAGENET_TRAIN_IMAGES,
-    cli_flags,
     explain_minutes,
-    finetune_settings,
-    imagenet_root,
-    launcher,
-    pretrain_resources,
+    job_resources,
     rows_or_bound,
-    train_flags,
+    train_layout,
     train_minutes,
     zoo_minutes,
-    zoo_specs,
 )
+from pssl.config import cli_flags, finetune_settings, imagenet_root, train_flags, zoo_specs
 from pssl.data.downstream import TRAIN_IMAGES
 
 # All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
@@ -75,6 +71,9 @@ def explain_stores(wildcards=None):
 
 
 FINETUNE = config["finetune"]
+PRETRAIN_LAYOUT = train_layout(config, "pretrain")
+FINETUNE_LAYOUT = train_layout(config, "finetune")
+CPU_JOB = job_resources(config, "cpu")  # index, shard, report, demo data: one core
 LRS = FINETUNE["lr_grid"] or [FINETUNE["lr"]]
 
 
@@ -114,13 +113,12 @@ def pretrain_runtime(wildcards):
     except IncompleteCheckpointException:  # not sharded yet (Snakemake would turn it into a broken resource)
         tables = []
     images = rows_or_bound(tables, rows_or_bound([f"{RESULTS}/index.parquet"], IMAGENET_TRAIN_IMAGES))
-    return train_minutes(config, images, p["epochs"], p["crop"], p["gpus_per_node"] * p["nodes"])
+    return train_minutes(config, images, p["epochs"], p["crop"], PRETRAIN_LAYOUT.world)
 
 
 def finetune_runtime(wildcards):
     ds = finetune_settings(config, wildcards.dataset, wildcards.model)
-    return train_minutes(config, TRAIN_IMAGES[wildcards.dataset], ds["epochs"], ds["crop"],
-                         FINETUNE["gpus_per_node"])
+    return train_minutes(config, TRAIN_IMAGES[wildcards.dataset], ds["epochs"], ds["crop"], FINETUNE_LAYOUT.world)
 
 
 def finetune_results(wildcards=None):

@@ -9,6 +9,8 @@ if config["demo"]["enabled"]:  # the demo's data; a real run brings its own
         params:
             seed=config["seed"],
             demo=config["demo"],
+        resources:
+            **CPU_JOB,
         conda:
             CONDA_ENV
         log:
@@ -29,6 +31,8 @@ rule index_images:
     params:
         root=imagenet_root(config),
         unlabelled="" if config["labelled"] else "--unlabelled",
+    resources:
+        **CPU_JOB,
     conda:
         CONDA_ENV
     log:
@@ -44,6 +48,8 @@ checkpoint shard_index:
         directory(f"{RESULTS}/shards"),
     params:
         shard_size=config["shard_size"],
+    resources:
+        **CPU_JOB,
     conda:
         CONDA_ENV
     log:

@@ -35,7 +35,9 @@ rule zoo_model:
         device=config["device"],
     threads: config["threads"]
     resources:
-        gpu=lambda wc: 1 if config["zoo"]["source"] == "train" and config["device"] != "cpu" else 0,
+        # A GPU to train from scratch; loading timm weights is CPU work.
+        **job_resources(config, "zoo", cpus=config["threads"],
+                        gpus=int(config["zoo"]["source"] == "train" and config["device"] != "cpu")),
         runtime=zoo_runtime,
     conda:
         CONDA_ENV
@@ -59,16 +61,19 @@ rule explain_shard:
         device=config["device"],
     threads: config["threads"]
     resources:
-        gpu=1,
+        # torch threads plus the image-decoding workers
+        **job_resources(config, "explain", cpus=config["threads"] + config["explain"]["num_workers"], gpus=1),
         runtime=explain_minutes(config),
-        mem_mb=config["job_mem_mb"]["explain"],
+        # a resource, not a param: changing it must not rerun finished jobs
+        requeue_margin_min=config["cluster"]["requeue_margin_min"],
     conda:
         CONDA_ENV
     log:
         f"{LOGS}/explain/{{shard}}.log",
     shell:
         "python -m pssl explain --shard {input.shard} --zoo {input.zoo} --out {output}"
-        " {params.explain} --seed {params.seed} --device {params.device} --threads {threads} > {log} 2>&1"
+        " {params.explain} --seed {params.seed} --device {params.device} --threads {threads}"
+        " --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
 if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data only
@@ -82,6 +87,8 @@ if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data on
             f"{RESULTS}/report/explain_quality.csv",
         params:
             masks=f"{DEMO_ROOT}/imagenet/masks",
+        resources:
+            **CPU_JOB,
         conda:
             CONDA_ENV
         log:

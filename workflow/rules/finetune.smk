@@ -15,7 +15,8 @@ rule finetune:
     wildcard_constraints:
         init="imagenet|pssl",
     params:
-        launcher=launcher(FINETUNE["gpus_per_node"], FINETUNE["nodes"]),
+        launcher=FINETUNE_LAYOUT.launcher(),
+        world=FINETUNE_LAYOUT.world,
         root=lambda wc: dataset_root(wc.dataset),
         head=lambda wc: PRETRAIN[wc.model]["head"],
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
@@ -28,11 +29,11 @@ rule finetune:
         scales=" ".join(map(str, config["eval"]["scales"])),
         flip=str(config["eval"]["flip"]).lower(),
         device=config["device"],
-    threads: config["threads"]
+    threads: FINETUNE_LAYOUT.threads_per_rank
     resources:
-        gpu=FINETUNE["gpus_per_node"],
+        **job_resources(config, "finetune", layout=FINETUNE_LAYOUT),
         runtime=finetune_runtime,
-        mem_mb=config["job_mem_mb"]["finetune"],
+        requeue_margin_min=config["cluster"]["requeue_margin_min"],
     conda:
         CONDA_ENV
     log:
@@ -41,8 +42,9 @@ rule finetune:
         "{params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {wildcards.init} --init-from {input.init}"
         " --out-dir {params.out_dir} --crop {params.crop} --base-size {params.base} {params.window}"
-        " --eval-split {params.eval_split} --scales {params.scales} --flip {params.flip} {params.train} --device {params.device}"
-        " --threads {threads} > {log} 2>&1"
+        " --eval-split {params.eval_split} --scales {params.scales} --flip {params.flip} {params.train}"
+        " --device {params.device} --threads {threads} --expect-world {params.world}"
+        " --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
 rule select_lr:
@@ -73,6 +75,8 @@ if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data on
         params:
             masks=f"{DEMO_ROOT}/imagenet/masks",
             device=config["device"],
+        resources:
+            **CPU_JOB,
         conda:
             CONDA_ENV
         log:
@@ -101,6 +105,8 @@ rule report:
     params:
         titles=json.dumps(MODEL_TITLES),
         out=lambda wc, output: os.path.dirname(output.table),
+    resources:
+        **CPU_JOB,
     conda:
         CONDA_ENV
     log:

@@ -16,9 +16,8 @@ rule label_shard:
         device=config["device"],
     threads: config["threads"]
     resources:
-        gpu=1,
+        **job_resources(config, "labels", cpus=config["threads"], gpus=1),
         runtime=explain_minutes(config) // 5 + 10,
-        mem_mb=config["job_mem_mb"]["labels"],
     conda:
         CONDA_ENV
     log:
@@ -37,7 +36,8 @@ rule pretrain:
     output:
         f"{RESULTS}/pretrain/{{model}}/final.pt",
     params:
-        launcher=launcher(config["pretrain"]["gpus_per_node"], config["pretrain"]["nodes"]),
+        launcher=PRETRAIN_LAYOUT.launcher(),
+        world=PRETRAIN_LAYOUT.world,
         head=lambda wc: PRETRAIN[wc.model]["head"],
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
         init=lambda wc, input: f"--backbone-init {input.init}" if input.init else "",
@@ -49,11 +49,11 @@ rule pretrain:
         threshold=config["labels"]["decile_threshold"],
         ignore=" ".join(map(str, config["labels"]["ignore_deciles"])),
         device=config["device"],
-    threads: config["threads"]
+    threads: PRETRAIN_LAYOUT.threads_per_rank
     resources:
-        **pretrain_resources(config),
+        **job_resources(config, "pretrain", layout=PRETRAIN_LAYOUT),
         runtime=pretrain_runtime,
-        mem_mb=config["job_mem_mb"]["pretrain"],
+        requeue_margin_min=config["cluster"]["requeue_margin_min"],
     conda:
         CONDA_ENV
     log:
@@ -64,6 +64,7 @@ rule pretrain:
         " --crop {params.crop} --w-bg {params.w_bg} --pad-label {params.pad_label}"
         " --decile-threshold {params.threshold}"
         " --ignore-deciles {params.ignore} {params.train} --device {params.device} --threads {threads}"
+        " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min}"
         " > {log} 2>&1"
 
 

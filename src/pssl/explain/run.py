@@ -20,12 +20,13 @@ import torch
 
 from pssl.data.images import UnreadableImage, load_rgb, resize_square
 from pssl.data.imagenet import read_table
-from pssl.device import allocation, resolve_device, use_bf16
+from pssl.device import allocation, precision_for, resolve_device
 from pssl.explain.deciles import to_deciles
 from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
 from pssl.models.zoo import ensemble_softmax, load_classifier
 from pssl.params import ExplainParams
 from pssl.progress import Progress
+from pssl.time_limit import TimeLimit
 from pssl import store
 
 
@@ -93,11 +94,11 @@ def explain_batch(scorers: list[TargetScore], images: torch.Tensor, targets: tor
 
 
 def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, params: ExplainParams,
-                  device: str = "auto", num_workers: int = 0) -> dict:
+                  device: str = "auto", num_workers: int = 0, requeue_margin_min: float = 15.0) -> dict:
     t0 = time.monotonic()
     out = Path(out)
     dev = resolve_device(device)
-    bf16 = use_bf16(dev, params.precision)
+    bf16 = precision_for(dev, params.precision, training=False) == "bf16"
     frame, meta = read_table(shard)
     root = Path(meta["root"])
     scorers, records = [], []
@@ -123,6 +124,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
         shutil.rmtree(partial, ignore_errors=True)
         attrs = {"models": [{"name": r["name"], "arch": r["arch"], "source": r["source"]} for r in records],
                  "smoothgrad": {k: v for k, v in asdict(params).items()}, "config_hash": digest,
+                 "precision_used": "bf16" if bf16 else "fp32",
                  "explained_output": "softmax probability of the target class" if params.output == "prob"
                  else "logit of the target class",
                  # InterpretDL resizes the short side to 224 and keeps the aspect ratio; squashing keeps one
@@ -146,6 +148,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
         batch_size=None, num_workers=num_workers)
     done_before = int((status != store.PENDING).sum())
     size = params.image_size
+    time_limit = TimeLimit(requeue_margin_min)
     with Progress(n, f"explain {Path(shard).stem}", initial=done_before) as progress:
         for start, stop, images, hw, reasons in loader:
             hw = np.asarray(hw, dtype=np.int32)  # the loader's collate turns arrays into tensors
@@ -171,6 +174,9 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
                              orig_hw=hw, target=target, deciles=deciles, model_deciles=model_deciles,
                              unreadable={int(image_ids[start + j]): r for j, r in reasons.items()})
             progress.update(rows)
+            time_limit.advance()
+            if time_limit.expiring():  # every finished batch is in the partial store: the requeued job resumes
+                time_limit.requeue_and_wait()
     final_status = group["status"][:]
     unreadable = int((final_status == store.UNREADABLE).sum())
     timing = dict(group.attrs.get("timing", {}))

@@ -37,7 +37,7 @@ def smoothgrad(scorer: nn.Module, images: torch.Tensor, targets: torch.Tensor, n
     once (captum's nt_samples_batch_size).
     """
     tunnel = NoiseTunnel(Saliency(scorer))
-    with autocast(images.device, bf16):
+    with autocast(images.device, "bf16" if bf16 else "fp32"):
         grads = tunnel.attribute(images, nt_type="smoothgrad", nt_samples=n_samples,
                                  nt_samples_batch_size=sample_chunk, stdevs=float(noise_level),
                                  target=targets, abs=False)

@@ -13,26 +13,35 @@ from pssl.io import atomic_file
 KEEP = 2
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG state: CPU generators, and the CUDA generator of its own device only."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def rank_rng_state(saved: list[dict], rank: int) -> dict:
+    """The saved state of `rank` (one per rank of the saving run). A rerun with another number of ranks
+    (fewer GPUs visible, a changed count) reuses the states cyclically: it trains on, but its random
+    streams (dropout) differ from an uninterrupted run."""
+    return saved[rank % len(saved)]
 
 
 def save_checkpoint(directory: str | Path, step: int, state: dict) -> Path:
+    """`state` holds "rng": a list with every rank's rng_state (gathered by the caller)."""
     directory = Path(directory)
     path = directory / f"ckpt-{step:09d}.pt"
     with atomic_file(path) as tmp:
-        torch.save({**state, "rng": rng_state()}, tmp)
+        torch.save(state, tmp)
     for old in sorted(directory.glob("ckpt-*.pt"))[:-KEEP]:
         old.unlink()
     return path

@@ -1,8 +1,9 @@
 """torch.distributed setup from the launcher's environment: torchrun, srun, or a single process.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*; under `srun` (one task per GPU, across nodes) they
-come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the first host of SLURM_JOB_NODELIST.
-NCCL on GPU, gloo on CPU.
+come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the first host of the step's node list.
+NCCL on GPU, gloo on CPU. A rank's GPU is its local rank modulo the GPUs it sees: clusters that bind one
+GPU per task show every task its GPU as device 0.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class DistInfo:
 
 
 def _slurm_master() -> str:
-    nodelist = os.environ["SLURM_JOB_NODELIST"]
+    # The step's nodes (srun sets both; the job's list is the fallback for steps that span the allocation).
+    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ["SLURM_JOB_NODELIST"]
     hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                            check=True).stdout.split()
     return hosts[0]
@@ -50,15 +52,28 @@ def launcher_env() -> dict[str, str]:
     return {}
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def local_device(dev: torch.device, local_rank: int) -> torch.device:
+    """This rank's CUDA device: its local rank modulo the visible GPUs (all of them, or the one bound to it)."""
+    if dev.type != "cuda":
+        return dev
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_distributed(device: str = "auto", expect_world: int | None = None) -> DistInfo:
+    """Join the launcher's process group. `expect_world`: the ranks the config asked for (nodes x GPUs per
+    node); a launch that started a different number fails here instead of training something else."""
     launch = launcher_env()
-    if not launch or int(launch["WORLD_SIZE"]) == 1:
+    world = int(launch.get("WORLD_SIZE", 1)) if launch else 1
+    if expect_world is not None and world != expect_world:
+        raise RuntimeError(
+            f"started as {world} process(es) but the config asks for {expect_world} (nodes x gpus_per_node): "
+            f"check the job's task layout (srun --ntasks-per-node, torchrun --nproc_per_node)")
+    if world == 1:
         return DistInfo(0, 1, 0, resolve_device(device))
     os.environ.update(launch)
     local_rank = int(launch.get("LOCAL_RANK", 0))
-    dev = resolve_device(device)
+    dev = local_device(resolve_device(device), local_rank)
     if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
@@ -68,6 +83,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.world > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's `obj`, in rank order (on every rank)."""
+    if info.world == 1:
+        return [obj]
+    out = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def shutdown(info: DistInfo) -> None:

@@ -17,18 +17,22 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pssl.device import autocast, use_bf16
+from pssl.device import autocast, precision_for
 from pssl.params import TrainParams
 from pssl.progress import Progress
-from pssl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from pssl.train.distributed import DistInfo, all_reduce_sum
+from pssl.time_limit import TimeLimit
+from pssl.train.checkpoint import (latest_checkpoint, load_checkpoint, rank_rng_state, rng_state, save_checkpoint,
+                                   set_rng_state)
+from pssl.train.distributed import DistInfo, all_reduce_sum, gather_objects
 from pssl.train.losses import weighted_ce_sums
 from pssl.train.schedules import lr_multiplier
 
 
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir: str | Path, info: DistInfo,
-        ignore_index: int = -1) -> nn.Module:
-    """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W)); return it."""
+        ignore_index: int = -1, time_limit: TimeLimit | None = None) -> nn.Module:
+    """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W)); return it.
+
+    With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if p.batch_size % info.world:
@@ -56,6 +60,9 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
     optimizer = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(p.schedule, steps_per_epoch, total_steps, (p.milestone,), p.gamma))
+    precision = precision_for(dev, p.precision, training=True)
+    # fp16 (GPUs without native bf16) needs loss scaling; disabled, the scaler passes everything through.
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     step = 0
     resume = latest_checkpoint(out_dir)
     if resume is not None:
@@ -63,13 +70,19 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step = state["step"]
-        set_rng_state(state["rng"])
+        set_rng_state(rank_rng_state(state["rng"], info.rank), dev)
         if info.main:
-            print(f"resuming from {resume.name} at step {step}/{total_steps}", flush=True)
+            changed = len(state["rng"]) != info.world
+            print(f"resuming from {resume.name} at step {step}/{total_steps}"
+                  + (f" (saved by {len(state['rng'])} rank(s), now {info.world}: random streams differ)"
+                     if changed else ""), flush=True)
+    if info.main:
+        print(f"precision {precision} (asked: {p.precision})", flush=True)
     net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
         if info.world > 1 else model
-    bf16 = use_bf16(dev, p.precision)
     weight = weight.to(dev)
     log_path = out_dir / "log.csv"
     new_log = not log_path.exists() or step == 0
@@ -97,17 +110,21 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
             masks = masks.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, bf16):
+            with autocast(dev, precision):
                 outputs = net(images)
             loss_sum, weight_sum = weighted_ce_sums(outputs["out"], masks, weight, ignore_index)
             if "aux" in outputs:
                 loss_sum = loss_sum + p.aux_weight * weighted_ce_sums(outputs["aux"], masks, weight, ignore_index)[0]
             # Normalise by the global batch's weight sum; DDP's gradient averaging then equals one big batch.
-            global_weight = all_reduce_sum(weight_sum.detach().clone(), info).clamp_min(1e-12)
+            # Rank 0's time-limit verdict travels in the same all-reduce, so every rank stops at this step.
+            expiring = float(info.main and time_limit is not None and time_limit.expiring())
+            sums = all_reduce_sum(torch.stack([weight_sum.detach(), weight_sum.new_tensor(expiring)]), info)
+            global_weight, stop = sums[0].clamp_min(1e-12), bool(sums[1] > 0)
             loss = loss_sum / global_weight * info.world
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             if info.main:
@@ -115,12 +132,20 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
                 writer.writerow([step, epoch, f"{loss.item() / info.world:.5f}",
                                  f"{optimizer.param_groups[0]['lr']:.6g}", f"{rate:.2f}"])
                 progress.update()
-                if step % p.checkpoint_every == 0 or step % steps_per_epoch == 0:
+            if time_limit is not None:
+                time_limit.advance()
+            if step % p.checkpoint_every == 0 or step % steps_per_epoch == 0 or stop:
+                rng = gather_objects(rng_state(dev), info)  # every rank's own streams, for an exact resume
+                if info.main:
                     log_file.flush()
                     save_checkpoint(out_dir, step, {"model": model.state_dict(),
                                                     "optimizer": optimizer.state_dict(),
-                                                    "scheduler": scheduler.state_dict(), "scaler": None,
-                                                    "epoch": epoch, "step": step, "config": asdict(p)})
+                                                    "scheduler": scheduler.state_dict(),
+                                                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                                                    "epoch": epoch, "step": step, "config": asdict(p),
+                                                    "precision": precision, "rng": rng})
+            if stop and step < total_steps:
+                time_limit.requeue_and_wait(requeue=info.main)
     if info.main:
         progress.close()
         log_file.close()

@@ -13,10 +13,11 @@ import torch
 
 from pssl.data.imagenet import read_table
 from pssl.data.pseudo import PseudoLabelDataset
-from pssl.device import allocation
+from pssl.device import allocation, precision_for
 from pssl.io import atomic_file
 from pssl.models.segmenter import build_segmenter, load_backbone_weights
 from pssl.params import TrainParams
+from pssl.time_limit import TimeLimit
 from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import fit
 from pssl.train.losses import class_weights
@@ -37,8 +38,9 @@ def init_backbone_from(model, classifier_path: str | None) -> str:
 def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, head: str, backbone: str,
              crop: int, backbone_init: str | None, w_bg: float = 0.1,
              decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), params: TrainParams = TrainParams(),
-             device: str = "auto", pad_label: str = "ignore") -> Path:
-    info = init_distributed(device)
+             device: str = "auto", pad_label: str = "ignore", expect_world: int | None = None,
+             requeue_margin_min: float = 15.0) -> Path:
+    info = init_distributed(device, expect_world)
     out_dir = Path(out_dir)
     torch.manual_seed(params.seed)
     num_classes = read_table(labels[0])[1]["num_classes"]  # K: the teacher's (= classifiers') classes
@@ -50,12 +52,13 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, head: st
         print(f"pretrain {head}-{backbone}: {num_classes} + 1 classes, backbone init {init}, "
               f"{info.world} process(es) on {info.device}, {allocation()}", flush=True)
     weight = class_weights(num_classes + 1, background=num_classes, w_bg=w_bg)
-    model = fit(model, dataset, weight, params, out_dir, info)
+    model = fit(model, dataset, weight, params, out_dir, info, time_limit=TimeLimit(requeue_margin_min))
     final = out_dir / "final.pt"
     if info.main:
         config = {"head": head, "backbone": backbone, "num_classes": num_classes + 1, "background": num_classes,
                   "crop": crop, "pad_label": pad_label, "backbone_init": init, "w_bg": w_bg, "decile_threshold": decile_threshold,
-                  "ignore_deciles": list(ignore_deciles), "train": asdict(params), "world_size": info.world}
+                  "ignore_deciles": list(ignore_deciles), "train": asdict(params), "world_size": info.world,
+                  "precision": precision_for(info.device, params.precision)}
         with atomic_file(final) as tmp:
             torch.save({"model": model.state_dict(), "config": config, "kind": "pssl-pretrain"}, tmp)
         print(f"wrote {final}")

@@ -1,0 +1,209 @@
+"""What jobs ask SLURM for, how training jobs launch their ranks, precision per GPU, resume under another
+device layout, and evaluation split across ranks (the first cluster run's checks that need no GPU)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from pssl.cluster import TrainLayout, job_resources, train_layout
+from pssl.device import choose_precision
+from pssl.train.checkpoint import rank_rng_state, rng_state, set_rng_state
+from pssl.train.distributed import DistInfo, init_distributed, local_device
+
+from conftest import REPO, snakemake_env
+
+PAPER = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
+CPU = torch.device("cpu")
+
+
+def paper(**cluster) -> dict:
+    return {**PAPER, "cluster": {**PAPER["cluster"], **cluster}}
+
+
+# ---- submission ---------------------------------------------------------------------------------------------
+
+def test_gpu_jobs_ask_for_cpus_to_feed_their_gpus_capped_by_the_node():
+    cfg = paper(gpu_partition="gpu", cpu_partition="cpu", account="lab")
+    pretrain = job_resources(cfg, "pretrain", layout=train_layout(cfg, "pretrain"))
+    # 8 ranks x (8 workers + 1) = 72 CPUs, capped at the node's 64: 8 per rank
+    assert pretrain == {"nodes": 1, "gpu": 8, "cpus_per_task": 64, "mem_mb": 256000, "slurm_partition": "gpu",
+                        "slurm_account": "lab"}
+    finetune = job_resources(cfg, "finetune", layout=train_layout(cfg, "finetune"))
+    assert finetune["cpus_per_task"] == 4 * 9 and finetune["gpu"] == 4 and finetune["nodes"] == 1
+    explain = job_resources(cfg, "explain", cpus=8 + 8, gpus=1)
+    assert explain == {"nodes": 1, "cpus_per_task": 16, "gpu": 1, "mem_mb": 32000, "slurm_partition": "gpu",
+                       "slurm_account": "lab"}
+    index = job_resources(cfg, "cpu")
+    assert index == {"nodes": 1, "cpus_per_task": 1, "mem_mb": 16000, "slurm_partition": "cpu",
+                     "slurm_account": "lab"}
+
+
+def test_partitions_and_account_fall_back_without_guessing():
+    cfg = paper(gpu_partition="gpu", cpu_partition=None, account=None)
+    assert job_resources(cfg, "cpu")["slurm_partition"] == "gpu"
+    assert "slurm_account" not in job_resources(cfg, "cpu")
+    cfg = paper(gpu_partition=None, cpu_partition=None, account=None)
+    assert "slurm_partition" not in job_resources(cfg, "explain", gpus=1)  # SLURM's default partition
+
+
+def test_multi_node_layout_is_one_task_per_gpu_spelled_out_for_srun():
+    layout = TrainLayout(gpus_per_node=8, nodes=2, num_workers=8, cores_per_node=64)
+    assert layout.world == 16 and layout.cpus_per_rank == 8 and layout.threads_per_rank == 1
+    assert layout.resources() == {"nodes": 2, "tasks_per_node": 8, "mpi": "srun", "gres": "gpu:8",
+                                  "cpus_per_task": 8}
+    assert layout.launcher() == ("srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 --cpus-per-task 8 "
+                                 "--kill-on-bad-exit=1 python")
+    one_node_srun = TrainLayout(2, 1, 0, 2, "srun")
+    assert one_node_srun.launcher().startswith("srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 ")
+    assert one_node_srun.resources()["mpi"] == "srun"
+    assert TrainLayout(8, 1, 8, 64).launcher() == "torchrun --standalone --nproc_per_node 8"
+    assert TrainLayout(1, 1, 0, 2).launcher() == "python"
+
+
+# ---- launch -------------------------------------------------------------------------------------------------
+
+def test_a_rank_takes_its_gpu_modulo_the_visible_ones(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU bound per task: always device 0
+    assert local_device(torch.device("cuda"), 5) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert local_device(torch.device("cuda"), 5) == torch.device("cuda", 1)
+    assert local_device(CPU, 5) == CPU
+
+
+def test_a_launch_with_the_wrong_number_of_ranks_fails_loudly(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match="started as 1 process.*config asks for 16"):
+        init_distributed("cpu", expect_world=16)
+    assert init_distributed("cpu", expect_world=1).world == 1
+
+
+# ---- precision ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("requested, device, capability, training, expected", [
+    ("auto", "cuda", (9, 0), True, "bf16"),    # H100: native bf16
+    ("auto", "cuda", (8, 0), False, "bf16"),   # A100, explain too
+    ("auto", "cuda", (7, 0), True, "fp16"),    # V100: bf16 only emulated; fp16 with loss scaling
+    ("auto", "cuda", (7, 0), False, "fp32"),   # V100 input gradients: fp16 would underflow
+    ("auto", "cpu", None, True, "fp32"),
+    ("bf16", "cuda", (7, 0), True, "bf16"),    # asked for explicitly
+    ("fp32", "cuda", (9, 0), True, "fp32"),
+])
+def test_precision_choice(requested, device, capability, training, expected):
+    assert choose_precision(requested, device, capability, training) == expected
+
+
+def test_fp16_is_refused_where_it_has_no_loss_scaling():
+    with pytest.raises(ValueError, match="fp16"):
+        choose_precision("fp16", "cuda", (7, 0), training=False)
+    with pytest.raises(ValueError, match="fp16"):
+        choose_precision("fp16", "cpu", None, training=True)
+
+
+# ---- resume under another device layout -------------------------------------------------------------------
+
+def test_rng_state_restores_per_rank_under_another_rank_count():
+    saved = []
+    for rank in range(2):  # a 2-rank run: each rank's own streams
+        torch.manual_seed(100 + rank)
+        saved.append(rng_state(CPU))
+    torch.manual_seed(100)
+    expected_rank0 = torch.rand(3)
+    torch.manual_seed(101)
+    expected_rank1 = torch.rand(3)
+    set_rng_state(rank_rng_state(saved, 1), CPU)                # same layout: rank 1 gets its own
+    assert torch.equal(torch.rand(3), expected_rank1)
+    set_rng_state(rank_rng_state(saved, 0), CPU)                # fewer ranks now (1): no IndexError
+    assert torch.equal(torch.rand(3), expected_rank0)
+    set_rng_state(rank_rng_state(saved, 3), CPU)                # more ranks (4): reused cyclically
+    assert torch.equal(torch.rand(3), expected_rank1)
+    assert "cuda" not in saved[0]  # a CPU rank saves no CUDA state (a GPU rank: its own device's only)
+
+
+# ---- evaluation on every rank ------------------------------------------------------------------------------
+
+def run_eval(root, out, nproc):
+    launcher = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    proc = subprocess.run([*launcher, str(REPO / "tests/eval_worker.py"), str(root), str(out)],
+                          env=snakemake_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_ranks_evaluate_half_the_images_each_and_sum_to_one_process(tiny_demo, tmp_path):
+    one = run_eval(tiny_demo, tmp_path / "one.json", 1)
+    two = run_eval(tiny_demo, tmp_path / "two.json", 2)
+    assert two["ranks"] == 2 and one["ranks"] == 1
+    assert two["miou"] == pytest.approx(one["miou"], abs=1e-12)
+    assert two["per_class_iou"] == pytest.approx(one["per_class_iou"], abs=1e-12, nan_ok=True)
+    assert two["pixel_acc"] == pytest.approx(one["pixel_acc"], abs=1e-12)
+
+
+# ---- time limits --------------------------------------------------------------------------------------------
+
+def test_time_limit_reads_the_job_end_and_needs_progress(monkeypatch):
+    import time as clock
+
+    from pssl import time_limit
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not time_limit.TimeLimit(15).expiring()  # outside SLURM: never
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    asked = []
+    monkeypatch.setattr(time_limit, "job_end_time", lambda job: asked.append(job) or clock.time() + 600)
+    limit = time_limit.TimeLimit(15)  # 10 min left < 15 min margin
+    assert not limit.expiring()       # no progress yet in this run: a requeued job must move forward
+    limit.advance()
+    assert limit.expiring() and asked == ["123"]  # squeue read once, then every POLL_SECONDS
+    assert not time_limit.TimeLimit(5, min_progress=0).expiring()  # 10 min left > 5 min margin
+
+
+class Requeued(Exception):
+    pass
+
+
+class ExpiringAfter:
+    """A TimeLimit stand-in: expiring from the given step on; 'requeueing' raises instead of waiting."""
+
+    def __init__(self, steps: int):
+        self.steps, self.progress, self.requeued_by = steps, 0, []
+
+    def advance(self, units: int = 1) -> None:
+        self.progress += units
+
+    def expiring(self) -> bool:
+        return self.progress >= self.steps
+
+    def requeue_and_wait(self, requeue: bool = True) -> None:
+        self.requeued_by.append(requeue)
+        raise Requeued
+
+
+def test_training_near_its_limit_checkpoints_and_the_rerun_ends_with_the_same_weights(tmp_path):
+    from ddp_worker import SyntheticSegmentation
+
+    from pssl.models.segmenter import build_segmenter
+    from pssl.params import TrainParams
+    from pssl.train.checkpoint import latest_checkpoint
+    from pssl.train.loop import fit
+    from pssl.train.losses import class_weights
+
+    def run(out, time_limit=None):
+        torch.manual_seed(0)
+        model = build_segmenter("pspnet", "test_resnet", 3)
+        params = TrainParams(epochs=2, batch_size=4, lr=0.02, checkpoint_every=1000, seed=0)
+        return fit(model, SyntheticSegmentation(n=16), class_weights(3, 2, 0.1), params, out,
+                   DistInfo(0, 1, 0, CPU), time_limit=time_limit)
+
+    reference = run(tmp_path / "reference").state_dict()
+    limit = ExpiringAfter(steps=3)
+    with pytest.raises(Requeued):
+        run(tmp_path / "limited", limit)
+    assert limit.requeued_by == [True] and latest_checkpoint(tmp_path / "limited").name == "ckpt-000000004.pt"
+    resumed = run(tmp_path / "limited").state_dict()  # the requeued job: same command, resumes at step 4
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
