@@ -207,3 +207,32 @@ def test_training_near_its_limit_checkpoints_and_the_rerun_ends_with_the_same_we
     resumed = run(tmp_path / "limited").state_dict()  # the requeued job: same command, resumes at step 4
     for key, value in reference.items():
         assert torch.equal(value, resumed[key]), key
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_with_augmentation_and_loader_workers_sees_the_same_crops(tiny_demo, tmp_path, num_workers):
+    """Fine-tuning data (long-side scale, crop, flip) read by 2 loader processes: a run stopped at step 3 and
+    resumed ends with the weights of an uninterrupted run, so every resumed batch had the same crops."""
+    from pssl.data.segsets import SegmentationSet
+    from pssl.models.segmenter import build_segmenter
+    from pssl.params import TrainParams
+    from pssl.train.finetune import FinetuneDataset
+    from pssl.train.loop import fit
+    from pssl.train.losses import class_weights
+
+    data = SegmentationSet("camvid", tiny_demo, "train")
+
+    def run(out, time_limit=None):
+        torch.manual_seed(0)
+        model = build_segmenter("pspnet", "test_resnet", data.num_classes)
+        params = TrainParams(epochs=3, batch_size=2, lr=0.02, checkpoint_every=1000, num_workers=num_workers,
+                             schedule="poly", seed=0)
+        return fit(model, FinetuneDataset(data, 32, 48, seed=0), class_weights(data.num_classes, None, 1.0),
+                   params, out, DistInfo(0, 1, 0, CPU), ignore_index=255, time_limit=time_limit)
+
+    reference = run(tmp_path / "reference").state_dict()
+    with pytest.raises(Requeued):
+        run(tmp_path / "stopped", ExpiringAfter(steps=2))
+    resumed = run(tmp_path / "stopped").state_dict()
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key

@@ -7,6 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from pssl import store
 from pssl.data.imagenet import read_table
@@ -64,10 +65,37 @@ def test_report_table_has_every_cell(pipeline_run):
     assert camvid["eval"]["split"] == "test" and camvid["selection"]["split"] == "val"
     assert camvid["eval"]["base_size"] == 48
     markdown = (workdir / "results/report/table3.md").read_text()
-    assert markdown.count("\n| ") >= 6 and "PSPNet-test_resnet diff" in markdown
+    assert "PSPNet-test_resnet diff" in markdown and "Learning rates (fixed)" in markdown
     for png in ("table3_gains.png", "pseudo_label_gallery.png"):
-        assert (workdir / "results/report" / png).stat().st_size > 1000
+        with Image.open(workdir / "results/report" / png) as image:
+            image.verify()
     assert "report/table3.md" in run_summary(workdir)
+
+
+def test_table3_is_made_of_the_cells_metrics(pipeline_run):
+    """Every Table 3 value is 100 x the mIoU of its cell's metrics.json (split, lr and all), and the Markdown
+    rows print the same numbers."""
+    workdir, _ = pipeline_run
+    table = pd.read_csv(workdir / "results/report/table3.csv", index_col=0)
+    markdown = (workdir / "results/report/table3.md").read_text()
+    titles = {"camvid": "CamVid", "voc_aug": "VOC-Aug", "pascal_context": "VOC-Context", "ade20k": "ADE20K",
+              "cityscapes": "Cityscapes"}
+    heads = {"psp": "PSPNet-test_resnet", "dlv3": "DeepLabV3-test_resnet", "ocr": "OCRNet-hrnet_w18_small"}
+    for dataset, title in titles.items():
+        row = [title, table.loc[title, "split"]]
+        for model, head in heads.items():
+            miou = {}
+            for init, column in (("imagenet", "ImageNet"), ("pssl", "PSSL")):
+                cell = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/metrics.json").read_text())
+                lr_run = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/lr0.01/metrics.json")
+                                    .read_text())
+                assert cell["miou"] == lr_run["miou"] and cell["lr"] == 0.01  # the one lr of the tiny config
+                assert cell["eval"]["split"] == table.loc[title, "split"]
+                miou[init] = 100 * cell["miou"]
+                assert table.loc[title, f"{head} {column}"] == pytest.approx(miou[init], abs=0.005)
+            assert table.loc[title, f"{head} diff"] == pytest.approx(miou["pssl"] - miou["imagenet"], abs=0.01)
+            row += [f"{miou['imagenet']:.2f}", f"{miou['pssl']:.2f}", f"{miou['pssl'] - miou['imagenet']:+.2f}"]
+        assert "| " + " | ".join(row) + " |" in markdown
 
 
 def test_rerun_has_nothing_to_do(pipeline_run):
@@ -97,6 +125,28 @@ def test_changed_shard_size_reshards_but_keeps_demo_data(pipeline_run):
     assert planned.get("shard_index") == 1 and "make_demo_data" not in planned and "index_images" not in planned
 
 
+def test_a_learning_rate_grid_runs_end_to_end(pipeline_run):
+    """A 2-value grid on one cell: the lr wildcard, a job per lr, select_lr keeping the better on val, and the
+    report's 'best of a grid' note. (After the tests that expect nothing to do: it changes that cell.)"""
+    from pssl.report.table3 import write_report
+    workdir, _ = pipeline_run
+    cell = "results/finetune/camvid/psp/pssl/metrics.json"
+    proc = run_snakemake(workdir, cell, "--config", "finetune={lr_grid: [0.01, 0.05]}")
+    planned = _jobs_planned(proc.stdout + proc.stderr)
+    assert planned == {"finetune": 1, "select_lr": 1}  # lr 0.01 exists: only lr 0.05 and the selection
+    runs = {lr: json.loads((workdir / f"results/finetune/camvid/psp/pssl/lr{lr}/metrics.json").read_text())
+            for lr in ("0.01", "0.05")}
+    best = json.loads((workdir / cell).read_text())
+    assert best["lr_grid"] == {lr: r["selection"]["miou"] for lr, r in runs.items()}
+    winner = max(runs, key=lambda lr: runs[lr]["selection"]["miou"])
+    assert best["lr"] == float(winner) and best["miou"] == runs[winner]["miou"]
+    cells = sorted(str(p) for p in (workdir / "results/finetune").glob("*/*/*/metrics.json"))
+    stores = sorted(str(p) for p in (workdir / "results/explain").glob("*.zarr"))
+    markdown = write_report(cells, str(workdir / "grid_report"), {}, stores, [])
+    assert "best of a grid, chosen on val" in markdown
+    assert f"psp pssl: {', '.join(sorted({'0.01', winner}))}" in markdown  # the other datasets' cells: 0.01
+
+
 def test_deleting_one_store_rebuilds_exactly_that_shard(pipeline_run):
     workdir, _ = pipeline_run
     target = workdir / "results/explain/shard-00001.zarr"
@@ -109,3 +159,5 @@ def test_deleting_one_store_rebuilds_exactly_that_shard(pipeline_run):
     assert target.exists()
     after = {s: (workdir / f"results/explain/{s}.zarr/zarr.json").stat().st_mtime_ns for s in before}
     assert after == before
+
+

@@ -88,6 +88,36 @@ class Linear(nn.Module):
         return x.flatten(1) @ self.w.T
 
 
+def counted_deciles(scores: np.ndarray) -> np.ndarray:
+    """Eq. 2 by counting, independent of to_deciles: floor(10 * #{strictly lower} / N) per pixel."""
+    flat = scores.ravel()
+    return np.array([10 * int((flat < v).sum()) // flat.size for v in flat]).reshape(scores.shape)
+
+
+def test_ensemble_normalises_each_model_before_the_mean():
+    """Eq. 1 on linear classifiers (logit gradient = the target's weight row, whatever the noise): the stored
+    deciles are those of the mean of per-model min-max maps. Two models whose gradients differ in scale by
+    1000x make averaging before normalising give other deciles, so the wrong order cannot pass."""
+    from pssl.explain.run import explain_batch
+    side, targets = 8, torch.tensor([1, 0])
+    small, large = Linear(3 * side * side, 2, seed=1), Linear(3 * side * side, 2, seed=2)
+    large.w *= 1000.0
+    scorers = [TargetScore(small, "logit"), TargetScore(large, "logit")]
+    params = ExplainParams(image_size=side, n_samples=2, noise_level=0.1, sample_chunk=2, keep_model_deciles=True)
+    torch.manual_seed(0)
+    deciles, per_model = explain_batch(scorers, torch.rand(2, 3, side, side), targets, params, bf16=False)
+    for b, t in enumerate(targets.tolist()):
+        maps = [np.abs(m.w[t].numpy().reshape(3, side, side)).sum(0) for m in (small, large)]
+        normalised = [(m - m.min()) / (m.max() - m.min()) for m in maps]
+        expected = counted_deciles((normalised[0] + normalised[1]) / 2)
+        assert np.array_equal(deciles[b].numpy(), expected)
+        for i, m in enumerate(normalised):
+            assert np.array_equal(per_model[b, i].numpy(), counted_deciles(m))
+        averaged_first = (maps[0] + maps[1]) / 2
+        wrong = counted_deciles((averaged_first - averaged_first.min()) / np.ptp(averaged_first))
+        assert not np.array_equal(wrong, expected), "the test must tell the two orders apart"
+
+
 def test_noise_is_gaussian_in_pixel_space_with_the_given_sigma():
     # gradient of 0.5 * sum(x^2) at x + eps is x + eps: one sample exposes the noise itself.
     x = torch.full((2, 3, 40, 40), 0.5)
@@ -296,3 +326,30 @@ def test_inspect_and_show(demo_shard, tiny_zoo, tmp_path):
                     "--model-deciles"], env=env, check=True, capture_output=True)
     img = Image.open(png)
     assert img.format == "PNG" and img.width > 3 * 32 * 3
+
+
+# ---- quality formulas against hand counts ---------------------------------------------------------------------
+
+def test_region_scores_by_hand():
+    from pssl.explain.quality import region_scores
+    deciles = np.array([[9, 9, 8, 0],
+                        [9, 7, 8, 0],
+                        [0, 0, 0, 0]])
+    mask = np.array([[1, 1, 1, 0],
+                     [0, 1, 1, 0],
+                     [0, 0, 0, 0]], dtype=bool)
+    precision, best = region_scores(deciles, mask)
+    assert precision == 2 / 3          # D9: 3 pixels, 2 on the object
+    # t = 9: IoU 2/6; t = 8: {9, 8} = 5 px, 4 on the object, union 6 -> 4/6; t = 7 (or lower down to 1): 6 px
+    # all 5 object pixels, union 6 -> 5/6 (the best)
+    assert best == 5 / 6
+    assert region_scores(np.zeros((2, 2), int), np.ones((2, 2), bool)) == (0.0, 0.0)  # no D9, nothing found
+
+
+def test_foreground_scores_by_hand():
+    from pssl.explain.quality import foreground_scores
+    pred = np.array([[1, 1, 0], [0, 0, 0]], dtype=bool)
+    mask = np.array([[1, 0, 0], [1, 0, 0]], dtype=bool)
+    acc, iou = foreground_scores(pred, mask)
+    assert acc == 4 / 6 and iou == 1 / 3
+    assert foreground_scores(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 0.0)

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 from pssl.data.segsets import SegmentationSet, list_pairs
@@ -15,7 +17,7 @@ from pssl.eval.metrics import confusion_matrix, scores
 from pssl.models.segmenter import build_segmenter
 from pssl.params import TrainParams
 from pssl.report.lr_grid import select_best_lr
-from pssl.report.table3 import markdown, table3
+from pssl.report.table3 import gain_figure, markdown, table3
 from pssl.train.finetune import finetune, init_from_pretrained
 
 DATASETS = ["camvid", "voc_aug", "pascal_context", "ade20k", "cityscapes"]
@@ -113,17 +115,57 @@ def test_unexpected_label_values_are_reported_not_trained_on(tiny_demo, tmp_path
 
 # ---- inference and init ------------------------------------------------------------------------------------
 
-def test_sliding_window_and_multiscale_flip_shapes():
+def test_sliding_window_and_multiscale_flip_on_a_real_model():
     torch.manual_seed(0)
     model = build_segmenter("pspnet", "test_resnet", 4).eval()
     image = torch.rand(1, 3, 40, 72)
     with torch.no_grad():
-        whole = model(image)["out"].softmax(1)
-        assert torch.allclose(sliding_window(model, image, 4, crop=80, stride=60), whole)
         windows = sliding_window(model, image, 4, crop=32, stride=24)
-    assert windows.shape == whole.shape and torch.allclose(windows.sum(1), torch.ones(1, 40, 72))
+    assert windows.shape == (1, 4, 40, 72) and torch.allclose(windows.sum(1), torch.ones(1, 40, 72))
     pred = predict(model, image, 4, scales=(0.75, 1.0, 1.25), flip=True, crop=32)
     assert pred.shape == (40, 72) and pred.dtype == torch.int64
+
+
+class PixelModel(nn.Module):
+    """Logits from a 1x1 convolution, plus (ramp) a left-to-right slope that makes the output depend on the
+    pixel's column: a window sees exactly what the whole image sees at a pixel only without the ramp."""
+
+    def __init__(self, classes: int = 4, ramp: float = 0.0):
+        super().__init__()
+        self.conv = nn.Conv2d(3, classes, 1)
+        torch.nn.init.normal_(self.conv.weight, std=3.0, generator=torch.Generator().manual_seed(0))
+        self.ramp = ramp
+
+    def forward(self, x):
+        slope = torch.linspace(0, self.ramp, x.shape[-1]).view(1, 1, 1, -1)
+        return {"out": self.conv(x) + slope * torch.arange(self.conv.out_channels).view(1, -1, 1, 1)}
+
+
+@pytest.mark.parametrize("hw", [(50, 70), (20, 70), (70, 20), (33, 33)])
+def test_sliding_windows_equal_the_whole_image_for_a_pixelwise_model(hw):
+    """Windows overlap and pad (one side smaller than the window pads): a 1x1 model must give the whole
+    image's probabilities exactly, at every pixel, whatever the window layout."""
+    model = PixelModel().eval()
+    image = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(image)["out"].softmax(1)
+        windows = sliding_window(model, image, 4, crop=32, stride=20)
+    assert windows.shape == whole.shape
+    torch.testing.assert_close(windows, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_flip_and_scales_average_probabilities_mapped_back_to_the_image():
+    model = PixelModel(ramp=4.0).eval()  # not flip-invariant: a flip not undone would change the result
+    image = torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = model(image)["out"].softmax(1)
+        flipped = model(image.flip(-1))["out"].softmax(1).flip(-1)
+        half = F.interpolate(model(F.interpolate(image, size=(12, 20), mode="bilinear", align_corners=False))[
+            "out"].softmax(1), size=(24, 40), mode="bilinear", align_corners=False)
+    assert torch.equal(predict(model, image, 4), plain.argmax(1)[0])
+    assert torch.equal(predict(model, image, 4, flip=True), (plain + flipped).argmax(1)[0])
+    assert not torch.equal((plain + flipped).argmax(1), (plain + plain.flip(-1)).argmax(1))
+    assert torch.equal(predict(model, image, 4, scales=(0.5, 1.0)), (half + plain).argmax(1)[0])
 
 
 def test_pssl_init_loads_everything_but_the_class_layers(tmp_path):
@@ -197,3 +239,21 @@ def test_table3_layout_and_differences():
     assert table.loc["ADE20K", "OCRNet-H diff"] == pytest.approx(-0.5)
     md = markdown(table, cells)
     assert "| CamVid | test | 60.00 | 61.50 | +1.50 |" in md
+
+
+def test_table3_reports_what_exists(tmp_path):
+    """One init only: its columns and no difference; a missing cell: '–' in Markdown, a gap in the figure."""
+    only_pssl = pd.DataFrame([{"dataset": d, "model": "a", "init": "pssl", "split": "val", "miou": 50.0,
+                               "pixel_acc": 0.0, "lr": 0.01, "lr_grid": 1} for d in ("camvid", "ade20k")])
+    table = table3(only_pssl, {"a": "PSPNet-R"})
+    assert list(table.columns) == ["split", "PSPNet-R PSSL"]
+    gain_figure(table, tmp_path / "one_init.png")
+    cells = pd.DataFrame([{"dataset": d, "model": "a", "init": i, "split": "val", "miou": 40.0, "pixel_acc": 0.0,
+                           "lr": 0.01, "lr_grid": 1}
+                          for d, i in (("camvid", "imagenet"), ("camvid", "pssl"), ("ade20k", "imagenet"))])
+    table = table3(cells, {"a": "PSPNet-R"})
+    assert table.loc["CamVid", "PSPNet-R diff"] == 0 and np.isnan(table.loc["ADE20K", "PSPNet-R PSSL"])
+    md = markdown(table, cells)
+    assert "| ADE20K | val | 40.00 | – | – |" in md and "nan" not in md and "no result for that cell" in md
+    gain_figure(table, tmp_path / "gap.png")
+    assert (tmp_path / "gap.png").exists()

@@ -153,3 +153,10 @@ def test_nested_command_line_values_are_typed_like_yaml(trees, tmp_path):
                        "finetune={lr: 1e-3, lr_grid: [0.002, 0.004]}", "eval={flip: true}")
     assert "make_demo_data" not in counts and counts["finetune"] == 5 * 3 * 2 * 2
     assert "lr0.002/metrics.json" in out and "--flip true" in out
+
+
+@pytest.mark.parametrize("target", ["stage_zoo", "stage_explain", "stage_pretrain", "stage_report"])
+def test_stage_targets_dry_run_on_an_empty_results_folder(tmp_path, target):
+    """Nothing run yet: runtimes and inputs of every stage target are planned without reading a job's output."""
+    proc = run_snakemake(tmp_path, "-n", target)
+    assert "Job stats:" in proc.stdout and not (tmp_path / "results").exists()

@@ -81,9 +81,9 @@ def test_label_policies():
     label, keep = apply_policy(gt, probs, done, "teacher", top_k=1, min_conf=0.0)
     assert label.tolist() == [0, 1, 2, 1] and keep.tolist() == [True, True, True, False]
     label, keep = apply_policy(gt, probs, done, "agree", top_k=1, min_conf=0.0)
-    assert keep.tolist() == [True, False, False, False]
+    assert label.tolist() == [0, 2, -1, 0] and keep.tolist() == [True, False, False, False]  # the dataset's class
     label, keep = apply_policy(gt, probs, done, "agree", top_k=2, min_conf=0.0)
-    assert keep.tolist() == [True, True, False, False]
+    assert label.tolist() == [0, 2, -1, 0] and keep.tolist() == [True, True, False, False]
     label, keep = apply_policy(gt, probs, done, "teacher", top_k=1, min_conf=0.45)
     assert keep.tolist() == [True, True, False, False]
 

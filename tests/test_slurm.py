@@ -142,10 +142,11 @@ def test_sbatch_lines_ask_for_the_right_resources_per_rule(slurm_and_local):
 
 def test_gpu_jobs_saw_their_allocation(slurm_and_local):
     workdir, _, _ = slurm_and_local
-    for log in sorted((workdir / "results/logs/explain").glob("*.log")):
-        assert re.search(r"CUDA_VISIBLE_DEVICES=\d", log.read_text()), log
-    for log in sorted((workdir / "results/logs/labels").glob("*.log")):
-        assert re.search(r"CUDA_VISIBLE_DEVICES=\d", log.read_text()), log
+    for stage in ("explain", "labels"):
+        logs = sorted((workdir / "results/logs" / stage).glob("*.log"))
+        assert len(logs) == 3, (stage, logs)  # one per shard: a missing log must not pass unchecked
+        for log in logs:
+            assert re.search(r"CUDA_VISIBLE_DEVICES=\d", log.read_text()), log
 
 
 def test_pretraining_ran_as_two_srun_tasks(slurm_and_local):

@@ -62,6 +62,9 @@ def check_config(config: dict) -> None:
         raise ConfigError(
             "config key imagenet_root is required when demo.enabled is false: pass the ImageNet train directory, "
             "e.g. --config imagenet_root=/data/ILSVRC/Data/CLS-LOC/train")
+    if not config["labelled"] and config["labels"]["policy"] != "teacher":
+        raise ConfigError(f"config key labels.policy: {config['labels']['policy']!r} needs the images' classes, and "
+                          f"labelled is false: use policy 'teacher' (the zoo labels each image)")
     for name in config["finetune"]["models"]:
         if name not in config["pretrain"]["models"]:
             raise ConfigError(f"config key finetune.models: {name!r} is not a key of pretrain.models")

@@ -33,6 +33,11 @@ def region_scores(deciles: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return precision, best
 
 
+def foreground_scores(pred: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(pixel accuracy, foreground IoU) of a predicted foreground against an object mask (both bool)."""
+    return float((pred == mask).mean()), float((pred & mask).sum() / max(1, (pred | mask).sum()))
+
+
 def evaluate_stores(stores: list[str], index: str, masks_root: str) -> pd.DataFrame:
     frame, _ = read_table(index)
     relpath = dict(zip(frame["image_id"], frame["relpath"]))
@@ -93,14 +98,11 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
         items += [(int(ids[i]), deciles[i]) for i in np.flatnonzero(status == store.DONE)]
     size = items[0][1].shape[0]
 
-    def scores(pred: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-        return float((pred == mask).mean()), float((pred & mask).sum() / max(1, (pred | mask).sum()))
-
     # Every image and mask is decoded once, at the store's resolution, and shared by all models.
     masks = [mask_at(Path(masks_root), relpath[image_id], size) for image_id, _ in items]
     images = torch.from_numpy(np.stack([resize_square(load_rgb(Path(meta["root"]) / relpath[image_id]), size)
                                         for image_id, _ in items])).permute(0, 3, 1, 2)
-    rows = [("D9 pseudo labels", *scores(d == 9, mask)) for (_, d), mask in zip(items, masks)]
+    rows = [("D9 pseudo labels", *foreground_scores(d == 9, mask)) for (_, d), mask in zip(items, masks)]
     for ckpt in checkpoints:
         record = torch.load(ckpt, map_location="cpu", weights_only=False)
         cfg = record["config"]
@@ -112,7 +114,7 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
             x = images[start:start + 32].float().div(255).to(dev)
             with torch.no_grad():
                 pred = model(x)["out"].argmax(1).cpu().numpy() != cfg["background"]
-            rows += [(name, *scores(p, mask)) for p, mask in zip(pred, masks[start:start + 32])]
+            rows += [(name, *foreground_scores(p, mask)) for p, mask in zip(pred, masks[start:start + 32])]
     table = pd.DataFrame(rows, columns=["source", "pixel_acc", "fg_iou"]).groupby("source", sort=False).agg(
         images=("pixel_acc", "size"), pixel_acc=("pixel_acc", "mean"), fg_iou=("fg_iou", "mean")).reset_index()
     with atomic_file(out) as tmp:

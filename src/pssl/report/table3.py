@@ -32,25 +32,30 @@ def collect(cells: list[str]) -> pd.DataFrame:
         rows.append({"dataset": dataset, "model": model, "init": init, "split": r["eval"]["split"],
                      "miou": 100 * r["miou"],
                      "pixel_acc": 100 * r["pixel_acc"], "lr": r["lr"], "lr_grid": len(r.get("lr_grid", {})) or 1})
-    frame = pd.DataFrame(rows)
-    incomplete = frame.groupby(["dataset", "model"])["init"].nunique() < frame["init"].nunique()
-    if incomplete.any():
-        raise ValueError(f"Table 3 cells without both inits: {list(incomplete[incomplete].index)}")
-    return frame
+    return pd.DataFrame(rows)
+
+
+INIT_TITLES = {"imagenet": "ImageNet", "pssl": "PSSL"}
 
 
 def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
-    """Paper layout: rows = datasets; per model the ImageNet mIoU, the PSSL mIoU and the difference."""
+    """Paper layout: rows = datasets; per model the ImageNet mIoU, the PSSL mIoU and the difference.
+
+    Reports what exists: a run of one init has that init's columns and no difference; a missing cell is NaN.
+    """
     wide = cells.pivot_table(index="dataset", columns=["model", "init"], values="miou", sort=False)
     out = pd.DataFrame(index=[DATASET_TITLES.get(d, d) for d in wide.index])
     splits = cells.groupby("dataset")["split"].agg(lambda v: "/".join(sorted(set(v))))
     out["split"] = [splits[d] for d in wide.index]  # the split each row's mIoU was measured on
+    inits = [i for i in INIT_TITLES if i in set(cells["init"])]
     for m in dict.fromkeys(cells["model"]):
         title = model_titles.get(m, m)
-        imagenet, pssl = wide[(m, "imagenet")].to_numpy(), wide[(m, "pssl")].to_numpy()
-        out[f"{title} ImageNet"] = imagenet
-        out[f"{title} PSSL"] = pssl
-        out[f"{title} diff"] = pssl - imagenet
+        values = {i: wide[(m, i)].to_numpy() if (m, i) in wide.columns else np.full(len(wide), np.nan)
+                  for i in inits}
+        for i in inits:
+            out[f"{title} {INIT_TITLES[i]}"] = values[i]
+        if len(inits) == 2:
+            out[f"{title} diff"] = values["pssl"] - values["imagenet"]
     out.index.name = "dataset"
     return out
 
@@ -60,12 +65,13 @@ def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
     lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "|".join("---" if c == "split" else "---:"
                                                                           for c in cols) + "|"]
     for name, row in table.iterrows():
-        lines.append(f"| {name} | " + " | ".join(v if c == "split" else f"{v:+.2f}" if c.endswith("diff")
-                                              else f"{v:.2f}" for c, v in row.items()) + " |")
+        lines.append(f"| {name} | " + " | ".join(v if c == "split" else "–" if pd.isna(v) else f"{v:+.2f}"
+                                              if c.endswith("diff") else f"{v:.2f}" for c, v in row.items()) + " |")
     lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
     grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
     lines.append("")
-    lines.append(f"mIoU (%) on the split named per row. Learning rates ({grid_note}): " +
+    missing = " – : no result for that cell." if table.drop(columns="split").isna().to_numpy().any() else ""
+    lines.append(f"mIoU (%) on the split named per row.{missing} Learning rates ({grid_note}): " +
                  "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
     return "\n".join(lines) + "\n"
 
@@ -75,6 +81,11 @@ def gain_figure(table: pd.DataFrame, out: str | Path, width: int = 720, height: 
     diffs = table[[c for c in table.columns if c.endswith("diff")]]
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
+    if diffs.isna().to_numpy().all():  # one init only, or no pair finished
+        draw.text((20, height // 2), "no ImageNet / PSSL pair of results to compare", fill="black")
+        with atomic_file(out) as tmp:
+            img.save(tmp, format="PNG")
+        return
     left, right, top, bottom = 60, width - 20, 30, height - 60
     span = max(1.0, float(np.nanmax(np.abs(diffs.to_numpy()))))
     zero = top + (bottom - top) / 2
@@ -89,6 +100,8 @@ def gain_figure(table: pd.DataFrame, out: str | Path, width: int = 720, height: 
     for g, (dataset, row) in enumerate(diffs.iterrows()):
         x0 = left + g * group_w + group_w * 0.1
         for b, value in enumerate(row.to_numpy()):
+            if np.isnan(value):
+                continue
             x = x0 + b * bar_w
             y = zero - value * scale
             draw.rectangle([x, min(y, zero), x + bar_w - 2, max(y, zero)], fill=colours[b % len(colours)])
