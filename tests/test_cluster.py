@@ -58,7 +58,8 @@ def test_multi_node_layout_is_one_task_per_gpu_spelled_out_for_srun():
     assert layout.launcher() == ("srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 --cpus-per-task 8 "
                                  "--kill-on-bad-exit=1 python")
     one_node_srun = TrainLayout(2, 1, 0, 2, "srun")
-    assert one_node_srun.launcher().startswith("srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 ")
+    assert one_node_srun.launcher().startswith(
+        "srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 ")
     assert one_node_srun.resources()["mpi"] == "srun"
     assert TrainLayout(8, 1, 8, 64).launcher() == "torchrun --standalone --nproc_per_node 8"
     assert TrainLayout(1, 1, 0, 2).launcher() == "python"

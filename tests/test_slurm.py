@@ -153,8 +153,8 @@ def test_gpu_jobs_saw_their_allocation(slurm_and_local):
 
 def test_pretraining_ran_as_two_srun_tasks(slurm_and_local):
     workdir, _, output = slurm_and_local
-    assert "srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 --kill-on-bad-exit=1 python -m pssl " \
-        "pretrain" in output
+    assert ("srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 --kill-on-bad-exit=1 "
+            "python -m pssl pretrain") in output
     logs = sorted((workdir / "results/logs/pretrain").glob("*.log"))
     assert len(logs) == 3
     for log in logs:

@@ -26,6 +26,15 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, type=type(f.default), default=f.default)
 
 
+def add_long_job_flags(parser: argparse.ArgumentParser, distributed: bool) -> None:
+    """Flags of the jobs that survive SLURM time limits (explain, pretrain, finetune)."""
+    parser.add_argument("--requeue-margin-min", type=float, default=15.0,
+                        help="under SLURM: save and requeue the job this many minutes before its time limit")
+    if distributed:
+        parser.add_argument("--expect-world", type=int, default=None,
+                            help="ranks the job must start as (nodes x GPUs per node); another count fails at once")
+
+
 def dataclass_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
@@ -195,8 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--num-workers", type=int, default=0)
-    s.add_argument("--requeue-margin-min", type=float, default=15.0,
-                   help="under SLURM: save and requeue the job this many minutes before its time limit")
+    add_long_job_flags(s, distributed=False)
     add_dataclass_flags(s, ExplainParams)
     s.set_defaults(func=_explain)
 
@@ -249,10 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-deciles", type=int, nargs="*", default=[])
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--expect-world", type=int, default=None,
-                   help="ranks the job must start as (nodes x GPUs per node); another count fails at once")
-    s.add_argument("--requeue-margin-min", type=float, default=15.0,
-                   help="under SLURM: save and requeue the job this many minutes before its time limit")
+    add_long_job_flags(s, distributed=True)
     add_dataclass_flags(s, TrainParams)
     s.set_defaults(func=_pretrain)
 
@@ -283,10 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", type=int, default=None, help="sliding-window size for evaluation")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--expect-world", type=int, default=None,
-                   help="ranks the job must start as (nodes x GPUs per node); another count fails at once")
-    s.add_argument("--requeue-margin-min", type=float, default=15.0,
-                   help="under SLURM: save and requeue the job this many minutes before its time limit")
+    add_long_job_flags(s, distributed=True)
     add_dataclass_flags(s, TrainParams)
     s.set_defaults(func=_finetune)
 

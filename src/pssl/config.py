@@ -109,8 +109,9 @@ def typed_cli_config(cli: dict) -> dict:
 
 def finetune_settings(config: dict, dataset: str, model: str) -> dict:
     """A dataset's fine-tuning settings for one model: the dataset's, with its per_model overrides applied."""
-    settings = {k: v for k, v in config["finetune"]["datasets"][dataset].items() if k != "per_model"}
-    return {**settings, **config["finetune"]["datasets"][dataset].get("per_model", {}).get(model, {})}
+    settings = dict(config["finetune"]["datasets"][dataset])
+    overrides = settings.pop("per_model", {}).get(model, {})
+    return {**settings, **overrides}
 
 
 def check_data_roots(config: dict) -> None:

@@ -51,8 +51,10 @@ class TimeLimit:
         self.progress += units
 
     def expiring(self) -> bool:
+        if self.progress < self.min_progress:
+            return False
         left = self.seconds_left()
-        return left is not None and left < self.margin and self.progress >= self.min_progress
+        return left is not None and left < self.margin
 
     def requeue_and_wait(self, requeue: bool = True) -> None:
         """Put the job back in the queue (one process of the job does: `requeue`); SLURM then stops this run.

@@ -2,8 +2,6 @@
 import json
 import os
 
-from snakemake.exceptions import IncompleteCheckpointException
-
 from pssl.cluster import (
     IMAGENET_TRAIN_IMAGES,
     explain_minutes,
@@ -90,7 +88,7 @@ def finetune_init(wildcards):
 
 
 def finetune_setting(name):
-    """One per-dataset fine-tuning setting of a job, with the dataset's per_model override for its model."""
+    """One per-dataset fine-tuning setting of a job (with the dataset's per_model override), as a param."""
     return lambda wc: finetune_settings(config, wc.dataset, wc.model)[name]
 
 
@@ -101,19 +99,18 @@ def finetune_flags(wildcards):
 
 
 # Runtimes read only files that exist when the DAG is built (a dry run of a partly finished pipeline
-# included), never a job's output: the index, the shard tables, else ImageNet's size as a safe bound.
+# included), never a job's output: the index (the shards partition it), else ImageNet's size as a bound.
+def indexed_images():
+    return rows_or_bound([f"{RESULTS}/index.parquet"], IMAGENET_TRAIN_IMAGES)
+
+
 def zoo_runtime(wildcards):
-    return zoo_minutes(config, rows_or_bound([f"{RESULTS}/index.parquet"], IMAGENET_TRAIN_IMAGES))
+    return zoo_minutes(config, indexed_images())
 
 
 def pretrain_runtime(wildcards):
     p = config["pretrain"]
-    try:
-        tables = [os.path.join(checkpoints.shard_index.get().output[0], f"{shard}.parquet") for shard in shard_names()]
-    except IncompleteCheckpointException:  # not sharded yet (Snakemake would turn it into a broken resource)
-        tables = []
-    images = rows_or_bound(tables, rows_or_bound([f"{RESULTS}/index.parquet"], IMAGENET_TRAIN_IMAGES))
-    return train_minutes(config, images, p["epochs"], p["crop"], PRETRAIN_LAYOUT.world)
+    return train_minutes(config, indexed_images(), p["epochs"], p["crop"], PRETRAIN_LAYOUT.world)
 
 
 def finetune_runtime(wildcards):

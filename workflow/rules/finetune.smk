@@ -22,7 +22,7 @@ rule finetune:
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
         crop=finetune_setting("crop"),
         base=finetune_setting("base_size"),
-        window=lambda wc: f"--window {w}" if (w := finetune_setting("window")(wc)) else "",
+        window=lambda wc: f"--window {w}" if (w := finetune_settings(config, wc.dataset, wc.model)["window"]) else "",
         eval_split=finetune_setting("eval_split"),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
         train=finetune_flags,

@@ -60,13 +60,20 @@ def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
     return out
 
 
+def _cell(column: str, value) -> str:
+    if column == "split":
+        return value
+    if pd.isna(value):
+        return "–"
+    return f"{value:+.2f}" if column.endswith("diff") else f"{value:.2f}"
+
+
 def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "|".join("---" if c == "split" else "---:"
                                                                           for c in cols) + "|"]
     for name, row in table.iterrows():
-        lines.append(f"| {name} | " + " | ".join(v if c == "split" else "–" if pd.isna(v) else f"{v:+.2f}"
-                                              if c.endswith("diff") else f"{v:.2f}" for c, v in row.items()) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(c, v) for c, v in row.items()) + " |")
     lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
     grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
     lines.append("")
@@ -83,9 +90,13 @@ def gain_figure(table: pd.DataFrame, out: str | Path, width: int = 720, height: 
     draw = ImageDraw.Draw(img)
     if diffs.isna().to_numpy().all():  # one init only, or no pair finished
         draw.text((20, height // 2), "no ImageNet / PSSL pair of results to compare", fill="black")
-        with atomic_file(out) as tmp:
-            img.save(tmp, format="PNG")
-        return
+    else:
+        _draw_gains(draw, diffs, width, height)
+    with atomic_file(out) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def _draw_gains(draw: ImageDraw.ImageDraw, diffs: pd.DataFrame, width: int, height: int) -> None:
     left, right, top, bottom = 60, width - 20, 30, height - 60
     span = max(1.0, float(np.nanmax(np.abs(diffs.to_numpy()))))
     zero = top + (bottom - top) / 2
@@ -109,8 +120,6 @@ def gain_figure(table: pd.DataFrame, out: str | Path, width: int = 720, height: 
     for b, name in enumerate(diffs.columns):
         draw.rectangle([left + b * 170, height - 22, left + b * 170 + 10, height - 12], fill=colours[b % 4])
         draw.text((left + b * 170 + 14, height - 24), name.removesuffix(" diff"), fill="black")
-    with atomic_file(out) as tmp:
-        img.save(tmp, format="PNG")
 
 
 def gallery(stores: list[str], out: str | Path, per_store: int = 2) -> None:

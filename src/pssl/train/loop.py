@@ -75,10 +75,9 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainParams, out_dir
         step = state["step"]
         set_rng_state(rank_rng_state(state["rng"], info.rank), dev)
         if info.main:
-            changed = len(state["rng"]) != info.world
-            print(f"resuming from {resume.name} at step {step}/{total_steps}"
-                  + (f" (saved by {len(state['rng'])} rank(s), now {info.world}: random streams differ)"
-                     if changed else ""), flush=True)
+            print(f"resuming from {resume.name} at step {step}/{total_steps}", flush=True)
+            if len(state["rng"]) != info.world:
+                print(f"saved by {len(state['rng'])} rank(s), now {info.world}: random streams differ", flush=True)
     if info.main:
         print(f"precision {precision} (asked: {p.precision})", flush=True)
     net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \

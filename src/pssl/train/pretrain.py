@@ -56,8 +56,9 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, head: st
     final = out_dir / "final.pt"
     if info.main:
         config = {"head": head, "backbone": backbone, "num_classes": num_classes + 1, "background": num_classes,
-                  "crop": crop, "pad_label": pad_label, "backbone_init": init, "w_bg": w_bg, "decile_threshold": decile_threshold,
-                  "ignore_deciles": list(ignore_deciles), "train": asdict(params), "world_size": info.world,
+                  "crop": crop, "pad_label": pad_label, "backbone_init": init, "w_bg": w_bg,
+                  "decile_threshold": decile_threshold, "ignore_deciles": list(ignore_deciles),
+                  "train": asdict(params), "world_size": info.world,
                   "precision": precision_for(info.device, params.precision)}
         with atomic_file(final) as tmp:
             torch.save({"model": model.state_dict(), "config": config, "kind": "pssl-pretrain"}, tmp)
