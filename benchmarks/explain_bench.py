@@ -18,20 +18,19 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from captum.attr import NoiseTunnel, Saliency
 
 from pssl.config import zoo_specs
-from pssl.data.imagenet import read_table
 from pssl.data.images import load_rgb, resize_square
 from pssl.device import precision_for, resolve_device
 from pssl.explain.deciles import to_deciles
 from pssl.explain.run import explain_batch
 from pssl.explain.smoothgrad import TargetScore, saliency_map
 from pssl.models.zoo import Normalized, load_classifier
-from pssl.params import ExplainParams
+from pssl.settings import ExplainSettings
+from pssl.tables import read_table
 
 
 def load_images(index: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +76,7 @@ def naive(scorers, images, targets, n_samples, noise_level) -> torch.Tensor:
     return to_deciles(ensemble / len(scorers))
 
 
-def ours(scorers, images, targets, params: ExplainParams, bf16: bool) -> torch.Tensor:
+def ours(scorers, images, targets, params: ExplainSettings, bf16: bool) -> torch.Tensor:
     out = []
     for i in range(0, images.shape[0], params.batch_size):
         x = images[i:i + params.batch_size]
@@ -121,8 +120,8 @@ def main() -> None:
     images, targets = load_images(args.index, args.images, args.image_size)
     images, targets = images.to(dev), targets.to(dev)
     targets = targets % scorers[0].classifier.model.num_classes if not args.zoo else targets
-    params = ExplainParams(image_size=args.image_size, n_samples=args.n_samples, noise_level=args.noise_level,
-                           batch_size=args.batch_size, sample_chunk=args.sample_chunk)
+    params = ExplainSettings(image_size=args.image_size, n_samples=args.n_samples, noise_level=args.noise_level,
+                             batch_size=args.batch_size, sample_chunk=args.sample_chunk)
     n_units = images.shape[0] * len(scorers)
     print(f"{images.shape[0]} images x {len(scorers)} models, S={args.image_size}, n_samples={args.n_samples}, "
           f"device {dev}, torch threads {torch.get_num_threads()}")
@@ -136,7 +135,7 @@ def main() -> None:
     print(f"pssl fp32         : {n_units / t_ours:8.2f} images x models / s  ({t_ours:.1f} s)  "
           f"speed-up {t_naive / t_ours:.2f}x")
 
-    exact = ExplainParams(**{**params.__dict__, "noise_level": 0.0})
+    exact = ExplainSettings(**{**params.__dict__, "noise_level": 0.0})
     ref = naive(scorers, images, targets, args.n_samples, 0.0)
     got = ours(scorers, images, targets, exact, False)
     print(f"decile agreement fp32 vs naive (identical noise): {(ref == got).float().mean().item() * 100:.3f}%")

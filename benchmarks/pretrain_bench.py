@@ -16,9 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pssl.data.pseudo import PSEUDO_IGNORE
 from pssl.device import resolve_device
 from pssl.models.segmenter import build_segmenter
-from pssl.params import TrainParams
+from pssl.settings import TrainSettings
 from pssl.train.distributed import DistInfo
 from pssl.train.loop import fit
 from pssl.train.losses import class_weights
@@ -67,18 +68,18 @@ def plain_loop(model, data, batch, steps, dev) -> float:
 
 
 def our_loop(model, data, batch, steps, dev) -> float:
-    params = TrainParams(epochs=1, batch_size=batch, lr=0.01, checkpoint_every=10 ** 9)
+    params = TrainSettings(epochs=1, batch_size=batch, lr=0.01, checkpoint_every=10 ** 9)
     info = DistInfo(0, 1, 0, dev)
     warm = torch.utils.data.Subset(data, range(batch))
     warm.set_epoch = lambda e: None
     weight = class_weights(data.classes, data.classes - 1, 0.1)
     with tempfile.TemporaryDirectory() as tmp:
-        fit(model, warm, weight, params, f"{tmp}/warm", info)
+        fit(model, warm, weight, params, f"{tmp}/warm", info, ignore_index=PSEUDO_IGNORE)
         timed = torch.utils.data.Subset(data, range(steps * batch))
         timed.set_epoch = lambda e: None
         sync(dev)
         start = time.perf_counter()
-        fit(model, timed, weight, params, f"{tmp}/run", info)
+        fit(model, timed, weight, params, f"{tmp}/run", info, ignore_index=PSEUDO_IGNORE)
         sync(dev)
     return steps * batch / (time.perf_counter() - start)
 

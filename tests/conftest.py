@@ -6,18 +6,20 @@ from pathlib import Path
 
 import pytest
 
+from pssl.settings import DemoSettings
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-TINY_DEMO = dict(seed=0, num_classes=3, images_per_class=6, min_side=48, max_side=80, downstream_train=4,
-                 downstream_val=2)
+TINY_DEMO = DemoSettings(seed=0, num_classes=3, images_per_class=6, min_side=48, max_side=80, downstream_train=4,
+                         downstream_val=2)
 
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """The demo data at its tiny-config size, generated once per test session."""
-    from pssl.data.demo import make_demo_data
+    from pssl.demo.make import make_demo_data
     out = tmp_path_factory.mktemp("demo") / "demo"
-    make_demo_data(out, **TINY_DEMO)
+    make_demo_data(out, TINY_DEMO)
     return out
 
 

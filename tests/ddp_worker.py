@@ -11,8 +11,9 @@ import argparse
 import torch
 import torch.nn as nn
 
+from pssl.cli import configure_logging
 from pssl.models.segmenter import build_segmenter
-from pssl.params import TrainParams
+from pssl.settings import TrainSettings
 from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import fit
 from pssl.train.losses import class_weights
@@ -48,6 +49,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     args = p.parse_args()
+    configure_logging()
     torch.set_num_threads(1)
     info = init_distributed("cpu")
     torch.manual_seed(0)
@@ -55,9 +57,10 @@ def main() -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout2d):
             m.p = 0.0
-    params = TrainParams(epochs=args.epochs, batch_size=4, lr=0.02, schedule="step", milestone=1,
-                         checkpoint_every=args.checkpoint_every, freeze_bn=True, seed=0)
-    model = fit(model, SyntheticSegmentation(), class_weights(3, 2, 0.1), params, args.ckpt_dir, info)
+    params = TrainSettings(epochs=args.epochs, batch_size=4, lr=0.02, schedule="step", milestone=1,
+                           checkpoint_every=args.checkpoint_every, freeze_bn=True, seed=0)
+    model = fit(model, SyntheticSegmentation(), class_weights(3, 2, 0.1), params, args.ckpt_dir, info,
+                ignore_index=-1)
     if info.main:
         torch.save(model.state_dict(), args.out)
     del model

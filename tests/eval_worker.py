@@ -8,10 +8,11 @@ import sys
 
 import torch
 
-from pssl.data.segsets import SegmentationSet
+from pssl.data.downstream import SegmentationSet
+from pssl.eval.evaluate import evaluate
 from pssl.models.segmenter import build_segmenter
+from pssl.settings import FinetuneSettings
 from pssl.train.distributed import init_distributed, shutdown
-from pssl.train.finetune import evaluate
 
 
 def main() -> None:
@@ -21,7 +22,7 @@ def main() -> None:
     data = SegmentationSet("camvid", root, "val")
     torch.manual_seed(0)
     model = build_segmenter("pspnet", "test_resnet", data.num_classes)
-    result = evaluate(model, data, info, scales=(0.75, 1.0), flip=True, base_size=100)
+    result = evaluate(model, data, info, FinetuneSettings(scales=(0.75, 1.0), flip=True, base_size=100))
     if info.main:
         with open(out, "w") as f:
             json.dump({**result, "images": len(data), "ranks": info.world}, f)

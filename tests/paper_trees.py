@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pssl.data.segsets import layout
+from pssl.data.downstream import layout
 
 IMAGENET_CLASSES = 1000
 

@@ -9,12 +9,11 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO, snakemake_env
 from pssl.cluster import TrainLayout, job_resources, train_layout
 from pssl.device import choose_precision
 from pssl.train.checkpoint import rank_rng_state, rng_state, set_rng_state
 from pssl.train.distributed import DistInfo, init_distributed, local_device
-
-from conftest import REPO, snakemake_env
 
 PAPER = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
 CPU = torch.device("cpu")
@@ -186,9 +185,8 @@ class ExpiringAfter:
 
 def test_training_near_its_limit_checkpoints_and_the_rerun_ends_with_the_same_weights(tmp_path):
     from ddp_worker import SyntheticSegmentation
-
     from pssl.models.segmenter import build_segmenter
-    from pssl.params import TrainParams
+    from pssl.settings import TrainSettings
     from pssl.train.checkpoint import latest_checkpoint
     from pssl.train.loop import fit
     from pssl.train.losses import class_weights
@@ -196,9 +194,9 @@ def test_training_near_its_limit_checkpoints_and_the_rerun_ends_with_the_same_we
     def run(out, time_limit=None):
         torch.manual_seed(0)
         model = build_segmenter("pspnet", "test_resnet", 3)
-        params = TrainParams(epochs=2, batch_size=4, lr=0.02, checkpoint_every=1000, seed=0)
+        params = TrainSettings(epochs=2, batch_size=4, lr=0.02, checkpoint_every=1000, seed=0)
         return fit(model, SyntheticSegmentation(n=16), class_weights(3, 2, 0.1), params, out,
-                   DistInfo(0, 1, 0, CPU), time_limit=time_limit)
+                   DistInfo(0, 1, 0, CPU), ignore_index=-1, time_limit=time_limit)
 
     reference = run(tmp_path / "reference").state_dict()
     limit = ExpiringAfter(steps=3)
@@ -214,9 +212,9 @@ def test_training_near_its_limit_checkpoints_and_the_rerun_ends_with_the_same_we
 def test_resume_with_augmentation_and_loader_workers_sees_the_same_crops(tiny_demo, tmp_path, num_workers):
     """Fine-tuning data (long-side scale, crop, flip) read by 2 loader processes: a run stopped at step 3 and
     resumed ends with the weights of an uninterrupted run, so every resumed batch had the same crops."""
-    from pssl.data.segsets import SegmentationSet
+    from pssl.data.downstream import SegmentationSet
     from pssl.models.segmenter import build_segmenter
-    from pssl.params import TrainParams
+    from pssl.settings import TrainSettings
     from pssl.train.finetune import FinetuneDataset
     from pssl.train.loop import fit
     from pssl.train.losses import class_weights
@@ -226,8 +224,8 @@ def test_resume_with_augmentation_and_loader_workers_sees_the_same_crops(tiny_de
     def run(out, time_limit=None):
         torch.manual_seed(0)
         model = build_segmenter("pspnet", "test_resnet", data.num_classes)
-        params = TrainParams(epochs=3, batch_size=2, lr=0.02, checkpoint_every=1000, num_workers=num_workers,
-                             schedule="poly", seed=0)
+        params = TrainSettings(epochs=3, batch_size=2, lr=0.02, checkpoint_every=1000, num_workers=num_workers,
+                               schedule="poly", seed=0)
         return fit(model, FinetuneDataset(data, 32, 48, seed=0), class_weights(data.num_classes, None, 1.0),
                    params, out, DistInfo(0, 1, 0, CPU), ignore_index=255, time_limit=time_limit)
 

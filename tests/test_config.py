@@ -6,12 +6,19 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from pssl.cluster import explain_minutes, rows_or_bound, train_minutes, zoo_minutes
-from pssl.config import ConfigError, check_config, check_data_roots, typed_cli_config, validate_config
 from snakemake.utils import update_config
-from pssl.data.imagenet import write_table
 
 from conftest import REPO, run_snakemake
+from pssl.cluster import (
+    explain_minutes,
+    measured_vs_estimated,
+    rows_or_bound,
+    runtime_minutes,
+    train_minutes,
+    zoo_minutes,
+)
+from pssl.config import ConfigError, check_config, check_data_roots, typed_cli_config, validate_config
+from pssl.tables import write_table
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -109,6 +116,8 @@ def test_cross_key_checks():
      "downstream_root (or finetune.datasets.camvid.root) is required"),
     (lambda c: c.update(labelled=False), "labels.policy: 'gt' needs the images' classes"),
     (lambda c: (c.update(labelled=False), c["labels"].update(policy="agree")), "labels.policy: 'agree' needs"),
+    (lambda c: (c.update(labelled=False), c["labels"].update(policy="teacher")),
+     "zoo.source: 'train' needs the images' classes"),
 ])
 def test_every_cross_key_check(mutate, message):
     cfg = copy.deepcopy(demo_config())
@@ -118,10 +127,11 @@ def test_every_cross_key_check(mutate, message):
         check_config(cfg)
 
 
-def test_unlabelled_images_with_the_teacher_policy_are_accepted():
+def test_unlabelled_images_with_the_teacher_policy_and_a_pretrained_zoo_are_accepted():
     cfg = copy.deepcopy(demo_config())
     cfg.update(labelled=False)
     cfg["labels"]["policy"] = "teacher"
+    cfg["zoo"]["source"] = "timm"
     check_config(cfg)
 
 
@@ -150,3 +160,32 @@ def test_runtime_estimates_against_their_formulas():
     assert zoo_minutes(demo, 192) == 31          # 192 x 5 x (48/256)^2 / 6000 = 0.0056; + 30
     paper["cluster"]["runtime_scale"] = 2.5
     assert explain_minutes(paper) == 197         # 2.5 x 78.75 = 196.9
+
+
+def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_path):
+    """runtime_minutes is what every heavy rule requests (one formula per rule, by hand for the paper preset),
+    and `measured_vs_estimated` pairs each benchmark file with that estimate for the job it names."""
+    paper = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
+    paper["results"] = str(tmp_path)
+    assert runtime_minutes(paper, "explain_shard", {"shard": "shard-00000"}) == 79
+    assert runtime_minutes(paper, "label_shard", {"shard": "shard-00000"}) == 79 // 5 + 10
+    assert runtime_minutes(paper, "zoo_model", {"classifier": "resnet50"}) == 20
+    # no index yet: ImageNet's 1,281,167 images, 8 GPUs as the preset asks
+    assert runtime_minutes(paper, "pretrain", {"model": "pspnet_resnet50d"}) == train_minutes(
+        paper, 1_281_167, paper["pretrain"]["epochs"], paper["pretrain"]["crop"],
+        paper["pretrain"]["gpus_per_node"] * paper["pretrain"]["nodes"])
+    ade = {"dataset": "ade20k", "model": "deeplabv3_resnest50d", "init": "pssl", "lr": "0.01"}
+    world = paper["finetune"]["gpus_per_node"] * paper["finetune"]["nodes"]
+    assert runtime_minutes(paper, "finetune", ade) == train_minutes(paper, 20_210, 180, 480, world)
+    with pytest.raises(ValueError, match="no runtime estimate for rule 'report'"):
+        runtime_minutes(paper, "report", {})
+    for rel, seconds in (("explain_shard/shard-00003.tsv", 600.0),
+                         ("finetune/ade20k/deeplabv3_resnest50d/pssl/lr0.01.tsv", 1200.0)):
+        path = tmp_path / "benchmarks" / rel
+        path.parent.mkdir(parents=True)
+        path.write_text("s\th:m:s\tmax_rss\n" f"{seconds}\t0:10:00\t100\n")
+    rows = {r["rule"]: r for r in measured_vs_estimated(paper)}
+    assert rows["explain_shard"] == {"rule": "explain_shard", "job": "shard=shard-00003", "measured_min": 10.0,
+                                     "estimated_min": 79, "estimate_over_measured": 7.9}
+    assert rows["finetune"]["job"] == "dataset=ade20k,model=deeplabv3_resnest50d,init=pssl,lr=0.01"
+    assert rows["finetune"]["estimated_min"] == runtime_minutes(paper, "finetune", ade)

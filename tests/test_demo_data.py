@@ -1,15 +1,16 @@
 """Demo data: determinism and the real on-disk layouts, read back with plain PIL / text readers."""
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pssl.data.demo import make_demo_data, wnid
-from pssl.data.downstream import CITYSCAPES_LABELID_TO_TRAINID, DATASETS
-
 from conftest import TINY_DEMO
+from pssl.data.downstream import DATASETS
+from pssl.data.downstream.cityscapes import CITYSCAPES_LABELID_TO_TRAINID
+from pssl.demo.make import make_demo_data, wnid
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -19,13 +20,13 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def test_same_seed_gives_byte_identical_files(tiny_demo, tmp_path):
     again = tmp_path / "again"
-    make_demo_data(again, **TINY_DEMO)
+    make_demo_data(again, TINY_DEMO)
     assert tree_digest(again) == tree_digest(tiny_demo)
 
 
 def test_other_seed_gives_other_images(tiny_demo, tmp_path):
     other = tmp_path / "other"
-    make_demo_data(other, **{**TINY_DEMO, "seed": 1})
+    make_demo_data(other, replace(TINY_DEMO, seed=1))
     a, b = tree_digest(tiny_demo), tree_digest(other)
     changed = [k for k in a if k.endswith(".JPEG") and a[k] != b.get(k)]
     assert len(changed) > 0.9 * sum(k.endswith(".JPEG") for k in a)
@@ -50,7 +51,7 @@ def test_imagenet_layout_and_masks(tiny_demo):
 
 def test_odd_files_as_in_real_imagenet(tmp_path):
     out = tmp_path / "demo"
-    manifest = make_demo_data(out, **{**TINY_DEMO, "images_per_class": 10})
+    manifest = make_demo_data(out, replace(TINY_DEMO, images_per_class=10))
     kinds = {}
     for name, kind in manifest["imagenet"]["odd_files"].items():
         img = Image.open(out / "imagenet/train" / name.rsplit("_", 1)[0] / name)

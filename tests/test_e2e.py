@@ -9,13 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pssl import store
-from pssl.data.imagenet import read_table
-from pssl.shards import list_shards
-
-from pssl.report.summary import summarize
-
 from conftest import run_snakemake
+from pssl import store
+from pssl.report.summary import summarize
+from pssl.shards import list_shards
+from pssl.tables import read_table
 
 
 def run_summary(workdir):
@@ -147,6 +145,27 @@ def test_a_learning_rate_grid_runs_end_to_end(pipeline_run):
     assert f"psp pssl: {', '.join(sorted({'0.01', winner}))}" in markdown  # the other datasets' cells: 0.01
 
 
+def test_agree_policy_end_to_end(pipeline_run, tmp_path):
+    """labels.policy agree on the fixture's stores and zoo: only the label tables and the pre-training rerun;
+    an image keeps its class exactly when the teacher's top-1 agrees, and pre-training uses only those."""
+    workdir, _ = pipeline_run
+    copy = tmp_path / "agree"
+    for part in ("data", "results/index.parquet", "results/shards", "results/zoo", "results/explain",
+                 "results/labels", ".snakemake/metadata"):  # the metadata: so changed params are seen
+        (copy / part).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (workdir / part).is_dir() else shutil.copy2)(workdir / part, copy / part)
+    proc = run_snakemake(copy, "results/pretrain/psp/final.pt", "--config", "labels={policy: agree, top_k: 1}")
+    assert _jobs_planned(proc.stdout + proc.stderr) == {"label_shard": 3, "pretrain": 1}
+    tables = [read_table(copy / f"results/labels/{s}.parquet") for s in list_shards(copy / "results/shards")]
+    labels = pd.concat([t for t, _ in tables])
+    agrees = labels["teacher_class"] == labels["gt_class"]
+    assert all(meta["policy"] == "agree" for _, meta in tables)
+    assert (labels["keep"] == agrees).all() and (labels["label"] == labels["gt_class"]).all()
+    assert 0 < agrees.sum() < len(labels), "the tiny zoo agrees on some images, not all: both branches run"
+    log = (copy / "results/logs/pretrain/psp.log").read_text()
+    assert f"pseudo-labelled set: {int(agrees.sum())} images used" in log
+
+
 def test_deleting_one_store_rebuilds_exactly_that_shard(pipeline_run):
     workdir, _ = pipeline_run
     target = workdir / "results/explain/shard-00001.zarr"
@@ -161,3 +180,55 @@ def test_deleting_one_store_rebuilds_exactly_that_shard(pipeline_run):
     assert after == before
 
 
+
+
+def fill_weights_cache_offline(cache, archs):
+    """A Hugging Face hub cache as `pssl zoo-fetch` leaves it on a login node, with timm's own layout, holding
+    (random) weights for `archs`: the compute-node path that loads pretrained weights offline."""
+    import timm
+    from safetensors.torch import save_file
+    for arch in archs:
+        model = timm.create_model(arch, pretrained=False)
+        repo = cache / ("models--" + model.pretrained_cfg["hf_hub_id"].replace("/", "--"))
+        commit = "0" * 40
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs/main").write_text(commit)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(repo / "snapshots" / commit / "model.safetensors"))
+
+
+def test_unlabelled_images_with_a_pretrained_zoo_and_teacher_labels(tmp_path, monkeypatch):
+    """labelled: false end to end, as on a cluster: timm classifiers from an offline weights cache (1000
+    classes), no class folders used, SmoothGrad of the zoo's top-1, the teacher's labels, pre-training on them."""
+    import yaml
+    from conftest import TINY
+    cache = tmp_path / "weights"
+    fill_weights_cache_offline(cache, ["test_efficientnet", "test_convnext", "test_resnet"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network on this machine either: the cache must suffice
+    config = yaml.safe_load(TINY.read_text())
+    config.update(labelled=False, shard_size=18)
+    config["zoo"].update(source="timm", cache_dir=str(cache), models=["test_efficientnet", "test_convnext"],
+                         init_only=["test_resnet"])
+    config["labels"]["policy"] = "teacher"
+    config["pretrain"]["models"] = {"psp": {"head": "pspnet", "backbone": "test_resnet", "init": "test_resnet"}}
+    config["finetune"].update(models=["psp"], datasets={"camvid": config["finetune"]["datasets"]["camvid"]})
+    path = tmp_path / "unlabelled.yaml"
+    path.write_text(yaml.safe_dump(config))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    proc = run_snakemake(workdir, "stage_pretrain", "--configfile", str(path))
+    assert _jobs_planned(proc.stdout + proc.stderr)["fill_weights_cache"] == 1
+    index, meta = read_table(workdir / "results/index.parquet")
+    assert (index["class_idx"] == -1).all() and meta["classes"] == []
+    zoo = json.loads((workdir / "results/zoo/test_convnext.json").read_text())
+    assert zoo["source"] == "timm" and zoo["num_classes"] == 1000
+    group = store.open_store(workdir / "results/explain/shard-00000.zarr")
+    labels, label_meta = read_table(workdir / "results/labels/shard-00000.parquet")
+    assert (group["status"][:] == store.DONE).all() and (group["class_idx"][:] == -1).all()
+    # the explained class is the zoo's top-1, which is also the teacher's label for the image
+    assert (group["target"][:] == labels["label"].to_numpy()).all() and labels["keep"].all()
+    assert (labels["label"] == labels["teacher_class"]).all() and (labels["gt_class"] == -1).all()
+    assert label_meta["policy"] == "teacher" and label_meta["num_classes"] == 1000
+    final = torch.load(workdir / "results/pretrain/psp/final.pt", weights_only=False)
+    assert final["config"]["num_classes"] == 1001 and final["config"]["background"] == 1000

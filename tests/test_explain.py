@@ -14,17 +14,16 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from conftest import snakemake_env
 from pssl import store
-from pssl.data.imagenet import build_index, read_table
+from pssl.data.imagenet import build_index
 from pssl.explain.deciles import minmax_normalize, to_deciles
 from pssl.explain.run import explain_shard, explain_targets
 from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
 from pssl.models.zoo import ClassifierSpec, save_classifier
-from pssl.params import ExplainParams
+from pssl.settings import ExplainSettings
 from pssl.shards import write_shards
-
-from conftest import REPO, snakemake_env
-
+from pssl.tables import read_table
 
 # ---- deciles ------------------------------------------------------------------------------------------
 
@@ -103,7 +102,7 @@ def test_ensemble_normalises_each_model_before_the_mean():
     small, large = Linear(3 * side * side, 2, seed=1), Linear(3 * side * side, 2, seed=2)
     large.w *= 1000.0
     scorers = [TargetScore(small, "logit"), TargetScore(large, "logit")]
-    params = ExplainParams(image_size=side, n_samples=2, noise_level=0.1, sample_chunk=2, keep_model_deciles=True)
+    params = ExplainSettings(image_size=side, n_samples=2, noise_level=0.1, sample_chunk=2, keep_model_deciles=True)
     torch.manual_seed(0)
     deciles, per_model = explain_batch(scorers, torch.rand(2, 3, side, side), targets, params, bf16=False)
     for b, t in enumerate(targets.tolist()):
@@ -171,8 +170,8 @@ def test_explain_targets_class_top1_and_unlabelled():
 
 # ---- stores -----------------------------------------------------------------------------------------------
 
-PARAMS = ExplainParams(image_size=32, n_samples=3, noise_level=0.15, batch_size=4, sample_chunk=3,
-                       keep_model_deciles=True, seed=0)
+PARAMS = ExplainSettings(image_size=32, n_samples=3, noise_level=0.15, batch_size=4, sample_chunk=3,
+                         keep_model_deciles=True, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +262,7 @@ def test_bad_images_get_a_status_and_a_reason(tiny_zoo, tmp_path):
 
 
 def test_killed_job_resumes_to_the_identical_store(demo_shard, tiny_zoo, tmp_path):
-    params = ExplainParams(**{**PARAMS.__dict__, "batch_size": 2, "n_samples": 6})
+    params = ExplainSettings(**{**PARAMS.__dict__, "batch_size": 2, "n_samples": 6})
     reference = tmp_path / "reference.zarr"
     explain_shard(demo_shard, tiny_zoo, reference, params)
 
@@ -292,7 +291,7 @@ def test_killed_job_resumes_to_the_identical_store(demo_shard, tiny_zoo, tmp_pat
 
     rerun = subprocess.run(cmd, env=snakemake_env(), capture_output=True, text=True, check=True)
     batches_total = -(-n_total // params.batch_size)
-    first_line = next(l for l in rerun.stdout.splitlines() if "batches to do" in l)
+    first_line = next(l for l in (rerun.stdout + rerun.stderr).splitlines() if "batches to do" in l)
     to_do = int(first_line.split("batches to do")[0].split(",")[-1].strip().split("/")[0])
     assert to_do <= batches_total - done // params.batch_size < batches_total  # finished rows not recomputed
     assert store_content(out) == store_content(reference)
@@ -302,7 +301,7 @@ def test_killed_job_resumes_to_the_identical_store(demo_shard, tiny_zoo, tmp_pat
 def test_changed_parameters_do_not_resume_a_stale_partial(demo_shard, tiny_zoo, tmp_path):
     out = tmp_path / "s.zarr"
     partial = tmp_path / ".s.zarr.partial"
-    other = ExplainParams(**{**PARAMS.__dict__, "noise_level": 0.3})
+    other = ExplainSettings(**{**PARAMS.__dict__, "noise_level": 0.3})
     explain_shard(demo_shard, tiny_zoo, partial, other)  # a finished store standing in for a stale partial
     group = store.open_store(partial, "r+")
     group["status"][:4] = store.PENDING

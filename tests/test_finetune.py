@@ -11,14 +11,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from pssl.data.segsets import SegmentationSet, list_pairs
+from conftest import REPO
+from pssl.data.downstream import SegmentationSet, list_pairs
 from pssl.eval.inference import predict, sliding_window
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.models.segmenter import build_segmenter
-from pssl.params import TrainParams
+from pssl.models.weights import init_from_pretrained
 from pssl.report.lr_grid import select_best_lr
 from pssl.report.table3 import gain_figure, markdown, table3
-from pssl.train.finetune import finetune, init_from_pretrained
+from pssl.settings import FinetuneSettings, TrainSettings
+from pssl.train.finetune import finetune
 
 DATASETS = ["camvid", "voc_aug", "pascal_context", "ade20k", "cityscapes"]
 
@@ -189,10 +191,10 @@ def test_pssl_init_loads_everything_but_the_class_layers(tmp_path):
 
 
 def test_finished_job_keeps_weights_and_metrics_not_resume_checkpoints(tiny_demo, tmp_path):
-    params = TrainParams(epochs=1, batch_size=2, lr=0.01, schedule="poly", checkpoint_every=1)
+    params = TrainSettings(epochs=1, batch_size=2, lr=0.01, schedule="poly", checkpoint_every=1)
     out = tmp_path / "run"
-    metrics = finetune("camvid", str(tiny_demo), "pspnet", "test_resnet", "imagenet", None, out, crop=32,
-                       base_size=48, params=params, device="cpu")
+    metrics = finetune("camvid", str(tiny_demo), out, head="pspnet", backbone="test_resnet", init="imagenet",
+                       init_from=None, settings=FinetuneSettings(crop=32, base_size=48), train=params, device="cpu")
     assert json.loads((out / "metrics.json").read_text())["miou"] == metrics["miou"]
     assert not list(out.glob("ckpt-*.pt"))
     final = torch.load(out / "final.pt", weights_only=False)
@@ -201,11 +203,22 @@ def test_finished_job_keeps_weights_and_metrics_not_resume_checkpoints(tiny_demo
     model.load_state_dict(final["model"])  # the weights that were evaluated, loadable as they are
 
 
-def test_cli_head_choices_are_the_registered_heads():
-    from pssl.cli import SEGMENTATION_HEADS
-    from pssl.models.segmenter import HEADS
-    build_segmenter("pspnet", "test_resnet", 2)  # registers every head
-    assert sorted(SEGMENTATION_HEADS) == sorted(HEADS)
+def test_head_names_are_the_registered_heads_everywhere():
+    """The torch-free names are what the registry, the CLI and the config schema accept."""
+    import yaml
+
+    from pssl.cli import build_parser
+    from pssl.models.catalog import HEAD_CLASSES, HEAD_NAMES, HEAD_TITLES
+    from pssl.models.segmenter import Segmenter
+    assert sorted(HEAD_CLASSES) == sorted(HEAD_NAMES) and all(HEAD_CLASSES[n].title == HEAD_TITLES[n] for n in HEAD_NAMES)
+    Segmenter("ocrnet", "test_resnet", 2)  # the class alone works: importing it registered every head
+    with pytest.raises(ValueError, match="unknown segmentation head 'unet'"):
+        Segmenter("unet", "test_resnet", 2)
+    pretrain_cli = build_parser()._subparsers._group_actions[0].choices["pretrain"]
+    assert next(a for a in pretrain_cli._actions if a.dest == "head").choices == HEAD_NAMES
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    model = schema["properties"]["pretrain"]["properties"]["models"]["additionalProperties"]
+    assert model["properties"]["head"]["enum"] == HEAD_NAMES
 
 
 # ---- report ------------------------------------------------------------------------------------------------
@@ -257,3 +270,5 @@ def test_table3_reports_what_exists(tmp_path):
     assert "| ADE20K | val | 40.00 | – | – |" in md and "nan" not in md and "no result for that cell" in md
     gain_figure(table, tmp_path / "gap.png")
     assert (tmp_path / "gap.png").exists()
+    svg = (tmp_path / "gap.svg").read_text()  # the chart states each bar's value, the model and the axis
+    assert "+0.0" in svg and "PSPNet-R" in svg and "mIoU points" in svg and "CamVid" in svg

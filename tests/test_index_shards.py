@@ -3,8 +3,9 @@
 import pandas as pd
 import pytest
 
-from pssl.data.imagenet import build_index, read_table, scan_imagenet
+from pssl.data.imagenet import build_index, scan_imagenet
 from pssl.shards import list_shards, write_shards
+from pssl.tables import read_table
 
 
 def make_tree(root, layout):

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pssl.config import validate_config
-
 from conftest import REPO, run_snakemake
 from paper_trees import fake_downstream, fake_imagenet
+from pssl.config import validate_config
 
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))
 PAPER = REPO / "presets/paper.yaml"

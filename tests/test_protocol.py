@@ -12,17 +12,17 @@ import yaml
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pssl.config import ConfigError, check_config, finetune_settings
-from pssl.data.pseudo import RandomLongSideResize, train_transforms
-from pssl.data.segsets import SegmentationSet
+from conftest import REPO
+from pssl.config import ConfigError, check_config
+from pssl.data.downstream import SegmentationSet
+from pssl.data.transforms import RandomLongSideResize, train_transforms
 from pssl.eval.inference import predict, scaled_size
-from pssl.models.segmenter import build_segmenter, load_backbone_weights
-from pssl.params import TrainParams
+from pssl.models.segmenter import build_segmenter
+from pssl.models.weights import load_backbone_weights
+from pssl.settings import TrainSettings, finetune_settings
 from pssl.train.distributed import DistInfo
 from pssl.train.loop import fit
 from pssl.train.losses import class_weights
-
-from conftest import REPO
 
 PAPER = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
 
@@ -47,11 +47,10 @@ def test_ade20k_has_no_annotated_test_split(tiny_demo):
 
 def test_per_model_overrides_apply_to_their_model_only():
     ade = {**PAPER["finetune"]["datasets"]["ade20k"]}
-    assert finetune_settings(PAPER, "ade20k", "deeplabv3_resnest50d")["epochs"] == 180
-    assert finetune_settings(PAPER, "ade20k", "pspnet_resnet50d")["epochs"] == 100
-    assert finetune_settings(PAPER, "ade20k", "ocrnet_hrnet_w18")["epochs"] == 100
-    assert finetune_settings(PAPER, "camvid", "deeplabv3_resnest50d")["epochs"] == 30
-    assert "per_model" not in finetune_settings(PAPER, "ade20k", "pspnet_resnet50d")
+    assert finetune_settings(PAPER, "ade20k", "deeplabv3_resnest50d")[1].epochs == 180
+    assert finetune_settings(PAPER, "ade20k", "pspnet_resnet50d")[1].epochs == 100
+    assert finetune_settings(PAPER, "ade20k", "ocrnet_hrnet_w18")[1].epochs == 100
+    assert finetune_settings(PAPER, "camvid", "deeplabv3_resnest50d")[1].epochs == 30
     assert PAPER["finetune"]["datasets"]["ade20k"] == ade  # the config is not modified
 
 
@@ -82,7 +81,7 @@ def test_training_scale_draws_the_long_side_in_half_to_twice_base(hw):
 
 
 def test_finetune_transform_resizes_image_and_mask_together_then_crops():
-    transform = train_transforms(48, 64, mask_fill=255, heavy=False, long_side=True)
+    transform = train_transforms(48, mask_fill=255, base_size=64, heavy=False, long_side=True)
     image = tv_tensors.Image(torch.randint(0, 255, (3, 30, 40), dtype=torch.uint8))
     mask = tv_tensors.Mask(torch.arange(30 * 40).reshape(30, 40) % 7)
     torch.manual_seed(3)
@@ -92,7 +91,7 @@ def test_finetune_transform_resizes_image_and_mask_together_then_crops():
 
 
 def test_pretraining_keeps_the_short_side_convention():
-    transform = train_transforms(256)
+    transform = train_transforms(256, mask_fill=-1)
     assert isinstance(transform.transforms[0], v2.RandomResize)
     assert (transform.transforms[0].min_size, transform.transforms[0].max_size) == (128, 512)
 
@@ -151,10 +150,10 @@ def _one_step_deltas(backbone_lr_mult, tmp_path):
     model = build_segmenter("pspnet", "test_resnet", 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # A large lr: the one-step change must stand far above float32 resolution of the weights.
-    params = TrainParams(epochs=1, batch_size=16, lr=20.0, backbone_lr_mult=backbone_lr_mult, momentum=0.9,
-                         freeze_bn=True, seed=0)
+    params = TrainSettings(epochs=1, batch_size=16, lr=20.0, backbone_lr_mult=backbone_lr_mult, momentum=0.9,
+                           freeze_bn=True, seed=0)
     model = fit(model, SyntheticSegmentation(n=16), class_weights(3, 2, 0.1), params, tmp_path,
-                DistInfo(0, 1, 0, torch.device("cpu")))
+                DistInfo(0, 1, 0, torch.device("cpu")), ignore_index=-1)
     return {k: (v - before[k]) for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
@@ -176,7 +175,7 @@ def small_pseudo_set(tmp_path):
     from PIL import Image
 
     from pssl import store
-    from pssl.data.imagenet import write_table
+    from pssl.tables import write_table
     Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(tmp_path / "img.png")
     shard = pd.DataFrame({"image_id": [0], "relpath": ["img.png"], "class_idx": [2]})
     write_table(shard, tmp_path / "shard.parquet", {"root": str(tmp_path)})
@@ -211,7 +210,7 @@ def test_paper_preset_takes_the_authors_code_where_the_paper_is_silent():
     assert PAPER["pretrain"]["backbone_lr_mult"] == 0.1 and PAPER["pretrain"]["pad_label"] == "background"
     assert PAPER["finetune"]["backbone_lr_mult"] == 1.0
     default = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert default["pretrain"]["backbone_lr_mult"] == TrainParams().backbone_lr_mult == 1.0
+    assert default["pretrain"]["backbone_lr_mult"] == TrainSettings().backbone_lr_mult == 1.0
     assert default["pretrain"]["pad_label"] == "ignore"
 
 

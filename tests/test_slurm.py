@@ -20,10 +20,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pssl import store
-from pssl.data.imagenet import read_table
-
 from conftest import REPO, TINY, run_snakemake, snakemake_env
+from pssl import store
+from pssl.tables import read_table
 from test_explain import store_content
 
 pytestmark = pytest.mark.slurm
@@ -166,9 +165,10 @@ def test_srun_launch_trains_two_ranks_like_one_process(tmp_path):
     """The launch line the workflow writes for N nodes x G GPUs, run for real as 1 node x 2 tasks inside an
     sbatch allocation shaped by the same resources, with the SLURM variables the jobstep plugin removes
     removed: the two ranks end with the weights of one process (the DDP test's criterion)."""
+    import torch
+
     from pssl.cluster import TrainLayout
     from test_pretrain import run_worker
-    import torch
 
     layout = TrainLayout(gpus_per_node=2, nodes=1, num_workers=0, cores_per_node=2, launcher_kind="srun")
     geometry = layout.resources()

@@ -20,7 +20,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167  # the bound runtimes use before anything is i
 
 def rows_or_bound(tables: list[str], bound: int) -> int:
     """Total rows of parquet tables when all of them exist (footers only), else `bound`."""
-    from pssl.data.imagenet import count_rows
+    from pssl.tables import count_rows
     if not tables or not all(Path(t).exists() for t in tables):
         return bound
     return sum(count_rows(t) for t in tables)
@@ -101,6 +101,12 @@ def explain_minutes(config: dict) -> int:
     return int(config["cluster"]["runtime_scale"] * (15 + passes / EXPLAIN_FWD_BWD_PER_MIN)) + 1
 
 
+def label_minutes(config: dict) -> int:
+    """One shard through the teacher: one forward pass per model instead of explain's n_samples + 1 with
+    gradients; a fifth of explain's estimate plus start-up."""
+    return explain_minutes(config) // 5 + 10
+
+
 def train_minutes(config: dict, images: int, epochs: int, crop: int, gpus: int) -> int:
     work = images * epochs * (crop / 256) ** 2 / (TRAIN_IMAGES_PER_MIN * gpus)
     return int(config["cluster"]["runtime_scale"] * (30 + 1.5 * work)) + 1
@@ -112,3 +118,79 @@ def zoo_minutes(config: dict, images: int) -> int:
         return 20
     t = config["zoo"]["train"]
     return train_minutes(config, images, t["epochs"], t["image_size"], 1)
+
+
+def indexed_images(config: dict) -> int:
+    """Images of the pre-training set: the index's rows (the shards partition it), else ImageNet's size.
+    Reads only a file that exists when the DAG is built, never a job's output, so dry runs of a partly
+    finished pipeline work."""
+    return rows_or_bound([str(Path(config["results"]) / "index.parquet")], IMAGENET_TRAIN_IMAGES)
+
+
+def runtime_minutes(config: dict, rule: str, wildcards: dict) -> int:
+    """The SLURM runtime estimate of one job of a heavy rule (what the rules request, what `pssl runtimes`
+    compares with the measured benchmark files)."""
+    from pssl.data.downstream import DATASETS
+    from pssl.settings import finetune_settings
+    if rule == "zoo_model":
+        return zoo_minutes(config, indexed_images(config))
+    if rule == "explain_shard":
+        return explain_minutes(config)
+    if rule == "label_shard":
+        return label_minutes(config)
+    if rule == "pretrain":
+        p = config["pretrain"]
+        return train_minutes(config, indexed_images(config), p["epochs"], p["crop"], train_layout(config, "pretrain").world)
+    if rule == "finetune":
+        geometry, train = finetune_settings(config, wildcards["dataset"], wildcards["model"])
+        return train_minutes(config, DATASETS[wildcards["dataset"]].train_images, train.epochs, geometry.crop,
+                             train_layout(config, "finetune").world)
+    raise ValueError(f"no runtime estimate for rule {rule!r}; heavy rules: {', '.join(BENCHMARKS)}")
+
+
+def zoo_gpus(config: dict) -> int:
+    """Training a classifier from scratch takes a GPU; loading timm weights is CPU work."""
+    return int(config["zoo"]["source"] == "train" and config["device"] != "cpu")
+
+
+def explain_cpus(config: dict) -> int:
+    """torch threads plus the image-decoding workers."""
+    return config["threads"] + config["explain"]["num_workers"]
+
+
+# Where each heavy rule's `benchmark:` file goes under <results>/benchmarks (the rules and `pssl runtimes`
+# both read this table).
+BENCHMARKS = {
+    "zoo_model": "zoo_model/{classifier}.tsv",
+    "explain_shard": "explain_shard/{shard}.tsv",
+    "label_shard": "label_shard/{shard}.tsv",
+    "pretrain": "pretrain/{model}.tsv",
+    "finetune": "finetune/{dataset}/{model}/{init}/lr{lr}.tsv",
+}
+
+
+def benchmark_path(config: dict, rule: str) -> str:
+    return str(Path(config["results"]) / "benchmarks" / BENCHMARKS[rule])
+
+
+def measured_vs_estimated(config: dict) -> list[dict]:
+    """Every benchmark file under <results>/benchmarks next to the runtime the workflow requested for it."""
+    import csv
+    import re
+
+    rows = []
+    root = Path(config["results"]) / "benchmarks"
+    for rule, pattern in BENCHMARKS.items():
+        regex = re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(pattern)) + "$")
+        for path in sorted(root.glob(re.sub(r"\{\w+\}", "*", pattern))):
+            match = regex.search(path.relative_to(root).as_posix())
+            if not match:
+                continue
+            with open(path, newline="") as f:
+                seconds = [float(r["s"]) for r in csv.DictReader(f, delimiter="\t")]
+            measured = max(seconds) / 60
+            estimated = runtime_minutes(config, rule, match.groupdict())
+            rows.append({"rule": rule, "job": ",".join(f"{k}={v}" for k, v in match.groupdict().items()),
+                         "measured_min": round(measured, 2), "estimated_min": estimated,
+                         "estimate_over_measured": round(estimated / measured, 1) if measured else float("inf")})
+    return rows

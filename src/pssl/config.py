@@ -65,6 +65,9 @@ def check_config(config: dict) -> None:
     if not config["labelled"] and config["labels"]["policy"] != "teacher":
         raise ConfigError(f"config key labels.policy: {config['labels']['policy']!r} needs the images' classes, and "
                           f"labelled is false: use policy 'teacher' (the zoo labels each image)")
+    if not config["labelled"] and config["zoo"]["source"] == "train":
+        raise ConfigError("config key zoo.source: 'train' needs the images' classes, and labelled is false: use "
+                          "zoo.source 'timm' (pretrained classifiers label the images)")
     for name in config["finetune"]["models"]:
         if name not in config["pretrain"]["models"]:
             raise ConfigError(f"config key finetune.models: {name!r} is not a key of pretrain.models")
@@ -107,17 +110,10 @@ def typed_cli_config(cli: dict) -> dict:
     return typed(dict(cli))
 
 
-def finetune_settings(config: dict, dataset: str, model: str) -> dict:
-    """A dataset's fine-tuning settings for one model: the dataset's, with its per_model overrides applied."""
-    settings = dict(config["finetune"]["datasets"][dataset])
-    overrides = settings.pop("per_model", {}).get(model, {})
-    return {**settings, **overrides}
-
-
 def check_data_roots(config: dict) -> None:
     """Raise ConfigError naming the path when a data root or a configured dataset's documented layout is
     missing. Only directory listings are read; the demo's own tree is skipped (a rule generates it)."""
-    from pssl.data.segsets import missing_paths
+    from pssl.data.downstream import missing_paths
 
     if config["imagenet_root"]:
         root = Path(config["imagenet_root"])
@@ -150,21 +146,6 @@ def zoo_specs(config: dict, ensemble_only: bool = False) -> dict[str, dict]:
             {"kwargs": {}, **entry}
         specs[spec["name"]] = spec
     return specs
-
-
-def cli_flags(section: dict) -> str:
-    """A config section as `pssl` flags: {"n_samples": 8, "keep_x": True} -> "--n-samples 8 --keep-x true"."""
-    return " ".join(f"--{k.replace('_', '-')} {str(v).lower() if isinstance(v, bool) else v}"
-                    for k, v in section.items())
-
-
-def train_flags(section: dict, seed: int) -> str:
-    """The TrainParams fields of a config section (pretrain, finetune) as `pssl` flags."""
-    from dataclasses import fields
-
-    from pssl.params import TrainParams
-    names = {f.name for f in fields(TrainParams)}
-    return cli_flags({**{k: v for k, v in section.items() if k in names}, "seed": seed})
 
 
 def imagenet_root(config: dict) -> str:

@@ -10,6 +10,7 @@ labels.min_conf drops images whose teacher confidence (top-1 probability) is bel
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,14 @@ import pandas as pd
 import torch
 
 from pssl import store
-from pssl.data.imagenet import read_table, write_table
+from pssl.data.shard_images import ShardBatches
 from pssl.device import allocation, resolve_device
-from pssl.explain.run import ShardBatches
 from pssl.models.zoo import ensemble_softmax, load_classifier
 from pssl.progress import Progress
+from pssl.settings import LabelSettings
+from pssl.tables import read_table, write_table
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("gt", "teacher", "agree")
 LABEL_COLUMNS = ("image_id", "gt_class", "teacher_class", "teacher_conf", "label", "keep", "fg_fraction")
@@ -45,8 +49,8 @@ def apply_policy(gt: np.ndarray, probs: np.ndarray, done: np.ndarray, policy: st
 
 
 def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[str], out: str | Path,
-                policy: str = "gt", top_k: int = 5, min_conf: float = 0.0, decile_threshold: int = 9,
-                batch_size: int = 32, device: str = "auto", num_workers: int = 0) -> pd.DataFrame:
+                settings: LabelSettings = LabelSettings(), device: str = "auto", batch_size: int = 32) -> pd.DataFrame:
+    policy, top_k, min_conf = settings.policy, settings.top_k, settings.min_conf
     dev = resolve_device(device)
     frame, meta = read_table(shard)
     group = store.open_store(explain_store)
@@ -59,7 +63,7 @@ def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[st
     probs = np.zeros((n, classifiers[0].model.num_classes), dtype=np.float32)
     loader = torch.utils.data.DataLoader(
         ShardBatches(Path(meta["root"]), frame["relpath"].tolist(), batch_size, size,
-                     list(range(-(-n // batch_size)))), batch_size=None, num_workers=num_workers)
+                     list(range(-(-n // batch_size)))), batch_size=None, num_workers=settings.num_workers)
     with Progress(n, f"label {Path(shard).stem}") as progress:
         for start, stop, images, _, reasons in loader:
             ok = np.array([j not in reasons for j in range(stop - start)])
@@ -68,17 +72,17 @@ def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[st
             progress.update(stop - start)
     done = status == store.DONE
     deciles = group["deciles"]
-    fg = np.array([float((deciles[i] >= decile_threshold).mean()) if done[i] else 0.0 for i in range(n)])
+    fg = np.array([float((deciles[i] >= settings.decile_threshold).mean()) if done[i] else 0.0 for i in range(n)])
     gt = frame["class_idx"].to_numpy().astype(np.int64)
     label, keep = apply_policy(gt, probs, done, policy, top_k, min_conf)
     table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "gt_class": gt,
                           "teacher_class": probs.argmax(1).astype(np.int64), "teacher_conf": probs.max(1),
                           "label": label.astype(np.int64), "keep": keep, "fg_fraction": fg})
     write_table(table, out, {**meta, "num_classes": int(probs.shape[1]), "policy": policy, "top_k": top_k, "min_conf": min_conf,
-                             "decile_threshold": decile_threshold, "teacher": [Path(p).stem for p in zoo_paths]})
+                             "decile_threshold": settings.decile_threshold, "teacher": [Path(p).stem for p in zoo_paths]})
     labelled = gt >= 0
     agree = float((table["teacher_class"][labelled] == gt[labelled]).mean()) if labelled.any() else float("nan")
-    print(f"{Path(shard).stem}: teacher on {dev}, {allocation()}")
-    print(f"{Path(shard).stem}: {int(keep.sum())}/{n} kept under policy {policy!r}; "
+    log.info(f"{Path(shard).stem}: teacher on {dev}, {allocation()}")
+    log.info(f"{Path(shard).stem}: {int(keep.sum())}/{n} kept under policy {policy!r}; "
           f"teacher top-1 agrees with the label on {agree:.3f} of labelled images")
     return table

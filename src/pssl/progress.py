@@ -1,14 +1,17 @@
-"""Progress for long jobs: a redrawn bar on a terminal, a plain log line every `interval` s otherwise.
+"""Progress of long jobs as log lines: count, rate, ETA and the job's latest statistics (loss, lr).
 
 Hand-written because tqdm writes carriage-return redraws into non-terminal files, which makes SLURM
-logs unreadable; here a non-TTY stream gets whole lines with count, rate and ETA.
+logs unreadable; here every report is a whole line through the `pssl` logger, like every other message
+(so distributed jobs print it from the primary rank only), every `interval` seconds and at the end.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from typing import TextIO
+
+log = logging.getLogger("pssl.progress")
 
 
 def _fmt_seconds(s: float) -> str:
@@ -17,14 +20,12 @@ def _fmt_seconds(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, unit: str = "img", stream: TextIO | None = None,
-                 interval: float | None = None, initial: int = 0):
+    def __init__(self, total: int, desc: str, unit: str = "img", interval: float | None = None, initial: int = 0):
         self.total, self.desc, self.unit = total, desc, unit
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval = interval if interval is not None else (0.2 if self.tty else 30.0)
+        self.interval = interval if interval is not None else (5.0 if sys.stderr.isatty() else 30.0)
         self.done = self.initial = initial
         self.start = self.last = time.monotonic()
+        self.stats: dict[str, float] = {}
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -32,25 +33,21 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta_s = _fmt_seconds(eta) if eta == eta else "?"
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:5.1f}%) "
+        stats = "".join(f" {k} {v:.4g}" for k, v in self.stats.items())
+        return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:5.1f}%){stats} "
                 f"{rate:.2f} {self.unit}/s elapsed {_fmt_seconds(elapsed)} eta {eta_s}")
 
-    def _emit(self, final: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r" + self.line() + ("\n" if final else ""))
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
-
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, **stats: float) -> None:
+        """`n` more units done; `stats` (e.g. loss=0.41, lr=0.01) are shown with the next line."""
         self.done += n
+        self.stats.update(stats)
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.last = now
-            self._emit()
+            log.info(self.line())
 
     def close(self) -> None:
-        self._emit(final=True)
+        log.info(self.line())
 
     def __enter__(self) -> "Progress":
         return self

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
 
-from pssl.data.imagenet import read_table, write_table
 from pssl.io import atomic_dir
+from pssl.tables import read_table, write_table
+
+log = logging.getLogger(__name__)
 
 
 def shard_name(i: int) -> str:
@@ -24,7 +27,7 @@ def write_shards(index: str | os.PathLike, shard_size: int, out_dir: str | os.Pa
         for i, name in enumerate(names):
             part = frame.iloc[i * shard_size:(i + 1) * shard_size]
             write_table(part, Path(tmp) / f"{name}.parquet", {**meta, "shard": name, "shard_size": shard_size})
-    print(f"{len(frame)} images -> {n_shards} shards of <= {shard_size} in {out_dir}")
+    log.info(f"{len(frame)} images -> {n_shards} shards of <= {shard_size} in {out_dir}")
     return names
 
 

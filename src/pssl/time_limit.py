@@ -10,10 +10,13 @@ The requeued job runs the same command, which resumes from the saved state. Outs
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
 from datetime import datetime
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 300
 
@@ -60,8 +63,8 @@ class TimeLimit:
         """Put the job back in the queue (one process of the job does: `requeue`); SLURM then stops this run.
         The state must be saved before."""
         if requeue:
-            print(f"SLURM job {self.job_id}: {self.seconds_left():.0f} s left, within the {self.margin:.0f} s "
-                  f"margin: state saved, requeueing", flush=True)
+            log.info(f"SLURM job {self.job_id}: {self.seconds_left():.0f} s left, within the {self.margin:.0f} s "
+                  f"margin: state saved, requeueing")
             subprocess.run(["scontrol", "requeue", self.job_id], check=True)
         time.sleep(600)  # SLURM ends this run; returning would let the step finish without its outputs
         raise SystemExit(f"SLURM job {self.job_id} was requeued but not stopped within 10 minutes")

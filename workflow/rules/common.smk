@@ -2,17 +2,20 @@
 import json
 import os
 
-from pssl.cluster import (
-    IMAGENET_TRAIN_IMAGES,
-    explain_minutes,
-    job_resources,
-    rows_or_bound,
-    train_layout,
-    train_minutes,
-    zoo_minutes,
+import re
+
+from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_minutes, train_layout, zoo_gpus
+from pssl.config import imagenet_root, zoo_specs
+from pssl.models.catalog import model_title
+from pssl.settings import (
+    demo_settings,
+    explain_settings,
+    finetune_settings,
+    label_settings,
+    pretrain_settings,
+    settings_flags,
+    zoo_settings,
 )
-from pssl.config import cli_flags, finetune_settings, imagenet_root, train_flags, zoo_specs
-from pssl.data.downstream import TRAIN_IMAGES
 
 # All rules run `python -m pssl <command>`: the package from this checkout, in whatever environment runs
 # the job (the .venv, or the conda env of envs/pssl.yaml under --software-deployment-method conda).
@@ -43,6 +46,25 @@ def shard_names():
 ZOO = zoo_specs(config)  # name -> {"name", "arch", "kwargs"}: ensemble members and init-only classifiers
 ENSEMBLE = list(zoo_specs(config, ensemble_only=True))
 PRETRAIN = config["pretrain"]["models"]
+FINETUNE = config["finetune"]
+LRS = FINETUNE["lr_grid"] or [FINETUNE["lr"]]
+
+
+def one_of(names):
+    return "|".join(re.escape(str(n)) for n in names)
+
+
+# Every wildcard has one meaning in every rule: {classifier} a zoo entry, {model} a segmentation model (a key
+# of pretrain.models), {dataset} a downstream dataset, {init} an initialisation, {lr} a learning rate of the
+# grid, {shard} a shard of the index.
+wildcard_constraints:
+    classifier=one_of(ZOO),
+    model=one_of(PRETRAIN),
+    dataset=one_of(FINETUNE["datasets"]),
+    init="imagenet|pssl",
+    lr=one_of(LRS),
+    shard=r"shard-\d+",
+
 
 
 def zoo_files(wildcards=None):
@@ -68,11 +90,9 @@ def explain_stores(wildcards=None):
     return expand(f"{RESULTS}/explain/{{shard}}.zarr", shard=shard_names())
 
 
-FINETUNE = config["finetune"]
 PRETRAIN_LAYOUT = train_layout(config, "pretrain")
 FINETUNE_LAYOUT = train_layout(config, "finetune")
 CPU_JOB = job_resources(config, "cpu")  # index, shard, report, demo data: one core
-LRS = FINETUNE["lr_grid"] or [FINETUNE["lr"]]
 
 
 def dataset_root(dataset):
@@ -87,35 +107,19 @@ def finetune_init(wildcards):
     return f"{RESULTS}/zoo/{init}.pt" if init else []
 
 
-def finetune_setting(name):
-    """One per-dataset fine-tuning setting of a job (with the dataset's per_model override), as a param."""
-    return lambda wc: finetune_settings(config, wc.dataset, wc.model)[name]
-
-
 def finetune_flags(wildcards):
-    ds = finetune_settings(config, wildcards.dataset, wildcards.model)
-    return train_flags({**FINETUNE, "epochs": ds["epochs"], "weight_decay": ds["weight_decay"],
-                        "lr": float(wildcards.lr)}, config["seed"])
+    """Every setting of one fine-tune job as `pssl finetune` flags."""
+    return settings_flags(*finetune_settings(config, wildcards.dataset, wildcards.model, float(wildcards.lr)))
 
 
-# Runtimes read only files that exist when the DAG is built (a dry run of a partly finished pipeline
-# included), never a job's output: the index (the shards partition it), else ImageNet's size as a bound.
-def indexed_images():
-    return rows_or_bound([f"{RESULTS}/index.parquet"], IMAGENET_TRAIN_IMAGES)
+def runtime(rule):
+    """A heavy rule's SLURM runtime estimate (pssl.cluster.runtime_minutes; `pssl runtimes` checks it against
+    the rule's benchmark files)."""
+    return lambda wildcards: runtime_minutes(config, rule, dict(wildcards.items()))
 
 
-def zoo_runtime(wildcards):
-    return zoo_minutes(config, indexed_images())
-
-
-def pretrain_runtime(wildcards):
-    p = config["pretrain"]
-    return train_minutes(config, indexed_images(), p["epochs"], p["crop"], PRETRAIN_LAYOUT.world)
-
-
-def finetune_runtime(wildcards):
-    ds = finetune_settings(config, wildcards.dataset, wildcards.model)
-    return train_minutes(config, TRAIN_IMAGES[wildcards.dataset], ds["epochs"], ds["crop"], FINETUNE_LAYOUT.world)
+def benchmark(rule):
+    return benchmark_path(config, rule)
 
 
 def finetune_results(wildcards=None):
@@ -124,9 +128,8 @@ def finetune_results(wildcards=None):
 
 
 REPORT_FILES = [f"{RESULTS}/report/{name}" for name in
-                ("table3.csv", "table3.md", "table3_gains.png", "pseudo_label_gallery.png")]
-HEAD_TITLES = {"pspnet": "PSPNet", "deeplabv3": "DeepLabV3", "ocrnet": "OCRNet"}
-MODEL_TITLES = {m: f"{HEAD_TITLES[PRETRAIN[m]['head']]}-{PRETRAIN[m]['backbone']}" for m in PRETRAIN}
+                ("table3.csv", "table3.md", "table3_gains.png", "table3_gains.svg", "pseudo_label_gallery.png")]
+MODEL_TITLES = {m: model_title(PRETRAIN[m]["head"], PRETRAIN[m]["backbone"]) for m in PRETRAIN}
 
 
 def quality_tables(wildcards=None):

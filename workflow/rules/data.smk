@@ -7,8 +7,7 @@ if config["demo"]["enabled"]:  # the demo's data; a real run brings its own
         output:
             directory(DEMO_ROOT),
         params:
-            seed=config["seed"],
-            demo=config["demo"],
+            settings=settings_flags(demo_settings(config)),
         resources:
             **CPU_JOB,
         conda:
@@ -16,11 +15,7 @@ if config["demo"]["enabled"]:  # the demo's data; a real run brings its own
         log:
             f"{LOGS}/make_demo_data.log",
         shell:
-            "python -m pssl demo-data --out {output} --seed {params.seed}"
-            " --num-classes {params.demo[num_classes]} --images-per-class {params.demo[images_per_class]}"
-            " --min-side {params.demo[min_side]} --max-side {params.demo[max_side]}"
-            " --downstream-train {params.demo[downstream_train]} --downstream-val {params.demo[downstream_val]}"
-            " > {log} 2>&1"
+            "python -m pssl demo-data --out {output} {params.settings} > {log} 2>&1"
 
 
 rule index_images:

@@ -25,28 +25,26 @@ rule zoo_model:
         index=f"{RESULTS}/index.parquet",
         cache=[f"{RESULTS}/zoo/.weights_cached"] if config["zoo"]["source"] == "timm" else [],
     output:
-        f"{RESULTS}/zoo/{{model}}.pt",
+        f"{RESULTS}/zoo/{{classifier}}.pt",
     params:
-        spec=lambda wc: json.dumps(ZOO[wc.model]),
+        spec=lambda wc: json.dumps(ZOO[wc.classifier]),
         source=config["zoo"]["source"],
         cache=f"--cache-dir {config['zoo']['cache_dir']}" if config["zoo"]["cache_dir"] else "",
-        train=cli_flags(config["zoo"]["train"]),
-        seed=config["seed"],
+        settings=settings_flags(zoo_settings(config)),
         device=config["device"],
     threads: config["threads"]
     resources:
-        # A GPU to train from scratch; loading timm weights is CPU work.
-        **job_resources(config, "zoo", cpus=config["threads"],
-                        gpus=int(config["zoo"]["source"] == "train" and config["device"] != "cpu")),
-        runtime=zoo_runtime,
+        **job_resources(config, "zoo", cpus=config["threads"], gpus=zoo_gpus(config)),
+        runtime=runtime("zoo_model"),
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/zoo/{{model}}.log",
+        f"{LOGS}/zoo/{{classifier}}.log",
+    benchmark:
+        benchmark("zoo_model")
     shell:
         "python -m pssl zoo --spec {params.spec:q} --source {params.source} --index {input.index}"
-        " --out {output} {params.cache} {params.train} --seed {params.seed} --device {params.device}"
-        " --threads {threads} > {log} 2>&1"
+        " --out {output} {params.cache} {params.settings} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule explain_shard:
@@ -56,23 +54,23 @@ rule explain_shard:
     output:
         directory(f"{RESULTS}/explain/{{shard}}.zarr"),
     params:
-        explain=cli_flags(config["explain"]),
-        seed=config["seed"],
+        settings=settings_flags(explain_settings(config)),
         device=config["device"],
     threads: config["threads"]
     resources:
-        # torch threads plus the image-decoding workers
-        **job_resources(config, "explain", cpus=config["threads"] + config["explain"]["num_workers"], gpus=1),
-        runtime=explain_minutes(config),
+        **job_resources(config, "explain", cpus=explain_cpus(config), gpus=1),
+        runtime=runtime("explain_shard"),
         # a resource, not a param: changing it must not rerun finished jobs
         requeue_margin_min=config["cluster"]["requeue_margin_min"],
     conda:
         CONDA_ENV
     log:
         f"{LOGS}/explain/{{shard}}.log",
+    benchmark:
+        benchmark("explain_shard")
     shell:
         "python -m pssl explain --shard {input.shard} --zoo {input.zoo} --out {output}"
-        " {params.explain} --seed {params.seed} --device {params.device} --threads {threads}"
+        " {params.settings} --device {params.device} --threads {threads}"
         " --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 

@@ -12,39 +12,31 @@ rule finetune:
     output:
         metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/metrics.json",
         weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/final.pt",
-    wildcard_constraints:
-        init="imagenet|pssl",
     params:
         launcher=FINETUNE_LAYOUT.launcher(),
         world=FINETUNE_LAYOUT.world,
         root=lambda wc: dataset_root(wc.dataset),
         head=lambda wc: PRETRAIN[wc.model]["head"],
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
-        crop=finetune_setting("crop"),
-        base=finetune_setting("base_size"),
-        window=lambda wc: f"--window {w}" if (w := finetune_settings(config, wc.dataset, wc.model)["window"]) else "",
-        eval_split=finetune_setting("eval_split"),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
-        train=finetune_flags,
-        scales=" ".join(map(str, config["eval"]["scales"])),
-        flip=str(config["eval"]["flip"]).lower(),
+        settings=finetune_flags,
         device=config["device"],
     threads: FINETUNE_LAYOUT.threads_per_rank
     resources:
         **job_resources(config, "finetune", layout=FINETUNE_LAYOUT),
-        runtime=finetune_runtime,
+        runtime=runtime("finetune"),
         requeue_margin_min=config["cluster"]["requeue_margin_min"],
     conda:
         CONDA_ENV
     log:
         f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}.log",
+    benchmark:
+        benchmark("finetune")
     shell:
         "{params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {wildcards.init} --init-from {input.init}"
-        " --out-dir {params.out_dir} --crop {params.crop} --base-size {params.base} {params.window}"
-        " --eval-split {params.eval_split} --scales {params.scales} --flip {params.flip} {params.train}"
-        " --device {params.device} --threads {threads} --expect-world {params.world}"
-        " --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
+        " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
+        " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
 rule select_lr:
@@ -52,8 +44,6 @@ rule select_lr:
         lambda wc: expand(f"{RESULTS}/finetune/{wc.dataset}/{wc.model}/{wc.init}/lr{{lr}}/metrics.json", lr=LRS),
     output:
         f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/metrics.json",
-    wildcard_constraints:
-        init="imagenet|pssl",
     conda:
         CONDA_ENV
     log:
@@ -100,6 +90,7 @@ rule report:
         table=report(f"{RESULTS}/report/table3.csv", caption="../report/table3.rst", category="Table 3"),
         markdown=report(f"{RESULTS}/report/table3.md", caption="../report/table3.rst", category="Table 3"),
         gains=report(f"{RESULTS}/report/table3_gains.png", caption="../report/gains.rst", category="Table 3"),
+        gains_svg=f"{RESULTS}/report/table3_gains.svg",
         gallery=report(f"{RESULTS}/report/pseudo_label_gallery.png", caption="../report/gallery.rst",
                        category="Pseudo labels"),
     params:

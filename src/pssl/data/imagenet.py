@@ -6,20 +6,16 @@ The root and the class list travel in the parquet schema metadata, so later stag
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pssl.io import atomic_file
+from pssl.tables import write_table
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-META_KEY = b"pssl"
 INDEX_COLUMNS = ("image_id", "relpath", "wnid", "class_idx")
 
 
@@ -56,29 +52,9 @@ def scan_imagenet(root: str | os.PathLike, labelled: bool = True) -> tuple[pd.Da
     return frame.reset_index(drop=True), class_dirs if labelled else []
 
 
-def write_table(frame: pd.DataFrame, path: str | os.PathLike, meta: dict) -> None:
-    """Write `frame` as parquet with the pipeline's metadata, atomically."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta)})
-    with atomic_file(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_table(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
-    """Read a parquet table written by `write_table`: (frame, pipeline metadata)."""
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    return table.to_pandas(), meta
-
-
-def count_rows(path: str | os.PathLike) -> int:
-    """Rows of a parquet table, from its footer alone (the workflow sizes SLURM runtimes with it)."""
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 def build_index(root: str | os.PathLike, out: str | os.PathLike, labelled: bool = True) -> pd.DataFrame:
     frame, classes = scan_imagenet(root, labelled)
     write_table(frame, out, {"root": str(Path(root).resolve()), "classes": classes})
     n_labelled = int((frame["class_idx"] >= 0).sum())
-    print(f"indexed {len(frame)} images ({n_labelled} labelled, {len(classes)} classes) under {root} -> {out}")
+    log.info(f"indexed {len(frame)} images ({n_labelled} labelled, {len(classes)} classes) under {root} -> {out}")
     return frame

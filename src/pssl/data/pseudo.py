@@ -8,23 +8,20 @@ with pad_label background, as the background class).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from pssl import store
-from pssl.data.images import load_rgb, long_side_size
-from pssl.data.imagenet import read_table
+from pssl.data.images import load_rgb
+from pssl.data.transforms import augment, train_transforms
+from pssl.tables import read_table
 
 log = logging.getLogger(__name__)
-IGNORE = -1
+PSEUDO_IGNORE = -1  # label of pixels the pre-training loss skips (ignored deciles, padding)
 
 
 def label_map(deciles: np.ndarray, label: int, background: int, threshold: int = 9,
@@ -32,7 +29,7 @@ def label_map(deciles: np.ndarray, label: int, background: int, threshold: int =
     """(S, S) deciles -> int64 label map: label where D >= threshold, background elsewhere, -1 for ignored deciles."""
     out = np.where(deciles >= threshold, label, background).astype(np.int64)
     if ignore_deciles:
-        out[np.isin(deciles, ignore_deciles)] = IGNORE
+        out[np.isin(deciles, ignore_deciles)] = PSEUDO_IGNORE
     return out
 
 
@@ -42,65 +39,6 @@ def resize_nearest(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     rows = np.minimum((np.arange(h) + 0.5) * labels.shape[0] / h, labels.shape[0] - 1).astype(np.int64)
     cols = np.minimum((np.arange(w) + 0.5) * labels.shape[1] / w, labels.shape[1] - 1).astype(np.int64)
     return labels[rows[:, None], cols[None, :]]
-
-
-class RandomLongSideResize(v2.Transform):
-    """PyTorch-Encoding's random scale for fine-tuning: the long side uniform in [scale] x base, aspect kept
-    (masks are resized with nearest neighbour by torchvision)."""
-
-    def __init__(self, base: int, scale: tuple[float, float] = (0.5, 2.0)):
-        super().__init__()
-        self.low, self.high = int(base * scale[0]), int(base * scale[1])
-
-    def make_params(self, flat_inputs: list) -> dict:
-        h, w = next(v2.functional.get_size(x) for x in flat_inputs if isinstance(x, tv_tensors.Image))
-        long_side = int(torch.randint(self.low, self.high + 1, ()))
-        return {"size": list(long_side_size(h, w, long_side))}
-
-    def transform(self, inpt, params: dict):
-        return v2.functional.resize(inpt, params["size"], antialias=True)
-
-    # torchvision < 0.21 calls these names
-    _get_params, _transform = make_params, transform
-
-
-def train_transforms(crop: int, base_size: int | None = None, mask_fill: int = IGNORE, heavy: bool = True,
-                     scale: tuple[float, float] = (0.5, 2.0), long_side: bool = False) -> v2.Compose:
-    """Joint image/mask augmentation: random scale, crop with the mask's padding filled with `mask_fill`, flip;
-    `heavy` (pre-training) adds rotation, blur and colour jitter.
-
-    Random scale: the shorter side in scale x base_size (pre-training, as PaddleSeg's PSSL configs), or with
-    `long_side` the longer side in scale x base_size, aspect kept (fine-tuning, PyTorch-Encoding's convention,
-    which the paper's base size 520 / crop 480 follow).
-    """
-    base = base_size or crop
-    fill = {tv_tensors.Image: 0, tv_tensors.Mask: mask_fill}
-    steps = [RandomLongSideResize(base, scale) if long_side else
-             v2.RandomResize(int(base * scale[0]), int(base * scale[1]))]
-    if heavy:
-        steps.append(v2.RandomRotation(10.0, fill=fill))
-    steps += [v2.RandomCrop(crop, pad_if_needed=True, fill=fill), v2.RandomHorizontalFlip()]
-    if heavy:
-        steps += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3), v2.ColorJitter(0.3, 0.3, 0.3, 0.02)]
-    steps.append(v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None},
-                            scale=True))
-    return v2.Compose(steps)
-
-
-def augment(transform: v2.Compose, rgb: np.ndarray, labels: np.ndarray, seed: int, epoch: int, index: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply `transform` with randomness that depends only on (seed, epoch, index), so a resumed run sees the
-    same crops; the global RNG is left untouched."""
-    image = tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1))
-    mask = tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sample_seed(seed, epoch, index))
-        image, mask = transform(image, mask)
-    return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}:{index}".encode()).digest()[:7], "little")
 
 
 @dataclass(frozen=True)
@@ -120,7 +58,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         if pad_label not in ("ignore", "background"):
             raise ValueError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
         # Padding from the crop and the rotation: ignored, or background as in the authors' code at the paper.
-        self.transform = train_transforms(crop, mask_fill=IGNORE if pad_label == "ignore" else self.background)
+        self.transform = train_transforms(crop, mask_fill=PSEUDO_IGNORE if pad_label == "ignore" else self.background)
         self.epoch = 0
         self.store_paths = list(stores)
         self.samples: list[Sample] = []
@@ -147,7 +85,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self.skipped = skipped
         self._groups = None  # opened lazily, per worker process
         log.info("pseudo-labelled set: %d images used, skipped %s", len(self.samples), skipped)
-        print(f"pseudo-labelled set: {len(self.samples)} images, skipped {skipped}", flush=True)
+        log.info(f"pseudo-labelled set: {len(self.samples)} images, skipped {skipped}")
         if not self.samples:
             raise ValueError("no pseudo-labelled image is usable (all dropped by the label policy or unexplained)")
 

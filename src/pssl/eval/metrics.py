@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = 255
+from pssl.data.downstream import IGNORE
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,

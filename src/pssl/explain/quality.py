@@ -6,6 +6,7 @@ Per image: precision of the D9 region (fraction of D9 pixels on the object) and 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ import pandas as pd
 from PIL import Image
 
 from pssl import store
-from pssl.data.imagenet import read_table
 from pssl.io import atomic_file
+from pssl.tables import read_table
+
+log = logging.getLogger(__name__)
 
 
 def mask_at(masks_root: Path, relpath: str, size: int) -> np.ndarray:
@@ -68,12 +71,12 @@ def write_quality(stores: list[str], index: str, masks_root: str, out: str) -> p
     table = evaluate_stores(stores, index, masks_root)
     with atomic_file(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    log.info("\n%s", table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     single = table[table["explainer"] != "ensemble"]
     if len(single):
         ens = table.iloc[0]
         beaten = int((single["best_iou"] < ens["best_iou"]).sum())
-        print(f"ensemble best-IoU {ens['best_iou']:.3f} beats {beaten}/{len(single)} single models "
+        log.info(f"ensemble best-IoU {ens['best_iou']:.3f} beats {beaten}/{len(single)} single models "
               f"(best single: {single['best_iou'].max():.3f})")
     return table
 
@@ -119,5 +122,5 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
         images=("pixel_acc", "size"), pixel_acc=("pixel_acc", "mean"), fg_iou=("fg_iou", "mean")).reset_index()
     with atomic_file(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    log.info("\n%s", table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return table

@@ -10,55 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pssl.data.images import UnreadableImage, load_rgb, resize_square
-from pssl.data.imagenet import read_table
+from pssl import store
+from pssl.data.shard_images import ShardBatches
 from pssl.device import allocation, precision_for, resolve_device
 from pssl.explain.deciles import to_deciles
 from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
 from pssl.models.zoo import ensemble_softmax, load_classifier
-from pssl.params import ExplainParams
 from pssl.progress import Progress
+from pssl.settings import ExplainSettings, output_identity
+from pssl.tables import read_table
 from pssl.time_limit import TimeLimit
-from pssl import store
+
+log = logging.getLogger(__name__)
 
 
-def config_hash(params: ExplainParams, zoo_records: list[dict], zoo_paths: list[str]) -> str:
+def config_hash(settings: ExplainSettings, zoo_records: list[dict], zoo_paths: list[str]) -> str:
     """What decides the store's content: parameters, and each classifier's identity and file size."""
     ident = [(r["name"], r["arch"], Path(p).stat().st_size) for r, p in zip(zoo_records, zoo_paths)]
-    return hashlib.sha256(json.dumps([asdict(params), ident], sort_keys=True).encode()).hexdigest()[:16]
-
-
-class ShardBatches(torch.utils.data.Dataset):
-    """Batch i = rows [i*B, (i+1)*B) of the shard, decoded at S x S; runs in DataLoader workers."""
-
-    def __init__(self, root: Path, relpaths: list[str], batch_size: int, image_size: int, batches: list[int]):
-        self.root, self.relpaths, self.batch_size, self.size, self.batches = root, relpaths, batch_size, image_size, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int):
-        start = self.batches[i] * self.batch_size
-        stop = min(start + self.batch_size, len(self.relpaths))
-        pixels, hw, reasons = [], np.zeros((stop - start, 2), dtype=np.int32), {}
-        for j in range(start, stop):
-            try:
-                rgb = load_rgb(self.root / self.relpaths[j])
-            except UnreadableImage as e:
-                reasons[j - start] = str(e)
-                continue
-            hw[j - start] = rgb.shape[:2]
-            pixels.append(torch.from_numpy(resize_square(rgb, self.size).copy()).permute(2, 0, 1))
-        images = torch.stack(pixels) if pixels else torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)
-        return start, stop, images, hw, reasons
+    return hashlib.sha256(json.dumps([output_identity(settings), ident], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def noise_seed(seed: int, first_image_id: int) -> int:
@@ -76,7 +53,7 @@ def explain_targets(scorers: list[TargetScore], images: torch.Tensor, class_idx:
 
 
 def explain_batch(scorers: list[TargetScore], images: torch.Tensor, targets: torch.Tensor,
-                  params: ExplainParams, bf16: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  settings: ExplainSettings, bf16: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ensemble deciles (B, S, S) and, if kept, per-model deciles (B, M, S, S).
 
     Eq. 1: S = 1/M sum_i minmax(|SmoothGrad_i| summed over RGB); eq. 2: deciles of S.
@@ -84,21 +61,21 @@ def explain_batch(scorers: list[TargetScore], images: torch.Tensor, targets: tor
     ensemble = torch.zeros(images.shape[0], images.shape[2], images.shape[3], device=images.device)
     per_model = []
     for scorer in scorers:
-        sal = saliency_map(smoothgrad(scorer, images, targets, params.n_samples, params.noise_level,
-                                      params.sample_chunk, bf16))
+        sal = saliency_map(smoothgrad(scorer, images, targets, settings.n_samples, settings.noise_level,
+                                      settings.sample_chunk, bf16))
         ensemble += sal
-        if params.keep_model_deciles:
+        if settings.keep_model_deciles:
             per_model.append(to_deciles(sal))
     ensemble /= len(scorers)
     return to_deciles(ensemble), (torch.stack(per_model, dim=1) if per_model else None)
 
 
-def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, params: ExplainParams,
-                  device: str = "auto", num_workers: int = 0, requeue_margin_min: float = 15.0) -> dict:
+def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, settings: ExplainSettings,
+                  device: str = "auto", requeue_margin_min: float = 15.0) -> dict:
     t0 = time.monotonic()
     out = Path(out)
     dev = resolve_device(device)
-    bf16 = precision_for(dev, params.precision, training=False) == "bf16"
+    bf16 = precision_for(dev, settings.precision, training=False) == "bf16"
     frame, meta = read_table(shard)
     root = Path(meta["root"])
     scorers, records = [], []
@@ -106,48 +83,48 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
         model, record = load_classifier(path, dev)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        scorers.append(TargetScore(model, params.output))
+        scorers.append(TargetScore(model, settings.output))
         records.append(record)
-    digest = config_hash(params, records, zoo_paths)
+    digest = config_hash(settings, records, zoo_paths)
     partial = out.with_name(f".{out.name}.partial")
     group = None
     if partial.exists():
         try:
             group = store.open_store(partial, mode="r+")
             if group.attrs.get("config_hash") != digest:
-                print(f"{partial}: parameters changed since it was started; starting over")
+                log.warning(f"{partial}: parameters changed since it was started; starting over")
                 group = None
         except Exception as e:  # an unreadable partial store is rebuilt, never trusted
-            print(f"{partial}: cannot resume ({e}); starting over")
+            log.warning(f"{partial}: cannot resume ({e}); starting over")
             group = None
     if group is None:
         shutil.rmtree(partial, ignore_errors=True)
         attrs = {"models": [{"name": r["name"], "arch": r["arch"], "source": r["source"]} for r in records],
-                 "smoothgrad": {k: v for k, v in asdict(params).items()}, "config_hash": digest,
+                 "smoothgrad": output_identity(settings), "config_hash": digest,
                  "precision_used": "bf16" if bf16 else "fp32",
-                 "explained_output": "softmax probability of the target class" if params.output == "prob"
+                 "explained_output": "softmax probability of the target class" if settings.output == "prob"
                  else "logit of the target class",
                  # InterpretDL resizes the short side to 224 and keeps the aspect ratio; squashing keeps one
                  # S x S input for every classifier (ViT / Swin need exactly 224 x 224).
-                 "preprocessing": f"resized to {params.image_size} x {params.image_size} without keeping the "
+                 "preprocessing": f"resized to {settings.image_size} x {settings.image_size} without keeping the "
                                   f"aspect ratio (no crop); deciles map back to the image by nearest neighbour",
                  "shard": Path(shard).stem, "shard_table": str(Path(shard).resolve()), "image_root": str(root)}
         group = store.create_store(partial, frame["image_id"].to_numpy(), frame["class_idx"].to_numpy(),
-                                   params.image_size, len(scorers), params.keep_model_deciles, attrs)
+                                   settings.image_size, len(scorers), settings.keep_model_deciles, attrs)
     status = group["status"][:]
     n = len(frame)
-    n_batches = -(-n // params.batch_size)
+    n_batches = -(-n // settings.batch_size)
     pending = [b for b in range(n_batches)
-               if (status[b * params.batch_size:(b + 1) * params.batch_size] == store.PENDING).any()]
-    print(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
-          f"on {dev} ({'bf16' if bf16 else 'fp32'}), {allocation()}", flush=True)
+               if (status[b * settings.batch_size:(b + 1) * settings.batch_size] == store.PENDING).any()]
+    log.info(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
+          f"on {dev} ({'bf16' if bf16 else 'fp32'}), {allocation()}")
     class_idx_all = torch.tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
     image_ids = frame["image_id"].to_numpy()
     loader = torch.utils.data.DataLoader(
-        ShardBatches(root, frame["relpath"].tolist(), params.batch_size, params.image_size, pending),
-        batch_size=None, num_workers=num_workers)
+        ShardBatches(root, frame["relpath"].tolist(), settings.batch_size, settings.image_size, pending),
+        batch_size=None, num_workers=settings.num_workers)
     done_before = int((status != store.PENDING).sum())
-    size = params.image_size
+    size = settings.image_size
     time_limit = TimeLimit(requeue_margin_min)
     with Progress(n, f"explain {Path(shard).stem}", initial=done_before) as progress:
         for start, stop, images, hw, reasons in loader:
@@ -156,15 +133,15 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
             ok = np.array([j not in reasons for j in range(rows)])
             deciles = np.zeros((rows, size, size), dtype=np.uint8)
             model_deciles = np.zeros((rows, len(scorers), size, size), dtype=np.uint8) \
-                if params.keep_model_deciles else None
+                if settings.keep_model_deciles else None
             target = np.full(rows, -1, dtype=np.int16)
             if ok.any():
-                torch.manual_seed(noise_seed(params.seed, int(image_ids[start])))
+                torch.manual_seed(noise_seed(settings.seed, int(image_ids[start])))
                 x = images.to(dev).float().div_(255.0)
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                targets = explain_targets(scorers, x, class_idx_all[start:stop][ok].to(dev), params.target)
-                ens, per_model = explain_batch(scorers, x, targets, params, bf16)
+                targets = explain_targets(scorers, x, class_idx_all[start:stop][ok].to(dev), settings.target)
+                ens, per_model = explain_batch(scorers, x, targets, settings, bf16)
                 deciles[ok] = ens.cpu().numpy()
                 target[ok] = targets.cpu().numpy()
                 if model_deciles is not None:
@@ -186,6 +163,6 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, para
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    print(f"{Path(shard).stem}: done, {n - unreadable} explained, {unreadable} unreadable"
+    log.info(f"{Path(shard).stem}: done, {n - unreadable} explained, {unreadable} unreadable"
           + (": " + "; ".join(f"{k}: {v}" for k, v in group.attrs["unreadable"].items()) if unreadable else ""))
     return {"images": n, "unreadable": unreadable}

@@ -5,38 +5,17 @@
     build_segmenter("ocrnet", "hrnet_w18", num_classes)      OCRNet on HRNetV2 (all branches concatenated)
 
 Every model returns {"out": logits at input resolution, "aux": auxiliary logits (training only)}.
-Heads register themselves in HEADS (timm-style); each lives in its own small module.
+Heads register themselves by name (pssl.models.catalog, timm-style); each lives in pssl/models/heads/.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HEADS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_head(name: str):
-    def wrap(cls):
-        HEADS[name] = cls
-        return cls
-    return wrap
-
-
-def conv_bn_relu(c_in: int, c_out: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
-class FCNAuxHead(nn.Sequential):
-    """The usual auxiliary head on the third stage (deep supervision, weight 0.4 in the loss)."""
-
-    def __init__(self, c_in: int, num_classes: int):
-        super().__init__(conv_bn_relu(c_in, max(c_in // 4, 32)), nn.Dropout2d(0.1),
-                         nn.Conv2d(max(c_in // 4, 32), num_classes, 1))
+from pssl.models import heads  # noqa: F401  (registers every head)
+from pssl.models.catalog import HEAD_CLASSES
 
 
 def backbone(name: str, pretrained: bool = False) -> nn.Module:
@@ -59,9 +38,11 @@ class Segmenter(nn.Module):
     def __init__(self, head_name: str, backbone_name: str, num_classes: int, pretrained_backbone: bool = False):
         super().__init__()
         import timm.data
+        if head_name not in HEAD_CLASSES:
+            raise ValueError(f"unknown segmentation head {head_name!r}; known: {', '.join(HEAD_CLASSES)}")
         self.head_name, self.backbone_name, self.num_classes = head_name, backbone_name, num_classes
         self.backbone = backbone(backbone_name, pretrained_backbone)
-        self.head = HEADS[head_name](self.backbone.feature_info.channels(), num_classes)
+        self.head = HEAD_CLASSES[head_name](self.backbone.feature_info.channels(), num_classes)
         cfg = timm.data.resolve_model_data_config(self.backbone)
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
@@ -86,23 +67,6 @@ class Segmenter(nn.Module):
 
 def build_segmenter(head: str, backbone_name: str, num_classes: int, pretrained_backbone: bool = False
                     ) -> Segmenter:
-    _ensure_heads_registered()
-    if head not in HEADS:
-        raise ValueError(f"unknown segmentation head {head!r}; known: {', '.join(sorted(HEADS))}")
     return Segmenter(head, backbone_name, num_classes, pretrained_backbone)
 
 
-def _ensure_heads_registered() -> None:
-    from pssl.models import deeplabv3, ocrnet, pspnet  # noqa: F401  (imports register the heads)
-
-
-def load_backbone_weights(model: Segmenter, classifier_state: dict) -> tuple[int, int]:
-    """Copy a classifier's weights (same timm architecture) into the backbone; returns (loaded, expected).
-
-    timm's features_only wrappers keep the classifier's parameter names, so keys match one to one; the
-    classifier's own head (fc / classifier) has no counterpart and is left out.
-    """
-    own = model.backbone.state_dict()
-    matched = {k: v for k, v in classifier_state.items() if k in own and own[k].shape == v.shape}
-    model.backbone.load_state_dict(matched, strict=False)
-    return len(matched), len(own)

@@ -10,21 +10,24 @@ Sources: `timm` (pretrained ImageNet weights from timm's cache; no network on co
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pssl.data.images import UnreadableImage, load_rgb, resize_square
-from pssl.data.imagenet import read_table
 from pssl.device import resolve_device
 from pssl.io import atomic_file
+from pssl.settings import ZooSettings
+from pssl.tables import read_table
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def fetch_pretrained(arch: str, cache_dir: str | None) -> None:
     """Download `arch`'s pretrained weights into the cache (run where there is network)."""
     import timm
     timm.create_model(arch, pretrained=True, cache_dir=cache_dir)
-    print(f"cached pretrained weights of {arch} in {cache_dir or 'the default cache'}")
+    log.info(f"cached pretrained weights of {arch} in {cache_dir or 'the default cache'}")
 
 
 def zoo_from_timm(spec: ClassifierSpec, out, cache_dir: str | None) -> dict:
@@ -167,15 +170,15 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
     return correct / max(1, len(images))
 
 
-def zoo_from_scratch(spec: ClassifierSpec, index_path, out, image_size: int, epochs: int, batch_size: int,
-                     lr: float, holdout: float, seed: int, device: str = "auto") -> dict:
+def zoo_from_scratch(spec: ClassifierSpec, index_path, out, settings: ZooSettings, device: str = "auto") -> dict:
     """Train `spec.arch` from scratch on the indexed classification set; record held-out accuracy."""
     import timm
     dev = resolve_device(device)
     start = time.monotonic()
-    image_size = spec.image_size or image_size
+    epochs, batch_size, lr, seed = settings.epochs, settings.batch_size, settings.lr, settings.seed
+    image_size = spec.image_size or settings.image_size
     images, labels, num_classes = load_labelled_images(index_path, image_size)
-    train_idx, held_idx = split_holdout(labels, holdout, seed)
+    train_idx, held_idx = split_holdout(labels, settings.holdout, seed)
     torch.manual_seed(seed)
     net = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, **spec.kwargs)
     mean, std = _data_config(net)
@@ -200,7 +203,7 @@ def zoo_from_scratch(spec: ClassifierSpec, index_path, out, image_size: int, epo
             opt.step()
             sched.step()
             total += float(loss) * len(idx)
-        print(f"{spec.name}: epoch {epoch + 1}/{epochs} loss {total / len(order):.3f}", flush=True)
+        log.info(f"{spec.name}: epoch {epoch + 1}/{epochs} loss {total / len(order):.3f}")
     acc = accuracy(model, images[held_idx], labels[held_idx], dev)
     save_classifier(out, spec, net.cpu(), num_classes, "train")
     record = {"name": spec.name, "arch": spec.arch, "kwargs": spec.kwargs, "source": "train",
@@ -210,6 +213,6 @@ def zoo_from_scratch(spec: ClassifierSpec, index_path, out, image_size: int, epo
               "parameters": sum(p.numel() for p in net.parameters())}
     with atomic_file(Path(out).with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{spec.name}: held-out accuracy {acc:.3f} on {len(held_idx)} images "
+    log.info(f"{spec.name}: held-out accuracy {acc:.3f} on {len(held_idx)} images "
           f"(chance {1 / num_classes:.3f}), {record['seconds']} s")
     return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ from PIL import Image, ImageDraw
 
 from pssl import store
 from pssl.data.images import load_rgb, resize_square
-from pssl.data.imagenet import read_table
 from pssl.io import atomic_file
+from pssl.tables import read_table
+
+log = logging.getLogger(__name__)
 
 # A perceptual ramp (dark blue -> red -> yellow) for decile heat maps, one colour per decile.
 HEAT = np.array([[20, 24, 82], [42, 40, 130], [70, 50, 160], [110, 50, 160], [150, 50, 140], [190, 60, 110],
@@ -70,5 +73,5 @@ def show_store_image(store_path, row: int, out, model_deciles: bool = False) -> 
     layout = [panels[i:i + per_row] for i in range(0, len(panels), per_row)]
     with atomic_file(out) as tmp:
         grid(layout).save(tmp, format="PNG")
-    print(f"wrote {out}")
+    log.info(f"wrote {out}")
     return Path(out)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 from pssl.io import atomic_file
+
+log = logging.getLogger(__name__)
 
 
 def select_best_lr(runs: list[str], out: str) -> dict:
@@ -22,6 +25,6 @@ def select_best_lr(runs: list[str], out: str) -> dict:
     best = {**best, "lr_grid": {str(m["lr"]): m["selection"]["miou"] for m in results}}
     with atomic_file(out) as tmp:
         tmp.write_text(json.dumps(best, indent=2) + "\n")
-    print(f"best lr {best['lr']} ({best['selection']['split']} mIoU {best['selection']['miou']:.4f}) "
+    log.info(f"best lr {best['lr']} ({best['selection']['split']} mIoU {best['selection']['miou']:.4f}) "
           f"of {sorted(best['lr_grid'])}")
     return best

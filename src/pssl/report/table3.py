@@ -11,16 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
 
 from pssl import store
+from pssl.data.downstream import DATASETS
 from pssl.data.images import load_rgb
-from pssl.data.imagenet import read_table
 from pssl.io import atomic_file
 from pssl.report.figures import grid, store_panels
-
-DATASET_TITLES = {"camvid": "CamVid", "voc_aug": "VOC-Aug", "pascal_context": "VOC-Context",
-                  "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
+from pssl.tables import read_table
 
 
 def collect(cells: list[str]) -> pd.DataFrame:
@@ -44,7 +41,7 @@ def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
     Reports what exists: a run of one init has that init's columns and no difference; a missing cell is NaN.
     """
     wide = cells.pivot_table(index="dataset", columns=["model", "init"], values="miou", sort=False)
-    out = pd.DataFrame(index=[DATASET_TITLES.get(d, d) for d in wide.index])
+    out = pd.DataFrame(index=[DATASETS[d].title if d in DATASETS else d for d in wide.index])
     splits = cells.groupby("dataset")["split"].agg(lambda v: "/".join(sorted(set(v))))
     out["split"] = [splits[d] for d in wide.index]  # the split each row's mIoU was measured on
     inits = [i for i in INIT_TITLES if i in set(cells["init"])]
@@ -83,43 +80,40 @@ def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gain_figure(table: pd.DataFrame, out: str | Path, width: int = 720, height: int = 360) -> None:
-    """Grouped bars of PSSL - ImageNet mIoU per dataset and model (drawn with PIL, no plotting library)."""
+def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
+    """Grouped bars of PSSL init - ImageNet init mIoU (points) per dataset and model, each bar labelled with
+    its value; PNG at `out` and an SVG beside it (for papers and slides)."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display (compute nodes have none)
+    import matplotlib.pyplot as plt
+
     diffs = table[[c for c in table.columns if c.endswith("diff")]]
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(diffs.index) + 2), 4.0), layout="constrained")
     if diffs.isna().to_numpy().all():  # one init only, or no pair finished
-        draw.text((20, height // 2), "no ImageNet / PSSL pair of results to compare", fill="black")
+        ax.text(0.5, 0.5, "no ImageNet / PSSL pair of results to compare", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
     else:
-        _draw_gains(draw, diffs, width, height)
-    with atomic_file(out) as tmp:
-        img.save(tmp, format="PNG")
-
-
-def _draw_gains(draw: ImageDraw.ImageDraw, diffs: pd.DataFrame, width: int, height: int) -> None:
-    left, right, top, bottom = 60, width - 20, 30, height - 60
-    span = max(1.0, float(np.nanmax(np.abs(diffs.to_numpy()))))
-    zero = top + (bottom - top) / 2
-    scale = (bottom - top) / 2 / span
-    draw.line([(left, zero), (right, zero)], fill="black")
-    draw.text((5, top - 5), f"+{span:.1f}", fill="black")
-    draw.text((5, bottom - 5), f"-{span:.1f}", fill="black")
-    draw.text((left, 5), "PSSL init - ImageNet init, mIoU (points)", fill="black")
-    colours = [(52, 101, 164), (204, 0, 0), (78, 154, 6), (117, 80, 123)]
-    group_w = (right - left) / len(diffs.index)
-    bar_w = group_w * 0.8 / len(diffs.columns)
-    for g, (dataset, row) in enumerate(diffs.iterrows()):
-        x0 = left + g * group_w + group_w * 0.1
-        for b, value in enumerate(row.to_numpy()):
-            if np.isnan(value):
-                continue
-            x = x0 + b * bar_w
-            y = zero - value * scale
-            draw.rectangle([x, min(y, zero), x + bar_w - 2, max(y, zero)], fill=colours[b % len(colours)])
-        draw.text((x0, bottom + 8), str(dataset), fill="black")
-    for b, name in enumerate(diffs.columns):
-        draw.rectangle([left + b * 170, height - 22, left + b * 170 + 10, height - 12], fill=colours[b % 4])
-        draw.text((left + b * 170 + 14, height - 24), name.removesuffix(" diff"), fill="black")
+        x = np.arange(len(diffs.index))
+        width = 0.8 / len(diffs.columns)
+        for b, column in enumerate(diffs.columns):
+            values = diffs[column].to_numpy(dtype=float)
+            bars = ax.bar(x - 0.4 + (b + 0.5) * width, np.nan_to_num(values), width,
+                          label=column.removesuffix(" diff"))
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:+.1f}" for v in values], fontsize=7,
+                         padding=2)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(x, list(diffs.index))
+        ax.set_ylabel("PSSL init - ImageNet init (mIoU points)")
+        ax.set_title("Table 3: gain of PSSL pre-training over ImageNet initialisation")
+        ax.grid(axis="y", alpha=0.3)
+        ax.margins(y=0.15)
+        ax.legend(fontsize=8, ncols=min(3, len(diffs.columns)), loc="best")
+    out = Path(out)
+    for path, kind in ((out, "png"), (out.with_suffix(".svg"), "svg")):
+        with atomic_file(path) as tmp, plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays editable text
+            fig.savefig(tmp, format=kind, dpi=150)
+    plt.close(fig)
 
 
 def gallery(stores: list[str], out: str | Path, per_store: int = 2) -> None:

@@ -9,6 +9,7 @@ GPU per task show every task its GPU as device 0.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import subprocess
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ def init_distributed(device: str = "auto", expect_world: int | None = None) -> D
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:  # one log per job: the other ranks report warnings and errors only
+        logging.getLogger("pssl").setLevel(logging.WARNING)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
 
 

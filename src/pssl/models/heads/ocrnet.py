@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pssl.models.segmenter import conv_bn_relu, register_head
+from pssl.models.catalog import register_head
+from pssl.models.layers import conv_bn_relu
 
 
 class SpatialGather(nn.Module):

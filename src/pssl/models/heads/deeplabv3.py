@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-from pssl.models.segmenter import FCNAuxHead, register_head
+from pssl.models.catalog import register_head
+from pssl.models.layers import FCNAuxHead
 
 
 @register_head("deeplabv3")

@@ -1,0 +1,35 @@
+"""A shard's images in fixed batches, decoded at S x S: what the explain and label stages read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pssl.data.images import UnreadableImage, load_rgb, resize_square
+
+
+class ShardBatches(torch.utils.data.Dataset):
+    """Batch i = rows [i*B, (i+1)*B) of the shard, decoded at S x S; runs in DataLoader workers."""
+
+    def __init__(self, root: Path, relpaths: list[str], batch_size: int, image_size: int, batches: list[int]):
+        self.root, self.relpaths, self.batch_size, self.size, self.batches = root, relpaths, batch_size, image_size, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        start = self.batches[i] * self.batch_size
+        stop = min(start + self.batch_size, len(self.relpaths))
+        pixels, hw, reasons = [], np.zeros((stop - start, 2), dtype=np.int32), {}
+        for j in range(start, stop):
+            try:
+                rgb = load_rgb(self.root / self.relpaths[j])
+            except UnreadableImage as e:
+                reasons[j - start] = str(e)
+                continue
+            hw[j - start] = rgb.shape[:2]
+            pixels.append(torch.from_numpy(resize_square(rgb, self.size).copy()).permute(2, 0, 1))
+        images = torch.stack(pixels) if pixels else torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)
+        return start, stop, images, hw, reasons

@@ -1,0 +1,1 @@
+"""The embedded demo: synthetic images with hidden object masks, in the real datasets' layouts."""

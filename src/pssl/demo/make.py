@@ -1,0 +1,114 @@
+"""The embedded demo data: an ImageNet-layout classification set and every registered downstream dataset
+(each drawn as its spec's `demo` says and written by its own `write_demo`).
+
+Everything is deterministic from the seed: each image draws from its own generator seeded with
+(seed, dataset, split, index), so a file's bytes never depend on what else was generated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pssl.data.downstream import DATASETS, IGNORE, DatasetSpec
+from pssl.demo import synth
+from pssl.demo.scenes import object_borders
+from pssl.io import atomic_dir
+from pssl.progress import Progress
+from pssl.settings import DemoSettings
+
+HUE_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue", "violet", "magenta",
+             "rose")
+# Real ImageNet has 22 CMYK JPEGs, grayscale JPEGs and one PNG named .JPEG; the demo has a few of each.
+ODD_CMYK, ODD_GRAY, ODD_PNG = 3, 3, 1
+
+
+def wnid(k: int) -> str:
+    return f"n9{k:07d}"
+
+
+def class_name(app: synth.Appearance) -> str:
+    return f"{HUE_NAMES[int(app.hue * 12 + 0.5) % 12]} {app.texture} {app.shape}"
+
+
+def image_rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+def write_classification(root: Path, seed: int, num_classes: int, images_per_class: int, min_side: int,
+                         max_side: int, progress: Progress) -> dict:
+    """`imagenet/train/<wnid>/<wnid>_<n>.JPEG`, `imagenet/masks/<wnid>/<wnid>_<n>.png`, the synset mapping."""
+    total = num_classes * images_per_class
+    odd_rng = image_rng(seed, 99)
+    odd = odd_rng.choice(total, size=min(total, ODD_CMYK + ODD_GRAY + ODD_PNG), replace=False)
+    odd_kind = {int(i): kind for i, kind in zip(odd, ["cmyk"] * ODD_CMYK + ["gray"] * ODD_GRAY + ["png"] * ODD_PNG)}
+    synsets = []
+    for k in range(num_classes):
+        app = synth.appearance(k)
+        synsets.append(f"{wnid(k)} {class_name(app)}")
+        (root / "imagenet/train" / wnid(k)).mkdir(parents=True)
+        (root / "imagenet/masks" / wnid(k)).mkdir(parents=True)
+        for n in range(images_per_class):
+            rng = image_rng(seed, 0, k, n)
+            pixels, mask = synth.classification_image(app, rng, min_side, max_side)
+            name = f"{wnid(k)}_{n + 1}"
+            img = Image.fromarray(pixels)
+            kind = odd_kind.get(k * images_per_class + n)
+            path = root / "imagenet/train" / wnid(k) / f"{name}.JPEG"
+            if kind == "png":
+                img.save(path, format="PNG")
+            else:
+                img = img.convert({"cmyk": "CMYK", "gray": "L"}.get(kind, "RGB"))
+                img.save(path, format="JPEG", quality=90)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "imagenet/masks" / wnid(k) / f"{name}.png")
+            progress.update()
+    (root / "imagenet/LOC_synset_mapping.txt").write_text("\n".join(synsets) + "\n")
+    return {"classes": num_classes, "images": total,
+            "odd_files": {f"{wnid(i // images_per_class)}_{i % images_per_class + 1}.JPEG": kind
+                          for i, kind in sorted(odd_kind.items())}}
+
+
+def write_downstream(root: Path, spec: DatasetSpec, seed: int, num_classes: int, counts: dict[str, int],
+                     progress: Progress, dataset_key: int) -> dict:
+    """One downstream dataset as its spec's `demo` describes it, written in its real layout."""
+    scenes = spec.demo
+    classes = [synth.SceneClass(spec.classes.index(name), synth.appearance(a % num_classes if a < 1000 else a),
+                                stuff)
+               for name, stuff, a in scenes.classes]
+    background = IGNORE if scenes.background is None else spec.classes.index(scenes.background)
+    lut = np.full(256, scenes.ignore_raw, dtype=np.uint8)
+    for train_id, raw in spec.encode().items():
+        lut[train_id] = raw
+    for split_key, split in enumerate(scenes.splits):
+        for i in range(counts[split]):
+            rng = image_rng(seed, 1 + dataset_key, split_key, i)
+            h, w = scenes.size(rng)
+            pixels, label = synth.scene_image(h, w, classes, background, rng)
+            if scenes.border_ignore:
+                label = np.where(object_borders(label) & (label != background), IGNORE, label)
+            spec.write_demo(root, split, i, Image.fromarray(pixels), Image.fromarray(lut[label]))
+            progress.update()
+    return {"classes_drawn": [name for name, _, _ in scenes.classes],
+            "images": {split: counts[split] for split in scenes.splits}}
+
+
+def make_demo_data(out: str | Path, settings: DemoSettings = DemoSettings()) -> dict:
+    """Write the whole demo tree to `out` (atomically) and return its manifest (also `out/manifest.json`)."""
+    s = settings
+    if s.min_side > s.max_side:
+        raise ValueError(f"min_side ({s.min_side}) must not exceed max_side ({s.max_side})")
+    counts = {"train": s.downstream_train, "val": s.downstream_val, "test": s.downstream_val}
+    total = s.num_classes * s.images_per_class + sum(
+        sum(counts[s] for s in spec.demo.splits) for spec in DATASETS.values())
+    manifest = {"seed": s.seed, "imagenet": {}, "downstream": {}}
+    with atomic_dir(out) as root, Progress(total, "demo data") as progress:
+        manifest["imagenet"] = write_classification(root, s.seed, s.num_classes, s.images_per_class, s.min_side,
+                                                    s.max_side, progress)
+        for key, spec in enumerate(DATASETS.values()):
+            manifest["downstream"][spec.name] = write_downstream(root, spec, s.seed, s.num_classes, counts,
+                                                                 progress, key)
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

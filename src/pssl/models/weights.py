@@ -1,0 +1,51 @@
+"""Starting weights of a segmentation model: a classifier's backbone ("ImageNet init") or a pre-trained
+segmentation model without its per-class layers ("PSSL init")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pssl.models.segmenter import Segmenter
+
+
+def load_backbone_weights(model: Segmenter, classifier_state: dict) -> tuple[int, int]:
+    """Copy a classifier's weights (same timm architecture) into the backbone; returns (loaded, expected).
+
+    timm's features_only wrappers keep the classifier's parameter names, so keys match one to one; the
+    classifier's own head (fc / classifier) has no counterpart and is left out.
+    """
+    own = model.backbone.state_dict()
+    matched = {k: v for k, v in classifier_state.items() if k in own and own[k].shape == v.shape}
+    model.backbone.load_state_dict(matched, strict=False)
+    return len(matched), len(own)
+
+
+def init_backbone_from(model, classifier_path: str | None) -> str:
+    """Load a zoo classifier of the backbone's architecture into the backbone ('ImageNet init')."""
+    if not classifier_path:
+        return "random"
+    record = torch.load(classifier_path, map_location="cpu", weights_only=False)
+    loaded, expected = load_backbone_weights(model, record["state_dict"])
+    if loaded < 0.9 * expected:
+        raise ValueError(f"{classifier_path} ({record['arch']}) fits only {loaded}/{expected} tensors of the "
+                         f"{model.backbone_name} backbone: use a classifier of the same architecture")
+    return f"{Path(classifier_path).name} ({loaded}/{expected} tensors)"
+
+
+def init_from_pretrained(model: Segmenter, checkpoint: str) -> str:
+    """Load a PSSL pre-trained model except its per-class layers, which stay freshly initialised."""
+    record = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = record["config"]
+    if (cfg["head"], cfg["backbone"]) != (model.head_name, model.backbone_name):
+        raise ValueError(f"{checkpoint} is a {cfg['head']}-{cfg['backbone']}, not a "
+                         f"{model.head_name}-{model.backbone_name}")
+    fresh = {id(p) for layer in model.classifier_layers() for p in layer.parameters()}
+    skip = {name for name, p in model.named_parameters() if id(p) in fresh}
+    state = {k: v for k, v in record["model"].items() if k not in skip}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if set(missing) != skip or unexpected:
+        raise ValueError(f"{checkpoint}: unexpected checkpoint layout (missing {sorted(set(missing) - skip)}, "
+                         f"unexpected {unexpected})")
+    return f"{Path(checkpoint).parent.name} ({len(state)} tensors, {len(skip)} re-initialised)"

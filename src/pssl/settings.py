@@ -1,0 +1,225 @@
+"""One frozen settings dataclass per stage: the single source of each stage's options and their defaults.
+
+The CLI builds its flags from these classes (`add_settings_flags`), the workflow turns a config section into
+the same flags (`settings_flags(<stage>_settings(config, ...))`), and the library takes the objects as
+keyword arguments. Defaults are the paper's values where the paper sets one, else the demo's; every config
+section names all of its keys, so the defaults matter only to a user calling `pssl` by hand.
+
+Torch-free, so that `pssl --help` and Snakemake's DAG building start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+
+def setting(default, help: str, choices: tuple | None = None, output: bool = True):
+    """A settings field. output=False marks a setting that cannot change what the stage writes (loader
+    workers): it is left out of the identity hash of a resumable output."""
+    return field(default=default, metadata={"help": help, "choices": choices, "output": output})
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    seed: int = setting(0, "master seed of every synthetic image")
+    num_classes: int = setting(6, "classification classes (ImageNet-style wnids)")
+    images_per_class: int = setting(32, "classification images per class")
+    min_side: int = setting(80, "smallest side length of a classification image (pixels)")
+    max_side: int = setting(200, "largest side length of a classification image (pixels)")
+    downstream_train: int = setting(32, "train images of every downstream dataset")
+    downstream_val: int = setting(16, "val (and CamVid test) images of every downstream dataset")
+
+
+@dataclass(frozen=True)
+class ZooSettings:
+    """Training a classifier from scratch (zoo.source: train)."""
+    image_size: int = setting(48, "input size S (images resized to S x S)")
+    epochs: int = setting(5, "training epochs")
+    batch_size: int = setting(16, "images per step")
+    lr: float = setting(3e-3, "peak learning rate (AdamW, one-cycle)")
+    holdout: float = setting(0.2, "fraction of each class held out to measure accuracy")
+    seed: int = setting(0, "seed of the hold-out split, initialisation and order")
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    image_size: int = setting(224, "S: images are resized to S x S (no crop) and explained at that size")
+    n_samples: int = setting(50, "SmoothGrad noisy samples per image")
+    noise_level: float = setting(0.15, "noise sigma as a fraction of the [0, 1] pixel range")
+    output: str = setting("prob", "gradient of the target's softmax probability (prob) or logit", ("prob", "logit"))
+    target: str = setting("class", "the image's label (class) or the zoo's top-1 (top1; unlabelled rows always)",
+                          ("class", "top1"))
+    batch_size: int = setting(16, "images per batch")
+    sample_chunk: int = setting(10, "noisy copies of each image per forward pass")
+    keep_model_deciles: bool = setting(False, "also store each model's deciles (model_deciles)")
+    precision: str = setting("auto", "auto: bf16 on GPUs with native bf16, else fp32", ("auto", "fp32", "bf16"))
+    num_workers: int = setting(0, "DataLoader workers decoding images (0: in the main process)", output=False)
+    seed: int = setting(0, "seed of the SmoothGrad noise")
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    policy: str = setting("gt", "gt: the dataset's class; teacher: the zoo's top-1; agree: gt if in the "
+                          "teacher's top_k", ("gt", "teacher", "agree"))
+    top_k: int = setting(5, "agree: the teacher's top-k classes that must contain the label")
+    min_conf: float = setting(0.0, "drop images whose teacher top-1 probability is below this")
+    decile_threshold: int = setting(9, "pixels with decile >= this get the image's class")
+    num_workers: int = setting(0, "DataLoader workers decoding images", output=False)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation of pre-training and fine-tuning (one training loop for both)."""
+    epochs: int = setting(30, "training epochs")
+    batch_size: int = setting(64, "global batch, split evenly over the ranks")
+    lr: float = setting(0.01, "SGD learning rate of the head")
+    backbone_lr_mult: float = setting(1.0, "the backbone trains at lr x this (PaddleSeg's relative_lr)")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(1e-4, "SGD weight decay")
+    schedule: str = setting("step", "step (paper pre-training) or poly (fine-tuning)", ("step", "poly"))
+    milestone: int = setting(20, "step schedule: the epoch where lr is multiplied by gamma")
+    gamma: float = setting(0.1, "step schedule: lr factor at the milestone")
+    aux_weight: float = setting(0.4, "weight of the auxiliary head's loss")
+    checkpoint_every: int = setting(100, "steps between checkpoints (also at every epoch end)", output=False)
+    num_workers: int = setting(0, "DataLoader workers per rank", output=False)
+    sync_bn: bool = setting(False, "SyncBatchNorm across GPUs (CUDA only)")
+    freeze_bn: bool = setting(False, "BatchNorm on its running statistics (small per-GPU batches)")
+    precision: str = setting("auto", "auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU",
+                             ("auto", "fp32", "bf16", "fp16"))
+    seed: int = setting(0, "seed of initialisation, sampling order and augmentation")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """What pre-training learns from (eq. 3 and the label maps); the optimisation is TrainSettings."""
+    crop: int = setting(256, "training crop (random scale: shorter side 0.5-2.0 x crop)")
+    w_bg: float = setting(0.1, "background weight of the weighted cross entropy (eq. 3)")
+    pad_label: str = setting("ignore", "label of padded pixels (crop, rotation)", ("ignore", "background"))
+    decile_threshold: int = setting(9, "pixels with decile >= this get the image's class, others background")
+    ignore_deciles: tuple[int, ...] = setting((), "deciles whose pixels the loss ignores")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """One dataset's fine-tuning and evaluation geometry; the optimisation is TrainSettings."""
+    crop: int = setting(512, "training crop")
+    base_size: int = setting(520, "training: long side random in [0.5, 2] x base; evaluation: scale x base")
+    window: int | None = setting(None, "sliding-window size for evaluation (none: the whole image)")
+    eval_split: str = setting("val", "the split the metrics report (a lr grid is always chosen on val)",
+                              ("val", "test"))
+    scales: tuple[float, ...] = setting((1.0,), "evaluation scales, relative to base_size")
+    flip: bool = setting(False, "evaluation also on the horizontally flipped image")
+
+
+# ---- config -> settings (the workflow) --------------------------------------------------------------------
+
+def pick(cls, values: dict, optional: tuple[str, ...] = (), **overrides):
+    """An instance of `cls` from the keys of `values` that are its fields (others belong to other stages).
+    Every field but the `optional` ones must be given: a config states each setting, so no default decides a
+    run unseen."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    chosen = {**{k: v for k, v in values.items() if k in names}, **overrides}
+    missing = [n for n in names if n not in chosen and n not in optional]
+    if missing:
+        raise KeyError(f"{cls.__name__}: the config gives no {', '.join(missing)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
+
+
+def demo_settings(config: dict) -> DemoSettings:
+    return pick(DemoSettings, config["demo"], seed=config["seed"])
+
+
+def zoo_settings(config: dict) -> ZooSettings:
+    return pick(ZooSettings, config["zoo"]["train"], seed=config["seed"])
+
+
+def explain_settings(config: dict) -> ExplainSettings:
+    return pick(ExplainSettings, config["explain"], seed=config["seed"])
+
+
+def label_settings(config: dict) -> LabelSettings:
+    return pick(LabelSettings, config["labels"], num_workers=config["explain"]["num_workers"])
+
+
+def pretrain_settings(config: dict) -> tuple[PretrainSettings, TrainSettings]:
+    labels = config["labels"]
+    return (pick(PretrainSettings, config["pretrain"], decile_threshold=labels["decile_threshold"],
+                 ignore_deciles=tuple(labels["ignore_deciles"])),
+            pick(TrainSettings, config["pretrain"], seed=config["seed"]))
+
+
+def finetune_settings(config: dict, dataset: str, model: str, lr: float | None = None
+                      ) -> tuple[FinetuneSettings, TrainSettings]:
+    """One fine-tune job's settings: the dataset's (with its per_model overrides for `model`), the evaluation's,
+    and the finetune section's optimisation with the dataset's epochs and weight decay (and the job's lr)."""
+    dataset_settings = dict(config["finetune"]["datasets"][dataset])
+    dataset_settings.update(dataset_settings.pop("per_model", {}).get(model, {}))
+    evaluation = config["eval"]
+    geometry = pick(FinetuneSettings, dataset_settings, scales=tuple(evaluation["scales"]), flip=evaluation["flip"])
+    # the step schedule's milestone and gamma are optional: fine-tuning uses poly
+    train = pick(TrainSettings, {**config["finetune"], "epochs": dataset_settings["epochs"],
+                                 "weight_decay": dataset_settings["weight_decay"]}, optional=("milestone", "gamma"),
+                 seed=config["seed"])
+    return geometry, train if lr is None else dataclasses.replace(train, lr=lr)
+
+
+# ---- settings <-> command line ------------------------------------------------------------------------------
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def settings_flags(*settings) -> str:
+    """Settings objects as `pssl` flags: every field, e.g. "--n-samples 8 --keep-model-deciles true"."""
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, tuple):
+            return " ".join(map(str, value))
+        return "none" if value is None else str(value)
+    return " ".join(f"{flag(f.name)} {text(getattr(s, f.name))}".rstrip()
+                    for s in settings for f in dataclasses.fields(s))
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("1", "true", "yes", "0", "false", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return lowered in ("1", "true", "yes")
+
+
+def optional_int(value: str) -> int | None:
+    return None if value.lower() in ("none", "null") else int(value)
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One --flag per field of `cls` (snake_case -> kebab-case), typed by its annotation, with its help."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (pssl.settings)")
+    for f in dataclasses.fields(cls):
+        kind, meta = hints[f.name], f.metadata
+        options = {"default": f.default, "help": meta["help"] + " (default: %(default)s)"}
+        if meta["choices"]:
+            options["choices"] = meta["choices"]
+        if kind is bool:
+            options.update(type=parse_bool, metavar="BOOL")
+        elif typing.get_origin(kind) is tuple:
+            options.update(type=typing.get_args(kind)[0], nargs="*")
+        elif kind == (int | None):
+            options.update(type=optional_int, metavar="INT|none")
+        else:
+            options["type"] = kind
+        group.add_argument(flag(f.name), **options)
+
+
+def settings_from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
+                  for f in dataclasses.fields(cls)})
+
+
+def output_identity(settings) -> dict:
+    """The fields that decide what a stage writes (for an output's identity hash)."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata["output"]}
