@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects no test; that is reported, not hidden, but is no failure of the project.
 test: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -rs tests; \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -rs --durations=12 tests; \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
 clean-demo:

@@ -150,8 +150,16 @@ def test_nested_command_line_values_are_typed_like_yaml(trees, tmp_path):
     """`--config demo='{enabled: false}'` on the demo config, and typed nested numbers and lists."""
     counts, out = plan(tmp_path, REPO / "tests/configs/tiny.yaml", trees, "demo={enabled: false}",
                        "finetune={lr: 1e-3, lr_grid: [0.002, 0.004]}", "eval={flip: true}")
-    assert "make_demo_data" not in counts and counts["finetune"] == 5 * 3 * 2 * 2
+    assert "make_demo_data" not in counts and counts["finetune"] == 2 * 3 * 2 * 2
     assert "lr0.002/metrics.json" in out and "--flip true" in out
+
+
+def test_the_demo_plans_every_table3_cell(tmp_path):
+    """The demo config's fan-out: 5 datasets x 3 models x 2 inits fine-tune jobs and their selections, one
+    report (the e2e tests run two of the datasets for real)."""
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
+    counts = Counter({rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M)})
+    assert counts["finetune"] == counts["select_lr"] == 5 * 3 * 2 and counts["report"] == 1
 
 
 @pytest.mark.parametrize("target", ["stage_zoo", "stage_explain", "stage_pretrain", "stage_report"])

@@ -19,9 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from conftest import REPO, TINY, run_snakemake, snakemake_env
 from pssl import store
+from pssl.config import zoo_specs
 from pssl.tables import read_table
 from test_explain import store_content
 
@@ -74,21 +76,32 @@ def executed_jobs(output: str) -> list[tuple[str, str, int]]:
             re.findall(r"^(rule|localrule|checkpoint|localcheckpoint) (\w+):\n(?:[ \t]+.*\n)*?[ \t]+jobid: (\d+)", output, flags=re.M)]
 
 
+# The cluster has 2 fake GPUs: pretraining runs as 2 ranks, srun tasks (gloo on CPU), and the CPU jobs with
+# 2 threads each.
+TWO_RANKS = {"pretrain": {"gpus_per_node": 2, "launcher": "srun"}, "threads": 2}
+
+
 @pytest.fixture(scope="module")
-def slurm_and_local(tmp_path_factory):
-    # The cluster has 2 fake GPUs: pretraining runs as 2 ranks, srun tasks (gloo on CPU), and the CPU jobs
-    # with 2 threads each.
-    two_ranks = overlay(tmp_path_factory.mktemp("config"), "two_ranks",
-                        {"pretrain": {"gpus_per_node": 2, "launcher": "srun"}, "threads": 2})
+def tiny_on_slurm(tmp_path_factory):
+    """One SLURM run every test below reads: (work dir, snakemake's output)."""
+    two_ranks = overlay(tmp_path_factory.mktemp("config"), "two_ranks", TWO_RANKS)
     on_slurm = tmp_path_factory.mktemp("slurm")
     proc = slurm_run(on_slurm, *TARGETS, *two_ranks)
-    local = tmp_path_factory.mktemp("local")
-    run_snakemake(local, "stage_labels", *two_ranks)
-    return on_slurm, local, proc.stdout + proc.stderr
+    return on_slurm, proc.stdout + proc.stderr
 
 
-def test_every_non_local_job_ran_as_a_slurm_job(slurm_and_local):
-    workdir, _, output = slurm_and_local
+def copy_inputs(source: Path, workdir: Path, keep: tuple[str, ...]) -> None:
+    """Another work dir starting from `source`'s demo data and the named results, file times kept (so
+    Snakemake sees them up to date and reruns only what a test changes)."""
+    shutil.copytree(source / "data", workdir / "data")
+    for part in keep:
+        shutil.copytree(source / "results" / part, workdir / "results" / part)
+    shutil.copy2(source / "results/index.parquet", workdir / "results/index.parquet")
+    shutil.copytree(source / ".snakemake/metadata", workdir / ".snakemake/metadata")
+
+
+def test_every_non_local_job_ran_as_a_slurm_job(tiny_on_slurm):
+    workdir, output = tiny_on_slurm
     jobs = executed_jobs(output)
     remote = {(rule, jobid) for kind, rule, jobid in jobs
               if kind in ("rule", "checkpoint") and not rule.startswith("stage_")}
@@ -123,8 +136,8 @@ EXPECTED_SBATCH = {
 }
 
 
-def test_sbatch_lines_ask_for_the_right_resources_per_rule(slurm_and_local):
-    _, _, output = slurm_and_local
+def test_sbatch_lines_ask_for_the_right_resources_per_rule(tiny_on_slurm):
+    _, output = tiny_on_slurm
     sbatch = [line.split("sbatch call: ", 1)[1].split(" --wrap=")[0] for line in output.splitlines()
               if "sbatch call: " in line]
     seen = set()
@@ -141,8 +154,8 @@ def test_sbatch_lines_ask_for_the_right_resources_per_rule(slurm_and_local):
     assert explain and all("--threads 2 " in line for line in explain), "threads capped by the login node"
 
 
-def test_gpu_jobs_saw_their_allocation(slurm_and_local):
-    workdir, _, _ = slurm_and_local
+def test_gpu_jobs_saw_their_allocation(tiny_on_slurm):
+    workdir, _ = tiny_on_slurm
     for stage in ("explain", "labels"):
         logs = sorted((workdir / "results/logs" / stage).glob("*.log"))
         assert len(logs) == 3, (stage, logs)  # one per shard: a missing log must not pass unchecked
@@ -150,8 +163,8 @@ def test_gpu_jobs_saw_their_allocation(slurm_and_local):
             assert re.search(r"CUDA_VISIBLE_DEVICES=\d", log.read_text()), log
 
 
-def test_pretraining_ran_as_two_srun_tasks(slurm_and_local):
-    workdir, _, output = slurm_and_local
+def test_pretraining_ran_as_two_srun_tasks(tiny_on_slurm):
+    workdir, output = tiny_on_slurm
     assert ("srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 --kill-on-bad-exit=1 "
             "python -m pssl pretrain") in output
     logs = sorted((workdir / "results/logs/pretrain").glob("*.log"))
@@ -212,20 +225,18 @@ def requeued_jobs_start_at_once():
         thread.join()
 
 
-def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_run(slurm_and_local, tmp_path):
+def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_run(tiny_on_slurm, tmp_path):
     """A 2-minute time limit and a 2-minute margin: the job is within the margin from its start, so each run
     trains one step more than it started with, checkpoints and requeues itself (4 steps: one requeue)."""
     import torch
 
-    on_slurm, _, _ = slurm_and_local
+    on_slurm, _ = tiny_on_slurm
     config = overlay(tmp_path, "limit", {"cluster": {"requeue_margin_min": 2}})
     target = "results/pretrain/psp/final.pt"
     runs = {}
     for name in ("local", "slurm"):  # the explain stores and label tables of the fixture's run, times kept
-        workdir = tmp_path / name
-        for part in ("data", "results"):
-            shutil.copytree(on_slurm / part, workdir / part, ignore=shutil.ignore_patterns("pretrain", "finetune"))
-        runs[name] = workdir
+        runs[name] = tmp_path / name
+        copy_inputs(on_slurm, runs[name], ("shards", "zoo", "explain", "labels"))
     run_snakemake(runs["local"], target, *config)
     with requeued_jobs_start_at_once():
         proc = slurm_run(runs["slurm"], target, *config, "--set-resources", "pretrain:runtime=2")
@@ -239,26 +250,62 @@ def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_r
         assert torch.equal(a[key], b[key]), key
 
 
-def test_stores_and_label_tables_equal_a_local_run(slurm_and_local):
-    on_slurm, local, _ = slurm_and_local
-    for shard in ("shard-00000", "shard-00001", "shard-00002"):
-        assert store_content(on_slurm / f"results/explain/{shard}.zarr") == \
-            store_content(local / f"results/explain/{shard}.zarr")
-        a, _ = read_table(on_slurm / f"results/labels/{shard}.parquet")
-        b, _ = read_table(local / f"results/labels/{shard}.parquet")
-        pd.testing.assert_frame_equal(a, b)
+def tiny_config(**overrides) -> dict:
+    config = yaml.safe_load(TINY.read_text())
+    update_config(config, overrides)
+    return config
 
 
-def test_cancelled_explain_job_resumes_to_the_identical_store(tmp_path):
+@contextlib.contextmanager
+def torch_threads(n: int):
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_stores_and_label_tables_equal_the_library_computed_here(tiny_on_slurm, tmp_path):
+    """Each SLURM job wrote what the library computes in this process from the same shard, zoo and settings."""
+    from pssl.explain.run import explain_shard
+    from pssl.labels import label_shard
+    from pssl.settings import explain_settings, label_settings
+
+    on_slurm, _ = tiny_on_slurm
+    config = tiny_config(**TWO_RANKS)
+    zoo = [str(on_slurm / f"results/zoo/{name}.pt") for name in zoo_specs(config, ensemble_only=True)]
+    with torch_threads(config["threads"]):
+        for shard in ("shard-00000", "shard-00001", "shard-00002"):
+            table = on_slurm / f"results/shards/{shard}.parquet"
+            here = tmp_path / f"{shard}.zarr"
+            explain_shard(table, zoo, here, explain_settings(config), device="cpu")
+            assert store_content(on_slurm / f"results/explain/{shard}.zarr") == store_content(here)
+            label_shard(table, here, zoo, tmp_path / f"{shard}.parquet", label_settings(config), device="cpu")
+            a, _ = read_table(on_slurm / f"results/labels/{shard}.parquet")
+            b, _ = read_table(tmp_path / f"{shard}.parquet")
+            pd.testing.assert_frame_equal(a, b)
+
+
+def test_cancelled_explain_job_resumes_to_the_identical_store(tiny_on_slurm, tmp_path):
+    from pssl.explain.run import explain_shard
+    from pssl.settings import explain_settings
+
     # Slow enough to be caught part-way: many noise samples, two images per batch.
-    slow = overlay(tmp_path, "slow", {"explain": {"n_samples": 300, "batch_size": 2, "sample_chunk": 50}})
+    slower = {"explain": {"n_samples": 300, "batch_size": 2, "sample_chunk": 50}}
+    slow = overlay(tmp_path, "slow", slower)
     target = "results/explain/shard-00000.zarr"
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    run_snakemake(reference, target, *slow)
-
+    on_slurm, _ = tiny_on_slurm
     workdir = tmp_path / "preempted"
-    workdir.mkdir()
+    copy_inputs(on_slurm, workdir, ("shards", "zoo"))  # only the explain job runs
+    config = tiny_config(**slower)
+    zoo = [str(workdir / f"results/zoo/{name}.pt") for name in zoo_specs(config, ensemble_only=True)]
+    reference = tmp_path / "reference.zarr"
+    with torch_threads(config["threads"]):
+        explain_shard(workdir / "results/shards/shard-00000.parquet", zoo, reference, explain_settings(config),
+                      device="cpu")
+
     log = open(tmp_path / "preempted.log", "w")  # a file, not a pipe nobody reads: --verbose would fill it
     proc = subprocess.Popen(
         [shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
@@ -294,4 +341,4 @@ def test_cancelled_explain_job_resumes_to_the_identical_store(tmp_path):
     to_do = int(re.search(r"(\d+)/(\d+) batches to do", job_log).group(1))
     batches, batch_size = n_total // 2, 2
     assert to_do <= batches - done // batch_size and to_do < batches, "finished images were not recomputed"
-    assert store_content(workdir / target) == store_content(reference / target)
+    assert store_content(workdir / target) == store_content(reference)
