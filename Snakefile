@@ -30,6 +30,10 @@ except ConfigError as error:
     sys.exit(f"ConfigError: {error}")  # one line; a traceback into this file would add nothing
 
 
+# The landing page of `snakemake --report`.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/explain.smk"

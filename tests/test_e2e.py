@@ -67,6 +67,15 @@ def test_report_table_has_every_cell(pipeline_run):
     for png in ("table3_gains.png", "pseudo_label_gallery.png"):
         with Image.open(workdir / "results/report" / png) as image:
             image.verify()
+    # the same tables as HTML, shown inline by snakemake --report and gathered in index.html
+    page = (workdir / "results/report/table3.html").read_text()
+    assert "<caption>Table 3: fine-tuning from ImageNet init vs PSSL init</caption>" in page
+    row = f"<td>CamVid</td>\n      <td>test</td>\n      <td>{table.loc['CamVid', 'PSPNet-test_resnet ImageNet']:.2f}</td>"
+    assert row in page
+    index = (workdir / "results/report/index.html").read_text()
+    assert row in index and '<img src="table3_gains.svg"' in index
+    quality = (workdir / "results/report/explain_quality.html").read_text()
+    assert "<caption>Pseudo-label quality" in quality and "<td>ensemble</td>" in quality
     assert "report/table3.md" in run_summary(workdir)
 
 

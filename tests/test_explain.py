@@ -311,6 +311,49 @@ def test_changed_parameters_do_not_resume_a_stale_partial(demo_shard, tiny_zoo, 
     assert store_content(out) == store_content(reference)
 
 
+def test_store_opens_in_xarray_with_named_dimensions(demo_shard, tiny_zoo, tmp_path):
+    """xarray.open_zarr gives named dimensions and the image ids as a coordinate; listing the finished group
+    (with Snakemake's marker file inside it, as the workflow leaves it) raises no warning."""
+    import warnings
+
+    import xarray as xr
+    import zarr
+    out = tmp_path / "s.zarr"
+    explain_shard(demo_shard, tiny_zoo, out, PARAMS)
+    (out / ".snakemake_timestamp").write_text("")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(out)
+        assert sorted(zarr.open_group(str(out), mode="r").array_keys()) == [
+            "class_idx", "deciles", "image_id", "model_deciles", "orig_hw", "status", "target"]
+    assert ds["deciles"].dims == ("image", "y", "x") and ds.sizes == {"image": 18, "y": 32, "x": 32, "model": 2,
+                                                                       "hw": 2}
+    assert ds["model_deciles"].dims == ("image", "model", "y", "x")
+    assert set(ds.coords) == {"image_id", "class_idx"}
+    group = store.open_store(out)
+    assert (ds["image_id"].values == group["image_id"][:]).all()
+    assert (ds["deciles"].values == group["deciles"][:]).all()
+    by_id = ds.set_index(image="image_id")  # select an image by its id
+    first = int(group["image_id"][0])
+    assert (by_id["deciles"].sel(image=first).values == group["deciles"][0]).all()
+
+
+def test_gallery_sample_spreads_over_classes_and_names_them(demo_shard, tiny_zoo, tmp_path):
+    from pssl.report.figures import class_names, read_image, spread_sample
+    out = tmp_path / "s.zarr"
+    explain_shard(demo_shard, tiny_zoo, out, PARAMS)
+    targets = store.open_store(out)["target"][:]
+    sample = spread_sample([str(out)], 4)
+    assert len({int(targets[row]) for _, row in sample[:3]}) == 3  # one image of each class first
+    assert len(sample) == 4 and len(set(sample)) == 4
+    frame, meta = read_table(demo_shard)
+    names = class_names(meta["root"])  # the demo's LOC_synset_mapping.txt, as ImageNet's
+    assert names["n90000000"] == "orange stripes disc"
+    image = read_image(store.open_store(out), 0)
+    assert image.title == f"{names[meta['classes'][int(targets[0])]]} (image {int(frame['image_id'][0])})"
+    assert image.rgb.shape[:2] == tuple(store.open_store(out)["orig_hw"][0])  # the image itself, not squashed
+
+
 def test_inspect_and_show(demo_shard, tiny_zoo, tmp_path):
     out = tmp_path / "s.zarr"
     explain_shard(demo_shard, tiny_zoo, out, PARAMS)

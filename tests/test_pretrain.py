@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, snakemake_env
-from pssl.data.pseudo import label_map, resize_nearest
+from pssl.data.images import resize_nearest
+from pssl.data.pseudo import label_map
 from pssl.labels import apply_policy
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import load_backbone_weights

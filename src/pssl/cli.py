@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
+from pssl import __version__
 from pssl.models.catalog import HEAD_NAMES
 from pssl.settings import (
     DemoSettings,
@@ -155,31 +157,43 @@ def _runtimes(a):
 
 def build_parser() -> argparse.ArgumentParser:
     from pssl.data.downstream import DATASETS
-    p = argparse.ArgumentParser(prog="pssl", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="pssl", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="PSSL pipeline stages as commands (Snakemake runs them; each also runs by hand).",
+        epilog="examples:\n"
+               "  pssl inspect results/explain/shard-00000.zarr\n"
+               "  pssl show results/explain/shard-00000.zarr --index 3 --out d.png\n"
+               "  pssl explain --shard results/shards/shard-00000.parquet --zoo results/zoo/*.pt "
+               "--out s.zarr --n-samples 8\n"
+               "  pssl runtimes --configfile config.yaml\n"
+               "`pssl <command> --help` lists a command's options with their defaults.")
+    p.add_argument("--version", action="version", version=f"pssl {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also: PSSL_DEBUG=1)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
     compute = compute_parser()
 
     s = sub.add_parser("demo-data", help="synthesise the embedded demo data")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="directory the demo tree is written to")
     add_settings_flags(s, DemoSettings)
     s.set_defaults(func=_demo_data)
 
     s = sub.add_parser("index", help="index an ImageNet-layout tree into index.parquet")
     s.add_argument("--root", required=True, help="directory holding <wnid>/<image> folders")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="index.parquet to write")
     s.add_argument("--unlabelled", action="store_true", help="ignore class folders (class_idx -1)")
     s.set_defaults(func=_index)
 
     s = sub.add_parser("shard", help="split index.parquet into contiguous shards")
-    s.add_argument("--index", required=True)
-    s.add_argument("--shard-size", type=int, required=True)
+    s.add_argument("--index", required=True, help="index.parquet to split")
+    s.add_argument("--shard-size", type=int, required=True, help="images per shard")
     s.add_argument("--out", required=True, help="shard directory")
     s.set_defaults(func=_shard)
 
     s = sub.add_parser("zoo", parents=[compute],
                        help="build one classifier of the zoo (train from scratch, or timm weights)")
     s.add_argument("--spec", required=True, help='JSON: "timm_name" or {"name", "arch", "kwargs"}')
-    s.add_argument("--source", choices=["train", "timm"], required=True)
+    s.add_argument("--source", choices=["train", "timm"], required=True,
+                   help="train: from scratch on the index; timm: pretrained weights from the cache, offline")
     s.add_argument("--out", required=True, help="zoo/<name>.pt (a .json record is written beside it)")
     s.add_argument("--index", help="index.parquet (source train)")
     s.add_argument("--cache-dir", default=None, help="timm weights cache (source timm)")
@@ -187,13 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_zoo)
 
     s = sub.add_parser("zoo-fetch", help="download pretrained timm weights into the cache (needs network)")
-    s.add_argument("--arch", action="append", required=True)
-    s.add_argument("--cache-dir", default=None)
+    s.add_argument("--arch", action="append", required=True, help="timm model name (repeat for several)")
+    s.add_argument("--cache-dir", default=None, help="weights cache (default: timm's / huggingface's)")
     s.set_defaults(func=_zoo_fetch)
 
     s = sub.add_parser("explain", parents=[compute],
                        help="SmoothGrad ensemble deciles of one shard into a zarr store")
-    s.add_argument("--shard", required=True)
+    s.add_argument("--shard", required=True, help="shards/<shard>.parquet: the images to explain")
     s.add_argument("--zoo", nargs="+", required=True, help="zoo/<name>.pt files, the ensemble's members")
     s.add_argument("--out", required=True, help="explain/<shard>.zarr")
     add_long_job_flags(s, distributed=False)
@@ -201,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_explain)
 
     s = sub.add_parser("eval-explain", help="pseudo-label quality against object masks (demo)")
-    s.add_argument("--stores", nargs="+", required=True)
-    s.add_argument("--index", required=True)
+    s.add_argument("--stores", nargs="+", required=True, help="explain stores to score")
+    s.add_argument("--index", required=True, help="index.parquet (image paths)")
     s.add_argument("--masks", required=True, help="masks/<wnid>/<name>.png root")
     s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=_eval_explain)
@@ -219,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_show)
 
     s = sub.add_parser("label", parents=[compute], help="teacher inference and pseudo-label policy for one shard")
-    s.add_argument("--shard", required=True)
+    s.add_argument("--shard", required=True, help="shards/<shard>.parquet")
     s.add_argument("--store", required=True, help="explain/<shard>.zarr")
     s.add_argument("--zoo", nargs="+", required=True, help="teacher: zoo/<name>.pt files (mean softmax)")
     s.add_argument("--out", required=True, help="labels/<shard>.parquet")
@@ -228,10 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", parents=[compute],
                        help="pre-train a segmentation model on the pseudo labels (torchrun/srun)")
-    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--stores", nargs="+", required=True, help="explain/<shard>.zarr of every shard")
     s.add_argument("--labels", nargs="+", required=True, help="labels/<shard>.parquet, same order as --stores")
     s.add_argument("--out-dir", required=True, help="pretrain/<model>: checkpoints, log.csv, final.pt")
-    s.add_argument("--head", required=True, choices=HEAD_NAMES)
+    s.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
     s.add_argument("--backbone", required=True, help="timm name")
     s.add_argument("--backbone-init", default=None, help="zoo/<name>.pt of the backbone's architecture")
     add_long_job_flags(s, distributed=True)
@@ -242,20 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval-pretrain", parents=[compute],
                        help="pre-trained models' foreground vs object masks (demo)")
     s.add_argument("--models", nargs="+", required=True, help="pretrain/<model>/final.pt")
-    s.add_argument("--stores", nargs="+", required=True)
-    s.add_argument("--index", required=True)
-    s.add_argument("--masks", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--stores", nargs="+", required=True, help="explain stores (the images to segment)")
+    s.add_argument("--index", required=True, help="index.parquet (image paths)")
+    s.add_argument("--masks", required=True, help="masks/<wnid>/<name>.png root (the demo's hidden objects)")
+    s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=_eval_pretrain)
 
     s = sub.add_parser("finetune", parents=[compute], help="fine-tune on a downstream dataset and evaluate it")
-    s.add_argument("--dataset", required=True, choices=list(DATASETS))
+    s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset")
     s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")
-    s.add_argument("--head", required=True, choices=HEAD_NAMES)
-    s.add_argument("--backbone", required=True)
-    s.add_argument("--init", required=True, choices=["imagenet", "pssl"])
+    s.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
+    s.add_argument("--backbone", required=True, help="timm name")
+    s.add_argument("--init", required=True, choices=["imagenet", "pssl"],
+                   help="imagenet: backbone from the zoo classifier; pssl: the pre-trained model")
     s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
-    s.add_argument("--out-dir", required=True, help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
+    s.add_argument("--out-dir", required=True,
+                   help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
     add_long_job_flags(s, distributed=True)
     add_settings_flags(s, FinetuneSettings)
     add_settings_flags(s, TrainSettings)
@@ -263,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("select-lr", help="keep the best learning rate (val mIoU) of a lr grid")
     s.add_argument("--runs", nargs="+", required=True, help="metrics.json of each lr")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the cell's metrics.json (the best lr's, with the grid recorded)")
     s.set_defaults(func=_select_lr)
 
     s = sub.add_parser("report", help="Table 3 (CSV, Markdown, figure) and the pseudo-label gallery")
@@ -281,9 +297,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_runtimes)
 
     s = sub.add_parser("summary", help="print where the pipeline's outputs are")
-    s.add_argument("--results", default="results")
+    s.add_argument("--results", default="results", help="results directory (default: %(default)s)")
     s.set_defaults(func=_summary)
+    for name, command in sub.choices.items():
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = f"example:\n  pssl {name} {EXAMPLES[name]}"
     return p
+
+
+# One example per command, shown under its --help (paths as the workflow lays them out).
+EXAMPLES = {
+    "demo-data": "--out data/demo --num-classes 6 --images-per-class 32",
+    "index": "--root /data/imagenet/train --out results/index.parquet",
+    "shard": "--index results/index.parquet --shard-size 5000 --out results/shards",
+    "zoo": "--spec '\"resnet50\"' --source timm --out results/zoo/resnet50.pt --cache-dir /shared/weights",
+    "zoo-fetch": "--arch resnet50 --arch vgg16_bn --cache-dir /shared/weights",
+    "explain": "--shard results/shards/shard-00000.parquet --zoo results/zoo/*.pt "
+               "--out results/explain/shard-00000.zarr --image-size 224 --n-samples 50",
+    "eval-explain": "--stores results/explain/*.zarr --index results/index.parquet --masks data/demo/imagenet/masks "
+                    "--out results/report/explain_quality.csv",
+    "inspect": "results/explain/shard-00000.zarr",
+    "show": "results/explain/shard-00000.zarr --index 3 --out d.png --model-deciles",
+    "label": "--shard results/shards/shard-00000.parquet --store results/explain/shard-00000.zarr "
+             "--zoo results/zoo/*.pt --out results/labels/shard-00000.parquet --policy gt",
+    "pretrain": "--stores results/explain/*.zarr --labels results/labels/*.parquet --out-dir results/pretrain/psp "
+                "--head pspnet --backbone resnet50d --backbone-init results/zoo/resnet50d.pt --epochs 30",
+    "eval-pretrain": "--models results/pretrain/*/final.pt --stores results/explain/*.zarr --index "
+                     "results/index.parquet --masks data/demo/imagenet/masks --out pretrain_quality.csv",
+    "finetune": "--dataset camvid --root /data/segmentation --head pspnet --backbone resnet50d --init pssl "
+                "--init-from results/pretrain/psp/final.pt --out-dir ft --crop 480 --base-size 520 --eval-split test",
+    "select-lr": "--runs ft/lr0.01/metrics.json ft/lr0.02/metrics.json --out ft/metrics.json",
+    "report": "--cells results/finetune/*/*/*/metrics.json --stores results/explain/*.zarr --out results/report",
+    "runtimes": "--configfile presets/paper.yaml",
+    "summary": "--results results",
+}
 
 
 def configure_logging() -> None:
@@ -292,10 +339,24 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+# What a user's input can raise (a missing file, a wrong store, an index out of range): reported in one line.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError, IndexError)
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except USER_ERRORS as error:
+        if args.debug or os.environ.get("PSSL_DEBUG"):
+            raise
+        message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+        if isinstance(error, FileNotFoundError) and " " not in message:  # pyarrow's message is the bare path
+            message = f"no such file or directory: {message}"
+        print(f"pssl {args.command}: error: {message} (--debug or PSSL_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 2
     return 0
 
 

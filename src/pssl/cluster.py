@@ -140,7 +140,8 @@ def runtime_minutes(config: dict, rule: str, wildcards: dict) -> int:
         return label_minutes(config)
     if rule == "pretrain":
         p = config["pretrain"]
-        return train_minutes(config, indexed_images(config), p["epochs"], p["crop"], train_layout(config, "pretrain").world)
+        world = train_layout(config, "pretrain").world
+        return train_minutes(config, indexed_images(config), p["epochs"], p["crop"], world)
     if rule == "finetune":
         geometry, train = finetune_settings(config, wildcards["dataset"], wildcards["model"])
         return train_minutes(config, DATASETS[wildcards["dataset"]].train_images, train.epochs, geometry.crop,

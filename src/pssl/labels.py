@@ -78,11 +78,12 @@ def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[st
     table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "gt_class": gt,
                           "teacher_class": probs.argmax(1).astype(np.int64), "teacher_conf": probs.max(1),
                           "label": label.astype(np.int64), "keep": keep, "fg_fraction": fg})
-    write_table(table, out, {**meta, "num_classes": int(probs.shape[1]), "policy": policy, "top_k": top_k, "min_conf": min_conf,
-                             "decile_threshold": settings.decile_threshold, "teacher": [Path(p).stem for p in zoo_paths]})
+    write_table(table, out, {**meta, "num_classes": int(probs.shape[1]), "policy": policy, "top_k": top_k,
+                             "min_conf": min_conf, "decile_threshold": settings.decile_threshold,
+                             "teacher": [Path(p).stem for p in zoo_paths]})
     labelled = gt >= 0
     agree = float((table["teacher_class"][labelled] == gt[labelled]).mean()) if labelled.any() else float("nan")
     log.info(f"{Path(shard).stem}: teacher on {dev}, {allocation()}")
     log.info(f"{Path(shard).stem}: {int(keep.sum())}/{n} kept under policy {policy!r}; "
-          f"teacher top-1 agrees with the label on {agree:.3f} of labelled images")
+             f"teacher top-1 agrees with the label on {agree:.3f} of labelled images")
     return table

@@ -6,12 +6,17 @@ Arrays (N images, S = explanation resolution, M models):
   image_id int64 (N,), orig_hw int32 (N, 2), class_idx int16 (N,), target int16 (N,) (class explained)
   status         uint8 (N,)  0 = not yet, 1 = done, 2 = unreadable input (reason in attrs["unreadable"])
 Attrs: format_version, models, smoothgrad parameters, config_hash, timing, unreadable.
+
+Every array names its dimensions (image, model, y, x, hw) and the decile arrays list image_id and class_idx
+as their coordinates, so `xarray.open_zarr(store)` gives a Dataset with named dimensions and the image ids
+as a coordinate; a finished store carries consolidated metadata (one read lists the group).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,7 @@ STATUS_NAMES = {PENDING: "pending", DONE: "done", UNREADABLE: "unreadable"}
 # blosc-zstd), and its 0.8 ms per image to write is nothing next to explaining the image.
 DECILE_CODEC = ZstdCodec(level=9)
 IMAGES_PER_ZARR_SHARD = 256
+COORDINATES = "image_id class_idx"  # CF "coordinates": what xarray attaches to each image of a decile array
 
 
 def create_store(path: str | os.PathLike, image_ids: np.ndarray, class_idx: np.ndarray, size: int,
@@ -34,19 +40,31 @@ def create_store(path: str | os.PathLike, image_ids: np.ndarray, class_idx: np.n
     n = len(image_ids)
     per_shard = max(1, min(n, IMAGES_PER_ZARR_SHARD))
     group = zarr.create_group(store=str(path), zarr_format=3, overwrite=True)
-    group.create_array("deciles", shape=(n, size, size), dtype="uint8", chunks=(1, size, size),
-                       shards=(per_shard, size, size), compressors=codec, fill_value=0)
+    maps = group.create_array("deciles", shape=(n, size, size), dtype="uint8", chunks=(1, size, size),
+                              shards=(per_shard, size, size), compressors=codec, fill_value=0,
+                              dimension_names=("image", "y", "x"))
+    maps.attrs["coordinates"] = COORDINATES
     if keep_model_deciles:
-        group.create_array("model_deciles", shape=(n, n_models, size, size), dtype="uint8",
-                           chunks=(1, n_models, size, size), shards=(per_shard, n_models, size, size),
-                           compressors=codec, fill_value=0)
-    group.create_array("image_id", data=np.asarray(image_ids, dtype="int64"), chunks=(max(1, n),))
-    group.create_array("class_idx", data=np.asarray(class_idx, dtype="int16"), chunks=(max(1, n),))
-    group.create_array("target", shape=(n,), dtype="int16", chunks=(max(1, n),), fill_value=-1)
-    group.create_array("orig_hw", shape=(n, 2), dtype="int32", chunks=(max(1, n), 2), fill_value=0)
-    group.create_array("status", shape=(n,), dtype="uint8", chunks=(max(1, n),), fill_value=PENDING)
+        maps = group.create_array("model_deciles", shape=(n, n_models, size, size), dtype="uint8",
+                                  chunks=(1, n_models, size, size), shards=(per_shard, n_models, size, size),
+                                  compressors=codec, fill_value=0, dimension_names=("image", "model", "y", "x"))
+        maps.attrs["coordinates"] = COORDINATES
+    per_image = {"chunks": (max(1, n),), "dimension_names": ("image",)}
+    group.create_array("image_id", data=np.asarray(image_ids, dtype="int64"), **per_image)
+    group.create_array("class_idx", data=np.asarray(class_idx, dtype="int16"), **per_image)
+    group.create_array("target", shape=(n,), dtype="int16", fill_value=-1, **per_image)
+    group.create_array("orig_hw", shape=(n, 2), dtype="int32", chunks=(max(1, n), 2), fill_value=0,
+                       dimension_names=("image", "hw"))
+    group.create_array("status", shape=(n,), dtype="uint8", fill_value=PENDING, **per_image)
     group.attrs.update({"format_version": FORMAT_VERSION, "unreadable": {}, **attrs})
     return group
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Write the finished store's consolidated metadata (zarr-python's extension to v3; xarray reads it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
 
 
 def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:

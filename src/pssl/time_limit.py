@@ -64,7 +64,7 @@ class TimeLimit:
         The state must be saved before."""
         if requeue:
             log.info(f"SLURM job {self.job_id}: {self.seconds_left():.0f} s left, within the {self.margin:.0f} s "
-                  f"margin: state saved, requeueing")
+                     f"margin: state saved, requeueing")
             subprocess.run(["scontrol", "requeue", self.job_id], check=True)
         time.sleep(600)  # SLURM ends this run; returning would let the step finish without its outputs
         raise SystemExit(f"SLURM job {self.job_id} was requeued but not stopped within 10 minutes")

@@ -128,15 +128,22 @@ def finetune_results(wildcards=None):
 
 
 REPORT_FILES = [f"{RESULTS}/report/{name}" for name in
-                ("table3.csv", "table3.md", "table3_gains.png", "table3_gains.svg", "pseudo_label_gallery.png")]
+                ("table3.html", "table3.csv", "table3.md", "table3_gains.png", "table3_gains.svg",
+                 "pseudo_label_gallery.png", "pseudo_label_gallery.pdf", "index.html")]
 MODEL_TITLES = {m: model_title(PRETRAIN[m]["head"], PRETRAIN[m]["backbone"]) for m in PRETRAIN}
+
+
+QUALITY = ["explain_quality", "pretrain_quality"]  # demo only: scores against the hidden object masks
 
 
 def quality_tables(wildcards=None):
     """Demo only: pseudo-label and pre-training quality against the hidden object masks."""
-    if not config["demo"]["enabled"]:
-        return []
-    return [f"{RESULTS}/report/explain_quality.csv", f"{RESULTS}/report/pretrain_quality.csv"]
+    return [f"{RESULTS}/report/{name}.csv" for name in QUALITY] if config["demo"]["enabled"] else []
+
+
+def quality_pages():
+    """The quality tables as the report writes them (HTML)."""
+    return [f"{RESULTS}/report/{name}.html" for name in QUALITY] if config["demo"]["enabled"] else []
 
 
 def final_outputs():

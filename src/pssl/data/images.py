@@ -61,3 +61,11 @@ def long_side_size(h: int, w: int, long_side: int) -> tuple[int, int]:
     if h > w:
         return long_side, int(w * long_side / h + 0.5)
     return int(h * long_side / w + 0.5), long_side
+
+
+def resize_nearest(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize an integer map to (H, W) with nearest neighbour (exact for any label value)."""
+    h, w = hw
+    rows = np.minimum((np.arange(h) + 0.5) * labels.shape[0] / h, labels.shape[0] - 1).astype(np.int64)
+    cols = np.minimum((np.arange(w) + 0.5) * labels.shape[1] / w, labels.shape[1] - 1).astype(np.int64)
+    return labels[rows[:, None], cols[None, :]]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pssl import store
-from pssl.data.images import load_rgb
+from pssl.data.images import load_rgb, resize_nearest
 from pssl.data.transforms import augment, train_transforms
 from pssl.tables import read_table
 
@@ -31,14 +31,6 @@ def label_map(deciles: np.ndarray, label: int, background: int, threshold: int =
     if ignore_deciles:
         out[np.isin(deciles, ignore_deciles)] = PSEUDO_IGNORE
     return out
-
-
-def resize_nearest(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Resize an integer map to (H, W) with nearest neighbour (exact for any label value)."""
-    h, w = hw
-    rows = np.minimum((np.arange(h) + 0.5) * labels.shape[0] / h, labels.shape[0] - 1).astype(np.int64)
-    cols = np.minimum((np.arange(w) + 0.5) * labels.shape[1] / w, labels.shape[1] - 1).astype(np.int64)
-    return labels[rows[:, None], cols[None, :]]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ class ShardBatches(torch.utils.data.Dataset):
     """Batch i = rows [i*B, (i+1)*B) of the shard, decoded at S x S; runs in DataLoader workers."""
 
     def __init__(self, root: Path, relpaths: list[str], batch_size: int, image_size: int, batches: list[int]):
-        self.root, self.relpaths, self.batch_size, self.size, self.batches = root, relpaths, batch_size, image_size, batches
+        self.root, self.relpaths, self.batches = root, relpaths, batches
+        self.batch_size, self.size = batch_size, image_size
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -77,7 +77,7 @@ def write_quality(stores: list[str], index: str, masks_root: str, out: str) -> p
         ens = table.iloc[0]
         beaten = int((single["best_iou"] < ens["best_iou"]).sum())
         log.info(f"ensemble best-IoU {ens['best_iou']:.3f} beats {beaten}/{len(single)} single models "
-              f"(best single: {single['best_iou'].max():.3f})")
+                 f"(best single: {single['best_iou'].max():.3f})")
     return table
 
 

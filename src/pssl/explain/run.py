@@ -117,7 +117,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
     pending = [b for b in range(n_batches)
                if (status[b * settings.batch_size:(b + 1) * settings.batch_size] == store.PENDING).any()]
     log.info(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
-          f"on {dev} ({'bf16' if bf16 else 'fp32'}), {allocation()}")
+             f"on {dev} ({'bf16' if bf16 else 'fp32'}), {allocation()}")
     class_idx_all = torch.tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
     image_ids = frame["image_id"].to_numpy()
     loader = torch.utils.data.DataLoader(
@@ -160,9 +160,10 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
     timing[f"run_{len(timing)}"] = {"seconds": round(time.monotonic() - t0, 2), "batches": len(pending),
                                     "device": str(dev)}
     group.attrs["timing"] = timing
+    store.consolidate(partial)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
     log.info(f"{Path(shard).stem}: done, {n - unreadable} explained, {unreadable} unreadable"
-          + (": " + "; ".join(f"{k}: {v}" for k, v in group.attrs["unreadable"].items()) if unreadable else ""))
+             + (": " + "; ".join(f"{k}: {v}" for k, v in group.attrs["unreadable"].items()) if unreadable else ""))
     return {"images": n, "unreadable": unreadable}

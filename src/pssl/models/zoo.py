@@ -202,8 +202,9 @@ def zoo_from_scratch(spec: ClassifierSpec, index_path, out, settings: ZooSetting
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
-        log.info(f"{spec.name}: epoch {epoch + 1}/{epochs} loss {total / len(order):.3f}")
+            total += loss.item() * len(idx)
+        log.info(f"{spec.name}: epoch {epoch + 1}/{epochs} loss {total / len(order):.3f}, "
+                 f"{time.monotonic() - start:.1f} s")
     acc = accuracy(model, images[held_idx], labels[held_idx], dev)
     save_classifier(out, spec, net.cpu(), num_classes, "train")
     record = {"name": spec.name, "arch": spec.arch, "kwargs": spec.kwargs, "source": "train",
@@ -214,5 +215,5 @@ def zoo_from_scratch(spec: ClassifierSpec, index_path, out, settings: ZooSetting
     with atomic_file(Path(out).with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     log.info(f"{spec.name}: held-out accuracy {acc:.3f} on {len(held_idx)} images "
-          f"(chance {1 / num_classes:.3f}), {record['seconds']} s")
+             f"(chance {1 / num_classes:.3f}), {record['seconds']} s")
     return record

@@ -25,6 +25,6 @@ def select_best_lr(runs: list[str], out: str) -> dict:
     best = {**best, "lr_grid": {str(m["lr"]): m["selection"]["miou"] for m in results}}
     with atomic_file(out) as tmp:
         tmp.write_text(json.dumps(best, indent=2) + "\n")
-    log.info(f"best lr {best['lr']} ({best['selection']['split']} mIoU {best['selection']['miou']:.4f}) "
-          f"of {sorted(best['lr_grid'])}")
+    log.info(f"best lr {best['lr']} ({best['selection']['split']} mIoU {100 * best['selection']['miou']:.2f} %) "
+             f"of {sorted(best['lr_grid'])}")
     return best

@@ -19,4 +19,6 @@ def summarize(results: str | Path) -> str:
             parts.append(f"{stage} {pattern.split('/')[0]}/ ({len(found)})" if "*" in pattern else pattern)
     line = f"outputs under {results}/: " + (", ".join(parts) if parts else "none yet")
     table = results / "report" / "table3.md"
-    return line + ("\n\n" + table.read_text() if table.exists() else "")
+    if not table.exists():
+        return line
+    return f"{line}\nall tables and figures on one page: {results / 'report' / 'index.html'}\n\n{table.read_text()}"

@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pssl import store
 from pssl.data.downstream import DATASETS
-from pssl.data.images import load_rgb
 from pssl.io import atomic_file
-from pssl.report.figures import grid, store_panels
-from pssl.tables import read_table
+from pssl.report.figures import gallery
+from pssl.report.html import html_page, html_table
 
 
 def collect(cells: list[str]) -> pd.DataFrame:
@@ -65,19 +63,27 @@ def _cell(column: str, value) -> str:
     return f"{value:+.2f}" if column.endswith("diff") else f"{value:.2f}"
 
 
+def table3_note(table: pd.DataFrame, cells: pd.DataFrame) -> str:
+    """What the numbers are: unit, split, missing cells, and the learning rate behind each column."""
+    lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
+    grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
+    missing = " – : no result for that cell." if table.drop(columns="split").isna().to_numpy().any() else ""
+    return (f"mIoU (%) on the split named per row.{missing} Learning rates ({grid_note}): " +
+            "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
+
+
+def formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 as the text it is printed with: two decimals, signed differences, – for a missing cell."""
+    return pd.DataFrame({c: [_cell(c, v) for v in table[c]] for c in table.columns}, index=table.index)
+
+
 def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "|".join("---" if c == "split" else "---:"
                                                                           for c in cols) + "|"]
-    for name, row in table.iterrows():
-        lines.append(f"| {name} | " + " | ".join(_cell(c, v) for c, v in row.items()) + " |")
-    lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
-    grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
-    lines.append("")
-    missing = " – : no result for that cell." if table.drop(columns="split").isna().to_numpy().any() else ""
-    lines.append(f"mIoU (%) on the split named per row.{missing} Learning rates ({grid_note}): " +
-                 "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
-    return "\n".join(lines) + "\n"
+    for name, row in formatted(table).iterrows():
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n\n" + table3_note(table, cells) + "\n"
 
 
 def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
@@ -116,22 +122,19 @@ def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
     plt.close(fig)
 
 
-def gallery(stores: list[str], out: str | Path, per_store: int = 2) -> None:
-    """Image | ensemble decile heat map | D9 pseudo label, for a few images of each store."""
-    rows = []
-    for path in stores:
-        group = store.open_store(path)
-        frame, meta = read_table(group.attrs["shard_table"])
-        done = np.flatnonzero(group["status"][:] == store.DONE)[:per_store]
-        for row in done:
-            rgb = load_rgb(Path(meta["root"]) / frame["relpath"].iloc[row])
-            rows.append(store_panels(group, int(row), rgb))
-    with atomic_file(out) as tmp:
-        grid(rows).save(tmp, format="PNG")
+TABLE3_CAPTION = "Table 3: fine-tuning from ImageNet init vs PSSL init"
+QUALITY_CAPTIONS = {  # demo only: scores against the synthetic images' hidden object masks
+    "explain_quality": "Pseudo-label quality against the hidden object masks: precision of the D9 region and "
+                       "best IoU over decile thresholds, the ensemble and each classifier",
+    "pretrain_quality": "Pre-trained models against the hidden object masks: pixel accuracy and foreground IoU, "
+                        "next to the D9 pseudo labels they learned from",
+}
 
 
 def write_report(cell_files: list[str], out_dir: str, model_titles: dict[str, str], stores: list[str],
                  quality_tables: list[str]) -> str:
+    """Table 3 (CSV, Markdown, HTML), the gains figure, the gallery, each quality table as HTML, and
+    index.html showing all of it; returns the Markdown."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = collect(cell_files)
@@ -140,12 +143,32 @@ def write_report(cell_files: list[str], out_dir: str, model_titles: dict[str, st
         table.to_csv(tmp, float_format="%.2f")
     with atomic_file(out / "finetune_cells.csv") as tmp:
         cells.to_csv(tmp, index=False, float_format="%.4f")
-    md = "## Table 3: fine-tuning from ImageNet init vs PSSL init\n\n" + markdown(table, cells)
+    md = f"## {TABLE3_CAPTION}\n\n" + markdown(table, cells)
+    table3_html = html_table(formatted(table).reset_index(), TABLE3_CAPTION, table3_note(table, cells), index=False)
+    pages = {"table3.html": (TABLE3_CAPTION, table3_html)}
     for q in quality_tables:  # pandas' to_markdown uses tabulate, which snakemake already depends on
-        md += f"\n### {Path(q).stem.replace('_', ' ')}\n\n" + pd.read_csv(q).to_markdown(index=False, floatfmt=".3f") + "\n"
+        quality, name = pd.read_csv(q), Path(q).stem
+        md += f"\n### {name.replace('_', ' ')}\n\n{quality.to_markdown(index=False, floatfmt='.3f')}\n"
+        caption = QUALITY_CAPTIONS.get(name, name.replace("_", " "))
+        pages[f"{name}.html"] = (caption, html_table(quality.map(_quality_cell), caption, index=False))
     with atomic_file(out / "table3.md") as tmp:
         tmp.write_text(md)
     gain_figure(table, out / "table3_gains.png")
     gallery(stores, out / "pseudo_label_gallery.png")
+    for name, (title, body) in pages.items():
+        with atomic_file(out / name) as tmp:
+            tmp.write_text(html_page(title, body))
+    figures = ('<img src="table3_gains.svg" alt="PSSL - ImageNet mIoU per dataset and model">\n'
+               '<h3>Pseudo labels</h3>\n<img src="pseudo_label_gallery.png" alt="pseudo-label gallery">')
+    quality_html = "\n".join(body for name, (_, body) in pages.items() if name != "table3.html")
+    links = " · ".join(f'<a href="{f}">{f}</a>' for f in ("table3.csv", "table3.md", "finetune_cells.csv",
+                                                          "table3_gains.svg", "pseudo_label_gallery.pdf"))
+    with atomic_file(out / "index.html") as tmp:
+        tmp.write_text(html_page("PSSL report", f"<h2>PSSL report</h2>\n{table3_html}\n{figures}\n"
+                                                f"{quality_html}\n<p class=\"note\">Files: {links}</p>"))
     return md
+
+
+def _quality_cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 

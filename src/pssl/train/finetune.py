@@ -74,8 +74,8 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
         raise ValueError(f"init must be 'imagenet' or 'pssl', got {init!r}")
     if info.main:
         log.info(f"finetune {dataset} {head}-{backbone} init {init}: {loaded}; {len(train_set)} train, "
-              f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "
-              f"{info.world} process(es), {allocation()}")
+                 f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "
+                 f"{info.world} process(es), {allocation()}")
     weight = class_weights(train_set.num_classes, None, 1.0)
     model = fit(model, FinetuneDataset(train_set, settings.crop, settings.base_size, train.seed), weight, train,
                 out_dir, info, ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min))
@@ -104,8 +104,8 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         # Finished: final.pt and metrics.json are the job's outputs; resuming needs the checkpoints no more.
         remove_checkpoints(out_dir)
-        log.info(f"{dataset} {head}-{backbone} {init}: {settings.eval_split} mIoU {result['miou']:.4f}, pixel acc "
-              f"{result['pixel_acc']:.4f}; val mIoU {results['val']['miou']:.4f}")
+        log.info(f"{dataset} {head}-{backbone} {init}: {settings.eval_split} mIoU {100 * result['miou']:.2f} %, "
+                 f"pixel acc {100 * result['pixel_acc']:.2f} %; val mIoU {100 * results['val']['miou']:.2f} %")
     del model
     shutdown(info)
     return metrics

@@ -145,7 +145,7 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
             rate = images.shape[0] * info.world / (time.perf_counter() - started)
             lr = t.optimizer.param_groups[0]["lr"]
             log_csv.row(t.step, epoch, f"{loss.item() / info.world:.5f}", f"{lr:.6g}", f"{rate:.2f}")
-            progress.update(loss=loss.item() / info.world, lr=lr)
+            progress.update(epoch=epoch + 1, loss=loss.item() / info.world, lr=lr)
         if time_limit is not None:
             time_limit.advance()
         if t.step % p.checkpoint_every == 0 or t.step % t.steps_per_epoch == 0 or stop:

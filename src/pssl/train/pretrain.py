@@ -41,7 +41,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     init = init_backbone_from(model, backbone_init)
     if info.main:
         log.info(f"pretrain {head}-{backbone}: {num_classes} + 1 classes, backbone init {init}, "
-              f"{info.world} process(es) on {info.device}, {allocation()}")
+                 f"{info.world} process(es) on {info.device}, {allocation()}")
     weight = class_weights(num_classes + 1, background=num_classes, w_bg=s.w_bg)
     model = fit(model, dataset, weight, train, out_dir, info, ignore_index=PSEUDO_IGNORE,
                 time_limit=TimeLimit(requeue_margin_min))
