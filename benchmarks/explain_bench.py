@@ -22,6 +22,7 @@ import torch
 import yaml
 from captum.attr import NoiseTunnel, Saliency
 
+from pssl.allocator import keep_freed_memory
 from pssl.config import zoo_specs
 from pssl.data.images import load_rgb, resize_square
 from pssl.device import precision_for, resolve_device
@@ -76,11 +77,14 @@ def naive(scorers, images, targets, n_samples, noise_level) -> torch.Tensor:
     return to_deciles(ensemble / len(scorers))
 
 
+CHANNELS_LAST = False  # --channels-last: also on CPU (CUDA always)
+
+
 def ours(scorers, images, targets, params: ExplainSettings, bf16: bool) -> torch.Tensor:
     out = []
     for i in range(0, images.shape[0], params.batch_size):
         x = images[i:i + params.batch_size]
-        if x.is_cuda:
+        if x.is_cuda or CHANNELS_LAST:
             x = x.contiguous(memory_format=torch.channels_last)
         out.append(explain_batch(scorers, x, targets[i:i + params.batch_size], params, bf16)[0])
     return torch.cat(out)
@@ -112,11 +116,21 @@ def main() -> None:
     p.add_argument("--sample-chunk", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--allocator", choices=["keep", "default"], default="keep",
+                   help="keep: glibc keeps freed buffers, as every pssl command sets it; default: glibc's own")
+    p.add_argument("--bf16", action="store_true", help="also measure the bf16 path where auto would not pick it")
+    p.add_argument("--channels-last", action="store_true", help="channels_last models and inputs on CPU too")
     args = p.parse_args()
+    global CHANNELS_LAST
+    CHANNELS_LAST = args.channels_last
+    if args.allocator == "keep":
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     scorers = models_from(args, dev)
+    if args.channels_last:
+        scorers = [s.to(memory_format=torch.channels_last) for s in scorers]
     images, targets = load_images(args.index, args.images, args.image_size)
     images, targets = images.to(dev), targets.to(dev)
     targets = targets % scorers[0].classifier.model.num_classes if not args.zoo else targets
@@ -140,7 +154,7 @@ def main() -> None:
     got = ours(scorers, images, targets, exact, False)
     print(f"decile agreement fp32 vs naive (identical noise): {(ref == got).float().mean().item() * 100:.3f}%")
 
-    if precision_for(dev, training=False) == "bf16":
+    if args.bf16 or precision_for(dev, training=False) == "bf16":
         torch.manual_seed(0)
         t_bf16, _ = timed(lambda: ours(scorers, images, targets, params, True), dev)
         print(f"pssl bf16         : {n_units / t_bf16:8.2f} images x models / s  ({t_bf16:.1f} s)  "

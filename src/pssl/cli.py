@@ -9,6 +9,7 @@ import os
 import sys
 
 from pssl import __version__
+from pssl.allocator import keep_freed_memory
 from pssl.models.catalog import HEAD_NAMES
 from pssl.settings import (
     DemoSettings,
@@ -345,6 +346,7 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueErro
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
+    keep_freed_memory()  # before any tensor work: large CPU tensors otherwise spend their time in page faults
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
