@@ -1,7 +1,6 @@
 # Shared paths and helpers for every stage. Logic lives in the pssl package; this file only wires paths.
 import json
 import os
-
 import re
 
 from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_minutes, train_layout, zoo_gpus
@@ -64,7 +63,6 @@ wildcard_constraints:
     init="imagenet|pssl",
     lr=one_of(LRS),
     shard=r"shard-\d+",
-
 
 
 def zoo_files(wildcards=None):
