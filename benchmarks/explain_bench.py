@@ -77,14 +77,13 @@ def naive(scorers, images, targets, n_samples, noise_level) -> torch.Tensor:
     return to_deciles(ensemble / len(scorers))
 
 
-CHANNELS_LAST = False  # --channels-last: also on CPU (CUDA always)
-
-
-def ours(scorers, images, targets, params: ExplainSettings, bf16: bool) -> torch.Tensor:
+def ours(scorers, images, targets, params: ExplainSettings, bf16: bool, channels_last: bool = False) -> torch.Tensor:
+    """channels_last inputs on CUDA always, on CPU with --channels-last (models converted to match)."""
     out = []
+    channels_last = channels_last or images.is_cuda
     for i in range(0, images.shape[0], params.batch_size):
         x = images[i:i + params.batch_size]
-        if x.is_cuda or CHANNELS_LAST:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out.append(explain_batch(scorers, x, targets[i:i + params.batch_size], params, bf16)[0])
     return torch.cat(out)
@@ -121,8 +120,6 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="also measure the bf16 path where auto would not pick it")
     p.add_argument("--channels-last", action="store_true", help="channels_last models and inputs on CPU too")
     args = p.parse_args()
-    global CHANNELS_LAST
-    CHANNELS_LAST = args.channels_last
     if args.allocator == "keep":
         keep_freed_memory()
     if args.threads:
@@ -140,26 +137,26 @@ def main() -> None:
     print(f"{images.shape[0]} images x {len(scorers)} models, S={args.image_size}, n_samples={args.n_samples}, "
           f"device {dev}, torch threads {torch.get_num_threads()}")
 
-    ours(scorers, images[:2], targets[:2], params, False)  # warm-up
+    ours(scorers, images[:2], targets[:2], params, False, args.channels_last)  # warm-up
     torch.manual_seed(0)
     t_naive, _ = timed(lambda: naive(scorers, images, targets, args.n_samples, args.noise_level), dev)
     torch.manual_seed(0)
-    t_ours, _ = timed(lambda: ours(scorers, images, targets, params, False), dev)
+    t_ours, _ = timed(lambda: ours(scorers, images, targets, params, False, args.channels_last), dev)
     print(f"naive captum fp32 : {n_units / t_naive:8.2f} images x models / s  ({t_naive:.1f} s)")
     print(f"pssl fp32         : {n_units / t_ours:8.2f} images x models / s  ({t_ours:.1f} s)  "
           f"speed-up {t_naive / t_ours:.2f}x")
 
     exact = ExplainSettings(**{**params.__dict__, "noise_level": 0.0})
     ref = naive(scorers, images, targets, args.n_samples, 0.0)
-    got = ours(scorers, images, targets, exact, False)
+    got = ours(scorers, images, targets, exact, False, args.channels_last)
     print(f"decile agreement fp32 vs naive (identical noise): {(ref == got).float().mean().item() * 100:.3f}%")
 
     if args.bf16 or precision_for(dev, training=False) == "bf16":
         torch.manual_seed(0)
-        t_bf16, _ = timed(lambda: ours(scorers, images, targets, params, True), dev)
+        t_bf16, _ = timed(lambda: ours(scorers, images, targets, params, True, args.channels_last), dev)
         print(f"pssl bf16         : {n_units / t_bf16:8.2f} images x models / s  ({t_bf16:.1f} s)  "
               f"speed-up {t_naive / t_bf16:.2f}x over naive")
-        low = ours(scorers, images, targets, exact, True)
+        low = ours(scorers, images, targets, exact, True, args.channels_last)
         d9_ref, d9_low = got == 9, low == 9
         iou = ((d9_ref & d9_low).sum() / (d9_ref | d9_low).sum()).item()
         print(f"bf16 vs fp32 (identical noise): decile agreement {(low == got).float().mean().item() * 100:.3f}%, "

@@ -330,7 +330,7 @@ def test_cancelled_explain_job_resumes_to_the_identical_store(tiny_on_slurm, tmp
             break
         time.sleep(0.2)
     assert 0 < done < n_total, f"explain job not caught part-way (done {done})"
-    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], check=True, capture_output=True, text=True).stdout.split()
     subprocess.run(["scancel", *jobs], check=True)
     try:
         proc.wait(timeout=90)

@@ -77,7 +77,6 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self.skipped = skipped
         self._groups = None  # opened lazily, per worker process
         log.info("pseudo-labelled set: %d images used, skipped %s", len(self.samples), skipped)
-        log.info(f"pseudo-labelled set: {len(self.samples)} images, skipped {skipped}")
         if not self.samples:
             raise ValueError("no pseudo-labelled image is usable (all dropped by the label policy or unexplained)")
 

@@ -8,6 +8,7 @@ the image id, with one decile colour bar.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,8 @@ class StoredImage:
     title: str                # explained class and image id
 
 
-def class_names(image_root: str | Path) -> dict[str, str]:
+@functools.lru_cache(maxsize=None)
+def class_names(image_root: str) -> dict[str, str]:
     """wnid -> short class name from the LOC_synset_mapping.txt that ImageNet's (and the demo's) layout keeps
     beside or above the train folder; {} when there is none (figures then show wnids)."""
     root = Path(image_root)
@@ -49,6 +51,12 @@ def class_names(image_root: str | Path) -> dict[str, str]:
     return {}
 
 
+@functools.lru_cache(maxsize=None)
+def shard_table(path: str):
+    """A store's shard table, read once however many of its images a figure shows."""
+    return read_table(path)
+
+
 def read_image(group, row: int, with_models: bool = False) -> StoredImage:
     """Row `row` of an explain store (status done) with its image, read through the store's shard table."""
     n = group["status"].shape[0]
@@ -58,7 +66,7 @@ def read_image(group, row: int, with_models: bool = False) -> StoredImage:
     if status != store.DONE:
         reason = group.attrs["unreadable"].get(str(int(group["image_id"][row])), "")
         raise ValueError(f"image {row} has status {store.STATUS_NAMES[status]} {reason}".strip())
-    frame, meta = read_table(group.attrs["shard_table"])
+    frame, meta = shard_table(group.attrs["shard_table"])
     rgb = load_rgb(Path(meta["root"]) / frame["relpath"].iloc[row])
     target = int(group["target"][row])
     wnid = meta["classes"][target] if 0 <= target < len(meta.get("classes", [])) else f"class {target}"
@@ -154,7 +162,8 @@ def spread_sample(stores: list[str], count: int) -> list[tuple[str, int]]:
 def gallery(stores: list[str], out: str | Path, count: int = 12) -> None:
     """The report's pseudo-label gallery: `count` images spread over the classes, two per figure row; PNG at
     `out` and a PDF beside it."""
-    images = [read_image(store.open_store(path), row) for path, row in spread_sample(stores, count)]
+    groups = {path: store.open_store(path) for path in stores}
+    images = [read_image(groups[path], row) for path, row in spread_sample(stores, count)]
     if not images:
         raise ValueError("no explained image in the stores: nothing to show in the gallery")
     save_figure(images, out, per_row=2, extra_formats=("pdf",), dpi=100)

@@ -89,9 +89,7 @@ def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
 def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
     """Grouped bars of PSSL init - ImageNet init mIoU (points) per dataset and model, each bar labelled with
     its value; PNG at `out` and an SVG beside it (for papers and slides)."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display (compute nodes have none)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the Agg backend: pssl.report.figures selects it on import
 
     diffs = table[[c for c in table.columns if c.endswith("diff")]]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(diffs.index) + 2), 4.0), layout="constrained")
