@@ -395,3 +395,81 @@ def test_foreground_scores_by_hand():
     acc, iou = foreground_scores(pred, mask)
     assert acc == 4 / 6 and iou == 1 / 3
     assert foreground_scores(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == (1.0, 0.0)
+
+
+# ---- speed: the sample chunk and the precision ----------------------------------------------------------
+
+class ConvReluMean(nn.Module):
+    """conv (frozen) -> ReLU -> spatial mean: autograd saves exactly the conv input and the ReLU output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x):
+        return self.conv(x).relu().mean(dim=(2, 3))
+
+
+def test_the_chunk_changes_the_speed_not_the_noise():
+    x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    scorer, targets = TargetScore(ConvReluMean()), torch.tensor([0, 5, 7])
+    results = []
+    for chunk in (1, 2, 3, 7, None):
+        torch.manual_seed(11)
+        results.append(smoothgrad(scorer, x, targets, n_samples=7, noise_level=0.3, sample_chunk=chunk))
+    scale = float(results[0].abs().max())
+    for other in results[1:]:
+        assert float((results[0] - other).abs().max()) < 1e-5 * scale
+    torch.manual_seed(12)
+    other_noise = smoothgrad(scorer, x, targets, 7, 0.3, 2)
+    assert float((results[0] - other_noise).abs().max()) > 0.1 * scale, "the test must see the noise"
+
+
+def test_saved_activation_bytes_are_counted_per_sample():
+    from pssl.explain.chunking import saved_bytes_per_sample
+    image = torch.rand(2, 3, 16, 16)
+    counted = saved_bytes_per_sample(TargetScore(ConvReluMean()), image, torch.tensor([1, 1]), bf16=False)
+    conv_input, relu_output, softmax_output = 3 * 16 * 16 * 4, 8 * 16 * 16 * 4, 8 * 4
+    noisy_input_and_gradients = 3 * (3 * 16 * 16 * 4)
+    assert counted == conv_input + relu_output + softmax_output + noisy_input_and_gradients
+
+
+def test_auto_chunk_fits_the_budget_and_keeps_the_fastest():
+    from pssl.explain.chunking import IN_FLIGHT, candidates, choose_chunk, saved_bytes_per_sample
+    assert candidates(50) == [1, 2, 4, 8, 16, 32, 50] and candidates(1) == [1] and candidates(4) == [1, 2, 4]
+    scorer, images, targets = TargetScore(ConvReluMean()), torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    per_sample = saved_bytes_per_sample(scorer, images, targets, False)
+    budget = int(4 * 4 * per_sample * IN_FLIGHT) + 1  # chunks 1, 2 and 4 fit, 8 and 16 do not
+    choice = choose_chunk(scorer, images, targets, 16, 0.1, False, budget)
+    assert set(choice.samples_per_s) <= {1, 2, 4} and choice.chunk == max(choice.samples_per_s,
+                                                                          key=choice.samples_per_s.get)
+    with pytest.raises(MemoryError, match="memory_budget_gb"):
+        choose_chunk(scorer, images, targets, 16, 0.1, False, per_sample)
+
+
+def test_d9_iou_is_intersection_over_union_of_the_top_decile():
+    from pssl.explain.run import d9_iou
+    a = torch.tensor([[9, 9, 9, 1], [0, 9, 2, 3]])
+    b = torch.tensor([[9, 9, 0, 9], [0, 9, 2, 3]])
+    assert d9_iou(a, b) == 3 / 5
+
+
+def test_auto_chunk_and_precision_are_recorded_and_change_no_decile(demo_shard, tiny_zoo, tmp_path):
+    fixed, auto = tmp_path / "fixed.zarr", tmp_path / "auto.zarr"
+    explain_shard(demo_shard, tiny_zoo, fixed, ExplainSettings(**{**PARAMS.__dict__, "precision": "fp32"}))
+    explain_shard(demo_shard, tiny_zoo, auto, ExplainSettings(**{**PARAMS.__dict__, "sample_chunk": "auto",
+                                                                   "memory_budget_gb": 0.5}))
+    attrs = store.open_store(auto).attrs
+    assert set(attrs["sample_chunks"]) == {"test_efficientnet", "test_convnext"}
+    for record in attrs["sample_chunks"].values():
+        assert record["chunk"] in (1, 2, 3) and record["budget_gb"] == 0.5 and record["samples_per_s"]
+    from pssl.device import native_bf16
+    if native_bf16(torch.device("cpu")):
+        check = attrs["precision_check"]
+        assert check["min_d9_iou"] == 0.98 and 0 <= check["d9_iou"] <= 1
+        assert attrs["precision_used"] == ("bf16" if check["passed"] else "fp32")
+    if attrs["precision_used"] == "fp32":
+        assert np.array_equal(store.open_store(fixed)["deciles"][:], store.open_store(auto)["deciles"][:])
+    assert store.open_store(fixed).attrs["precision_used"] == "fp32"

@@ -9,13 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+import numpy as np
 
 from conftest import REPO
 from pssl.config import ConfigError, check_config
 from pssl.data.downstream import SegmentationSet
-from pssl.data.transforms import RandomLongSideResize, train_transforms
+from pssl.data.transforms import CropAugment
 from pssl.eval.inference import predict, scaled_size
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import load_backbone_weights
@@ -66,12 +65,10 @@ def test_per_model_override_naming_an_unknown_model_is_rejected():
 
 @pytest.mark.parametrize("hw", [(375, 500), (500, 333), (1024, 2048), (360, 480)])
 def test_training_scale_draws_the_long_side_in_half_to_twice_base(hw):
-    resize = RandomLongSideResize(520)
-    image = tv_tensors.Image(torch.zeros(3, *hw, dtype=torch.uint8))
+    augment = CropAugment(480, mask_fill=255, base_size=520, heavy=False, long_side=True)
     longs = []
     for seed in range(200):
-        torch.manual_seed(seed)
-        h, w = resize.make_params([image])["size"]
+        h, w = augment.resized_size(torch.Generator().manual_seed(seed), *hw)
         long_side, short_side = max(h, w), min(h, w)
         longs.append(long_side)
         assert 260 <= long_side <= 1040
@@ -81,19 +78,19 @@ def test_training_scale_draws_the_long_side_in_half_to_twice_base(hw):
 
 
 def test_finetune_transform_resizes_image_and_mask_together_then_crops():
-    transform = train_transforms(48, mask_fill=255, base_size=64, heavy=False, long_side=True)
-    image = tv_tensors.Image(torch.randint(0, 255, (3, 30, 40), dtype=torch.uint8))
-    mask = tv_tensors.Mask(torch.arange(30 * 40).reshape(30, 40) % 7)
-    torch.manual_seed(3)
-    out_image, out_mask = transform(image, mask)
+    augment = CropAugment(48, mask_fill=255, base_size=64, heavy=False, long_side=True)
+    image = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    mask = np.arange(30 * 40).reshape(30, 40) % 7
+    out_image, out_mask = augment(image, mask, torch.Generator().manual_seed(3))
     assert out_image.shape == (3, 48, 48) and out_mask.shape == (48, 48)
     assert set(out_mask.unique().tolist()) <= set(range(7)) | {255}  # nearest for masks, padding is ignore
 
 
 def test_pretraining_keeps_the_short_side_convention():
-    transform = train_transforms(256, mask_fill=-1)
-    assert isinstance(transform.transforms[0], v2.RandomResize)
-    assert (transform.transforms[0].min_size, transform.transforms[0].max_size) == (128, 512)
+    augment = CropAugment(256, mask_fill=-1)
+    assert (augment.low, augment.high) == (128, 512)
+    shorts = [min(augment.resized_size(torch.Generator().manual_seed(s), 375, 500)) for s in range(300)]
+    assert 128 <= min(shorts) < 140 and 500 < max(shorts) < 512  # v2.RandomResize's [low, high)
 
 
 def test_evaluation_scales_are_relative_to_the_base_size():

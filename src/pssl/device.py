@@ -38,6 +38,19 @@ def precision_for(device: torch.device, requested: str = "auto", training: bool 
     return choose_precision(requested, device.type, capability, training)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 arithmetic in hardware: CUDA compute capability 8.0+, or a CPU with AVX512-BF16 or AMX-BF16
+    (read from /proc/cpuinfo; oneDNN emulates bf16 on other AVX-512 CPUs, slowly)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def autocast(device: torch.device, precision: str):
     """Autocast context for 'bf16' / 'fp16'; none for 'fp32'."""
     if precision == "fp32":

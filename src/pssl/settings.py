@@ -53,9 +53,13 @@ class ExplainSettings:
     target: str = setting("class", "the image's label (class) or the zoo's top-1 (top1; unlabelled rows always)",
                           ("class", "top1"))
     batch_size: int = setting(16, "images per batch")
-    sample_chunk: int = setting(10, "noisy copies of each image per forward pass")
+    sample_chunk: int | str = setting("auto", "noisy copies of each image per forward pass, or auto: per model, "
+                                      "the fastest that fits the memory budget (measured)", output=False)
+    memory_budget_gb: float = setting(0.0, "activation memory for sample_chunk auto (0: 0.8 x the GPU's free "
+                                      "memory, 0.5 x the host's on CPU)", output=False)
     keep_model_deciles: bool = setting(False, "also store each model's deciles (model_deciles)")
-    precision: str = setting("auto", "auto: bf16 on GPUs with native bf16, else fp32", ("auto", "fp32", "bf16"))
+    precision: str = setting("auto", "auto: bf16 where the hardware has it natively and its D9 mask matches "
+                             "fp32's (IoU >= 0.98), else fp32", ("auto", "fp32", "bf16"))
     num_workers: int = setting(0, "DataLoader workers decoding images (0: in the main process)", output=False)
     seed: int = setting(0, "seed of the SmoothGrad noise")
 
@@ -195,6 +199,14 @@ def optional_int(value: str) -> int | None:
     return None if value.lower() in ("none", "null") else int(value)
 
 
+def int_or_auto(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {value!r}")
+    return int(value)
+
+
 def add_settings_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One --flag per field of `cls` (snake_case -> kebab-case), typed by its annotation, with its help."""
     hints = typing.get_type_hints(cls)
@@ -210,6 +222,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls) -> None:
             options.update(type=typing.get_args(kind)[0], nargs="*")
         elif kind == (int | None):
             options.update(type=optional_int, metavar="INT|none")
+        elif kind == (int | str):
+            options.update(type=int_or_auto, metavar="INT|auto")
         else:
             options["type"] = kind
         group.add_argument(flag(f.name), **options)

@@ -33,14 +33,13 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, or raise UnreadableImage."""
+def _open(path: str | os.PathLike, read):
+    """`read(img)` on the opened image, with every way a file can fail turned into UnreadableImage."""
     try:
         if os.path.getsize(path) == 0:
             raise UnreadableImage("zero-byte file")
         with Image.open(path) as img:
-            img.load()
-            return _to_rgb(img)
+            return read(img)
     except UnreadableImage:
         raise
     except FileNotFoundError:
@@ -51,9 +50,33 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise UnreadableImage(f"decode error: {e}") from None
 
 
+def load_rgb(path: str | os.PathLike, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, or raise UnreadableImage. With `min_size` (width, height), a JPEG is decoded at
+    the smallest DCT scale (1/2, 1/4, 1/8) that is still at least that large (PIL draft); others in full."""
+    return _open(path, lambda img: _decode(img, min_size))
+
+
+def _decode(img: Image.Image, min_size: tuple[int, int] | None) -> np.ndarray:
+    if min_size is not None and img.format == "JPEG":
+        img.draft(img.mode, min_size)
+    img.load()
+    return _to_rgb(img)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) from the file's header, without decoding."""
+    return _open(path, lambda img: (img.height, img.width))
+
+
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize to size x size without cropping (the explain resolution S), bilinear with antialiasing."""
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def load_square(path: str | os.PathLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image at size x size (the explain resolution S), decoded at reduced scale where a JPEG allows and
+    resized without cropping, and its original (H, W)."""
+    return _open(path, lambda img: (resize_square(_decode(img, (size, size)), size), (img.height, img.width)))
 
 
 def long_side_size(h: int, w: int, long_side: int) -> tuple[int, int]:

@@ -1,9 +1,9 @@
 """The pseudo-labelled pre-training set: images + label maps derived on the fly from deciles and labels.
 
 Label map: pixels with decile >= decile_threshold get the image's label, the rest the background class K;
-deciles listed in ignore_deciles become ignore (-1). The S x S map is resized to the image with nearest
-neighbour. Joint image/mask augmentation uses torchvision.transforms.v2 with padding filled as ignore (or,
-with pad_label background, as the background class).
+deciles listed in ignore_deciles become ignore (-1). The augmentation (`transforms.CropAugment`) samples
+the S x S map with nearest neighbour straight into the crop, and fills padding as ignore (or, with pad_label
+background, as the background class).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from pssl import store
-from pssl.data.images import load_rgb, resize_nearest
-from pssl.data.transforms import augment, train_transforms
+from pssl.data.transforms import CropAugment, augment
 from pssl.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         if pad_label not in ("ignore", "background"):
             raise ValueError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
         # Padding from the crop and the rotation: ignored, or background as in the authors' code at the paper.
-        self.transform = train_transforms(crop, mask_fill=PSEUDO_IGNORE if pad_label == "ignore" else self.background)
+        self.transform = CropAugment(crop, mask_fill=PSEUDO_IGNORE if pad_label == "ignore" else self.background)
         self.epoch = 0
         self.store_paths = list(stores)
         self.samples: list[Sample] = []
@@ -86,16 +85,14 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def target(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB image, full-resolution label map) of sample i, before augmentation."""
+    def target(self, i: int) -> tuple[Path, np.ndarray]:
+        """(image path, S x S label map) of sample i, before augmentation."""
         if self._groups is None:
             self._groups = [store.open_store(p) for p in self.store_paths]
         s = self.samples[i]
-        rgb = load_rgb(self.root / s.relpath)
         deciles = self._groups[s.store]["deciles"][s.row]
-        labels = label_map(deciles, s.label, self.background, self.threshold, self.ignore_deciles)
-        return rgb, resize_nearest(labels, rgb.shape[:2])
+        return self.root / s.relpath, label_map(deciles, s.label, self.background, self.threshold, self.ignore_deciles)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rgb, labels = self.target(i)
-        return augment(self.transform, rgb, labels, self.seed, self.epoch, i)
+        path, labels = self.target(i)
+        return augment(self.transform, path, labels, self.seed, self.epoch, i)

@@ -1,4 +1,6 @@
-"""A shard's images in fixed batches, decoded at S x S: what the explain and label stages read."""
+"""A shard's images in fixed batches, decoded at S x S: what the explain and label stages read.
+
+JPEGs are decoded at the smallest DCT scale that is still at least S x S (PIL draft), then resized."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pssl.data.images import UnreadableImage, load_rgb, resize_square
+from pssl.data.images import UnreadableImage, load_square
 
 
 class ShardBatches(torch.utils.data.Dataset):
@@ -26,11 +28,10 @@ class ShardBatches(torch.utils.data.Dataset):
         pixels, hw, reasons = [], np.zeros((stop - start, 2), dtype=np.int32), {}
         for j in range(start, stop):
             try:
-                rgb = load_rgb(self.root / self.relpaths[j])
+                square, hw[j - start] = load_square(self.root / self.relpaths[j], self.size)
             except UnreadableImage as e:
                 reasons[j - start] = str(e)
                 continue
-            hw[j - start] = rgb.shape[:2]
-            pixels.append(torch.from_numpy(resize_square(rgb, self.size).copy()).permute(2, 0, 1))
+            pixels.append(torch.from_numpy(square.copy()).permute(2, 0, 1))
         images = torch.stack(pixels) if pixels else torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)
         return start, stop, images, hw, reasons

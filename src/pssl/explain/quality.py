@@ -87,7 +87,7 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     D9 pseudo labels themselves: pixel accuracy and IoU of the foreground, averaged over images."""
     import torch
 
-    from pssl.data.images import load_rgb, resize_square
+    from pssl.data.images import load_square
     from pssl.device import resolve_device
     from pssl.models.segmenter import build_segmenter
 
@@ -103,7 +103,7 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
 
     # Every image and mask is decoded once, at the store's resolution, and shared by all models.
     masks = [mask_at(Path(masks_root), relpath[image_id], size) for image_id, _ in items]
-    images = torch.from_numpy(np.stack([resize_square(load_rgb(Path(meta["root"]) / relpath[image_id]), size)
+    images = torch.from_numpy(np.stack([load_square(Path(meta["root"]) / relpath[image_id], size)[0]
                                         for image_id, _ in items])).permute(0, 3, 1, 2)
     rows = [("D9 pseudo labels", *foreground_scores(d == 9, mask)) for (_, d), mask in zip(items, masks)]
     for ckpt in checkpoints:

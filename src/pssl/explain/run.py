@@ -4,6 +4,12 @@ Resumable: rows are written batch by batch into `.<name>.partial` beside the out
 parameters continues at the first unfinished batch and the finished store is renamed into place. Batches
 sit at fixed positions of the shard and each one seeds the noise from (seed, first image id), so a resumed
 store is identical to an uninterrupted one.
+
+Speed, decided once per store on its first images and recorded in its attrs (a resumed job reuses them):
+the sample chunk of every model (`chunking`, for `sample_chunk: auto`), and with `precision: auto` on
+hardware with native bf16 whether bf16 is used: only if the ensemble's D9 mask in bf16 matches fp32's with
+identical noise at IoU >= 0.98 (CLARIFICATIONS.md). Models and inputs are channels_last on every device, and
+each model's input layer stays fp32 (`prepare_classifier`).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import torch
 
 from pssl import store
 from pssl.data.shard_images import ShardBatches
-from pssl.device import allocation, precision_for, resolve_device
+from pssl.device import allocation, native_bf16, resolve_device
+from pssl.explain.chunking import resolve_chunks
 from pssl.explain.deciles import to_deciles
-from pssl.explain.smoothgrad import TargetScore, saliency_map, smoothgrad
+from pssl.explain.smoothgrad import TargetScore, prepare_classifier, saliency_map, smoothgrad
 from pssl.models.zoo import ensemble_softmax, load_classifier
 from pssl.progress import Progress
 from pssl.settings import ExplainSettings, output_identity
@@ -53,16 +60,21 @@ def explain_targets(scorers: list[TargetScore], images: torch.Tensor, class_idx:
 
 
 def explain_batch(scorers: list[TargetScore], images: torch.Tensor, targets: torch.Tensor,
-                  settings: ExplainSettings, bf16: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  settings: ExplainSettings, bf16: bool, chunks: list[int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ensemble deciles (B, S, S) and, if kept, per-model deciles (B, M, S, S).
 
-    Eq. 1: S = 1/M sum_i minmax(|SmoothGrad_i| summed over RGB); eq. 2: deciles of S.
+    Eq. 1: S = 1/M sum_i minmax(|SmoothGrad_i| summed over RGB); eq. 2: deciles of S. `chunks`: each model's
+    samples per forward (default: settings.sample_chunk, which must then be a number).
     """
+    if chunks is None:
+        if settings.sample_chunk == "auto":
+            raise ValueError("sample_chunk 'auto' is resolved per model first (pssl.explain.chunking)")
+        chunks = [int(settings.sample_chunk)] * len(scorers)
     ensemble = torch.zeros(images.shape[0], images.shape[2], images.shape[3], device=images.device)
     per_model = []
-    for scorer in scorers:
-        sal = saliency_map(smoothgrad(scorer, images, targets, settings.n_samples, settings.noise_level,
-                                      settings.sample_chunk, bf16))
+    for scorer, chunk in zip(scorers, chunks):
+        sal = saliency_map(smoothgrad(scorer, images, targets, settings.n_samples, settings.noise_level, chunk, bf16))
         ensemble += sal
         if settings.keep_model_deciles:
             per_model.append(to_deciles(sal))
@@ -70,20 +82,81 @@ def explain_batch(scorers: list[TargetScore], images: torch.Tensor, targets: tor
     return to_deciles(ensemble), (torch.stack(per_model, dim=1) if per_model else None)
 
 
+BF16_MIN_D9_IOU = 0.98  # CLARIFICATIONS.md
+
+
+def d9_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of the decile-9 masks of two decile maps."""
+    nine_a, nine_b = a == 9, b == 9
+    return float((nine_a & nine_b).sum()) / max(int((nine_a | nine_b).sum()), 1)
+
+
+def check_bf16(scorers: list[TargetScore], images: torch.Tensor, targets: torch.Tensor, settings: ExplainSettings,
+               chunks: list[int], seed: int) -> dict:
+    """Explain `images` in fp32 and in bf16 with identical noise; bf16 passes if the D9 IoU is >= 0.98."""
+    deciles = {}
+    for bf16 in (False, True):
+        torch.manual_seed(seed)
+        deciles[bf16] = explain_batch(scorers, images, targets, settings, bf16, chunks)[0]
+    iou = d9_iou(deciles[False], deciles[True])
+    return {"images": images.shape[0], "d9_iou": round(iou, 4), "min_d9_iou": BF16_MIN_D9_IOU,
+            "decile_agreement": round(float((deciles[False] == deciles[True]).float().mean()), 4),
+            "passed": iou >= BF16_MIN_D9_IOU}
+
+
+def decide_speed(scorers: list[TargetScore], names: list[str], images: torch.Tensor, class_idx: torch.Tensor,
+                 settings: ExplainSettings, seed: int, known: dict) -> dict:
+    """Precision and per-model chunks for this store: `known` (a resumed store's attrs) or decided on `images`."""
+    if "precision_used" in known and "sample_chunks" in known:
+        return {k: known[k] for k in ("precision_used", "precision_check", "sample_chunks") if k in known}
+    dev = images.device
+    targets = explain_targets(scorers, images, class_idx, settings.target)
+    budget = settings.memory_budget_gb
+
+    def resolve(bf16: bool) -> dict:
+        return resolve_chunks(names, scorers, images, targets, settings.sample_chunk, settings.n_samples,
+                              settings.noise_level, bf16, budget)
+    chunks = resolve(settings.precision == "bf16")
+    decision = {"precision_used": settings.precision if settings.precision != "auto" else "fp32",
+                "sample_chunks": chunks}
+    if settings.precision == "auto" and native_bf16(dev):
+        check = check_bf16(scorers, images, targets, settings, [chunks[n]["chunk"] for n in names], seed)
+        log.info(f"bf16 check on {check['images']} images: D9 IoU with fp32 {check['d9_iou']} "
+                 f"(needs {BF16_MIN_D9_IOU}), decile agreement {check['decile_agreement']}: "
+                 f"{'bf16' if check['passed'] else 'fp32'}")
+        decision["precision_check"] = check
+        if check["passed"]:
+            decision.update(precision_used="bf16", sample_chunks=resolve(True))
+    return decision
+
+
+def to_input(images: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float [0, 1], channels_last."""
+    return images.to(dev).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def first_images(batches: ShardBatches, class_idx: torch.Tensor, dev: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first readable images of the pending batches, to measure speed and precision on (None: none)."""
+    for i in range(len(batches)):
+        start, stop, images, _, reasons = batches[i]
+        if len(images):
+            ok = torch.tensor([j not in reasons for j in range(stop - start)])
+            return to_input(images, dev), class_idx[start:stop][ok].to(dev)
+    return None
+
+
 def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, settings: ExplainSettings,
                   device: str = "auto", requeue_margin_min: float = 15.0) -> dict:
     t0 = time.monotonic()
     out = Path(out)
     dev = resolve_device(device)
-    bf16 = precision_for(dev, settings.precision, training=False) == "bf16"
     frame, meta = read_table(shard)
     root = Path(meta["root"])
     scorers, records = [], []
     for path in zoo_paths:
         model, record = load_classifier(path, dev)
-        if dev.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        scorers.append(TargetScore(model, settings.output))
+        scorers.append(TargetScore(prepare_classifier(model), settings.output))
         records.append(record)
     digest = config_hash(settings, records, zoo_paths)
     partial = out.with_name(f".{out.name}.partial")
@@ -101,7 +174,6 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
         shutil.rmtree(partial, ignore_errors=True)
         attrs = {"models": [{"name": r["name"], "arch": r["arch"], "source": r["source"]} for r in records],
                  "smoothgrad": output_identity(settings), "config_hash": digest,
-                 "precision_used": "bf16" if bf16 else "fp32",
                  "explained_output": "softmax probability of the target class" if settings.output == "prob"
                  else "logit of the target class",
                  # InterpretDL resizes the short side to 224 and keeps the aspect ratio; squashing keeps one
@@ -116,13 +188,21 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
     n_batches = -(-n // settings.batch_size)
     pending = [b for b in range(n_batches)
                if (status[b * settings.batch_size:(b + 1) * settings.batch_size] == store.PENDING).any()]
-    log.info(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
-             f"on {dev} ({'bf16' if bf16 else 'fp32'}), {allocation()}")
     class_idx_all = torch.tensor(frame["class_idx"].to_numpy(), dtype=torch.long)
     image_ids = frame["image_id"].to_numpy()
-    loader = torch.utils.data.DataLoader(
-        ShardBatches(root, frame["relpath"].tolist(), settings.batch_size, settings.image_size, pending),
-        batch_size=None, num_workers=settings.num_workers)
+    batches = ShardBatches(root, frame["relpath"].tolist(), settings.batch_size, settings.image_size, pending)
+    names = [r["name"] for r in records]
+    fallback = settings.n_samples if settings.sample_chunk == "auto" else settings.sample_chunk
+    speed = {"precision_used": "fp32", "sample_chunks": {name: {"chunk": int(fallback)} for name in names}}
+    first = first_images(batches, class_idx_all, dev) if pending else None
+    if first is not None:
+        speed = decide_speed(scorers, names, *first, settings, noise_seed(settings.seed, -1), dict(group.attrs))
+        group.attrs.update(speed)
+    bf16 = speed["precision_used"] == "bf16"
+    chunks = [speed["sample_chunks"][name]["chunk"] for name in names]
+    log.info(f"{Path(shard).stem}: {n} images, {len(scorers)} models, {len(pending)}/{n_batches} batches to do "
+             f"on {dev} ({speed['precision_used']}, samples per forward {chunks}), {allocation()}")
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=settings.num_workers)
     done_before = int((status != store.PENDING).sum())
     size = settings.image_size
     time_limit = TimeLimit(requeue_margin_min)
@@ -137,11 +217,9 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
             target = np.full(rows, -1, dtype=np.int16)
             if ok.any():
                 torch.manual_seed(noise_seed(settings.seed, int(image_ids[start])))
-                x = images.to(dev).float().div_(255.0)
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = to_input(images, dev)
                 targets = explain_targets(scorers, x, class_idx_all[start:stop][ok].to(dev), settings.target)
-                ens, per_model = explain_batch(scorers, x, targets, settings, bf16)
+                ens, per_model = explain_batch(scorers, x, targets, settings, bf16, chunks)
                 deciles[ok] = ens.cpu().numpy()
                 target[ok] = targets.cpu().numpy()
                 if model_deciles is not None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pssl.data.images import UnreadableImage, load_rgb, resize_square
+from pssl.data.images import UnreadableImage, load_square
 from pssl.device import resolve_device
 from pssl.io import atomic_file
 from pssl.settings import ZooSettings
@@ -128,7 +128,7 @@ def load_labelled_images(index_path, image_size: int) -> tuple[torch.Tensor, tor
     images, labels = [], []
     for relpath, label in zip(frame["relpath"], frame["class_idx"]):
         try:
-            rgb = resize_square(load_rgb(Path(meta["root"]) / relpath), image_size).copy()
+            rgb = load_square(Path(meta["root"]) / relpath, image_size)[0].copy()
         except UnreadableImage:
             continue  # the explain stage records unreadable files; training just skips them
         images.append(torch.from_numpy(rgb).permute(2, 0, 1))

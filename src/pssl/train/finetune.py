@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pssl.data.downstream import IGNORE, SegmentationSet
-from pssl.data.transforms import augment, train_transforms
+from pssl.data.transforms import CropAugment, augment
 from pssl.device import allocation, precision_for
 from pssl.eval.evaluate import evaluate, label_notes
 from pssl.io import atomic_file
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class FinetuneDataset(torch.utils.data.Dataset):
     def __init__(self, data: SegmentationSet, crop: int, base_size: int, seed: int):
         self.data, self.seed, self.epoch = data, seed, 0
-        self.transform = train_transforms(crop, mask_fill=IGNORE, base_size=base_size, heavy=False, long_side=True)
+        self.transform = CropAugment(crop, mask_fill=IGNORE, base_size=base_size, heavy=False, long_side=True)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
