@@ -170,7 +170,8 @@ def run_path(args) -> dict:
                                                        args.memory_budget_gb), dev)
         chunks += [chosen[n]["chunk"] for n in names]
         result.update(chunks=dict(zip(names, chunks)), chunk_search_s=round(probe_s, 1),
-                      saved_mb_per_sample={n: chosen[n].get("saved_mb_per_sample") for n in names})
+                      saved_mb_per_sample={n: chosen[n].get("saved_mb_per_sample") for n in names},
+                      memory_budget_gb=next((c["budget_gb"] for c in chosen.values() if "budget_gb" in c), None))
     user0, sys0 = cpu_seconds()
     seconds, deciles = timed(lambda: run(args.noise_level, args.n_samples), dev)
     user1, sys1 = cpu_seconds()

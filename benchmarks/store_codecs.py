@@ -1,4 +1,5 @@
-"""Which codec for the decile arrays: bytes per image and write/read time on real decile maps.
+"""Which codec for the decile arrays: bytes per image and write/read time on real decile maps, against
+the smallest PNG of the same maps (PIL, 8-bit grey and 4-bit palette, optimize=True, each map its own file).
 
   python benchmarks/store_codecs.py results/explain/shard-00000.zarr
 """
@@ -6,11 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import tempfile
 import time
 
 import numpy as np
 import zarr
+from PIL import Image
 from zarr.codecs import BloscCodec, BloscShuffle, GzipCodec, ZstdCodec
 
 from pssl import store
@@ -24,6 +27,22 @@ CODECS = {
     "blosc-zstd-bitshuffle": BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle),
     "blosc-zstd9-bitshuffle": BloscCodec(cname="zstd", clevel=9, shuffle=BloscShuffle.bitshuffle),
 }
+
+
+def png_bytes(deciles: np.ndarray) -> dict[str, float]:
+    """Mean file size per map of an optimised PNG: 8-bit grey, and 4-bit palette (deciles fit in 4 bits)."""
+    sizes = {"png-8bit-optimize": 0, "png-4bit-palette-optimize": 0}
+    palette = [v for d in range(16) for v in (d, d, d)]
+    for d in deciles:
+        grey = Image.fromarray(d)
+        indexed = Image.frombytes("P", grey.size, d.tobytes())
+        indexed.putpalette(palette)
+        for name, image, options in (("png-8bit-optimize", grey, {}),
+                                     ("png-4bit-palette-optimize", indexed, {"bits": 4})):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=True, **options)
+            sizes[name] += buffer.tell()
+    return {k: v / len(deciles) for k, v in sizes.items()}
 
 
 def main() -> None:
@@ -48,6 +67,8 @@ def main() -> None:
             assert np.array_equal(back, deciles)
             size = store.stored_bytes(tmp, ".")
         print(f"{name:24s} {size / n:12.0f} {s * s * n / size:7.2f} {1000 * write / n:13.3f} {1000 * read / n:12.3f}")
+    for name, size in png_bytes(deciles).items():
+        print(f"{name:24s} {size:12.0f} {s * s / size:7.2f}")
 
 
 if __name__ == "__main__":
