@@ -171,21 +171,26 @@ def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_pa
     assert runtime_minutes(paper, "label_shard", {"shard": "shard-00000"}) == 79 // 5 + 10
     assert runtime_minutes(paper, "zoo_model", {"classifier": "resnet50"}) == 20
     # no index yet: ImageNet's 1,281,167 images, 8 GPUs as the preset asks
-    assert runtime_minutes(paper, "pretrain", {"model": "pspnet_resnet50d"}) == train_minutes(
-        paper, 1_281_167, paper["pretrain"]["epochs"], paper["pretrain"]["crop"],
-        paper["pretrain"]["gpus_per_node"] * paper["pretrain"]["nodes"])
-    ade = {"dataset": "ade20k", "model": "deeplabv3_resnest50d", "init": "pssl", "lr": "0.01"}
+    gpus = paper["pretrain"]["gpus_per_node"] * paper["pretrain"]["nodes"]
+    assert runtime_minutes(paper, "pretrain", {"model": "pspnet_resnet50d", "variant": "main"}) == train_minutes(
+        paper, 1_281_167, paper["pretrain"]["epochs"], paper["pretrain"]["crop"], gpus)
+    # a variant's own images and epochs
+    assert runtime_minutes(paper, "pretrain", {"model": "deeplabv3_resnet50d", "variant": "bg0.01-50k"}) == \
+        train_minutes(paper, 50_000, 30, 256, gpus)
+    assert runtime_minutes(paper, "pretrain", {"model": "pspnet_resnet50d", "variant": "epochs60"}) == \
+        train_minutes(paper, 1_281_167, 60, 256, gpus)
+    ade = {"dataset": "ade20k", "model": "deeplabv3_resnest50d", "init": "pssl", "seed": "0", "lr": "0.01"}
     world = paper["finetune"]["gpus_per_node"] * paper["finetune"]["nodes"]
     assert runtime_minutes(paper, "finetune", ade) == train_minutes(paper, 20_210, 180, 480, world)
     with pytest.raises(ValueError, match="no runtime estimate for rule 'report'"):
         runtime_minutes(paper, "report", {})
     for rel, seconds in (("explain_shard/shard-00003.tsv", 600.0),
-                         ("finetune/ade20k/deeplabv3_resnest50d/pssl/lr0.01.tsv", 1200.0)):
+                         ("finetune/ade20k/deeplabv3_resnest50d/pssl/seed0/lr0.01.tsv", 1200.0)):
         path = tmp_path / "benchmarks" / rel
         path.parent.mkdir(parents=True)
         path.write_text("s\th:m:s\tmax_rss\n" f"{seconds}\t0:10:00\t100\n")
     rows = {r["rule"]: r for r in measured_vs_estimated(paper)}
     assert rows["explain_shard"] == {"rule": "explain_shard", "job": "shard=shard-00003", "measured_min": 10.0,
                                      "estimated_min": 79, "estimate_over_measured": 7.9}
-    assert rows["finetune"]["job"] == "dataset=ade20k,model=deeplabv3_resnest50d,init=pssl,lr=0.01"
+    assert rows["finetune"]["job"] == "dataset=ade20k,model=deeplabv3_resnest50d,init=pssl,seed=0,lr=0.01"
     assert rows["finetune"]["estimated_min"] == runtime_minutes(paper, "finetune", ade)

@@ -46,11 +46,11 @@ def test_full_run_writes_every_stage(pipeline_run):
     assert list(labels.columns) == ["image_id", "gt_class", "teacher_class", "teacher_conf", "label", "keep",
                                     "fg_fraction"] and len(labels) == 18
     for model in ("psp", "dlv3", "ocr"):
-        final = torch.load(workdir / f"results/pretrain/{model}/final.pt", weights_only=False)
+        final = torch.load(workdir / f"results/pretrain/{model}/main/final.pt", weights_only=False)
         assert final["config"]["num_classes"] == 4 and final["kind"] == "pssl-pretrain"
-    assert len(list((workdir / "results/finetune").glob("*/*/*/metrics.json"))) == 2 * 3 * 2
-    assert len(list((workdir / "results/finetune").glob("*/*/*/lr*/final.pt"))) == 2 * 3 * 2
-    assert not list((workdir / "results/finetune").glob("*/*/*/lr*/ckpt-*.pt"))
+    assert len(list((workdir / "results/finetune").glob("*/*/*/seed*/metrics.json"))) == 2 * 3 * 2
+    assert len(list((workdir / "results/finetune").glob("*/*/*/seed*/lr*/final.pt"))) == 2 * 3 * 2
+    assert not list((workdir / "results/finetune").glob("*/*/*/seed*/lr*/ckpt-*.pt"))
 
 
 def test_report_table_has_every_cell(pipeline_run):
@@ -59,12 +59,12 @@ def test_report_table_has_every_cell(pipeline_run):
     assert list(table.index) == ["CamVid", "Cityscapes"]
     assert table.shape == (2, 10) and table.notna().all().all()
     assert table.loc["CamVid", "split"] == "test" and set(table["split"].drop("CamVid")) == {"val"}
-    camvid = json.loads((workdir / "results/finetune/camvid/psp/pssl/metrics.json").read_text())
+    camvid = json.loads((workdir / "results/finetune/camvid/psp/pssl/seed0/metrics.json").read_text())
     assert camvid["eval"]["split"] == "test" and camvid["selection"]["split"] == "val"
     assert camvid["eval"]["base_size"] == 48
     markdown = (workdir / "results/report/table3.md").read_text()
     assert "PSPNet-test_resnet diff" in markdown and "Learning rates (fixed)" in markdown
-    for png in ("table3_gains.png", "pseudo_label_gallery.png"):
+    for png in ("table3_gains.png", "pseudo_label_gallery.png", "figure3.png"):
         with Image.open(workdir / "results/report" / png) as image:
             image.verify()
     # the same tables as HTML, shown inline by snakemake --report and gathered in index.html
@@ -73,7 +73,7 @@ def test_report_table_has_every_cell(pipeline_run):
     row = f"<td>CamVid</td>\n      <td>test</td>\n      <td>{table.loc['CamVid', 'PSPNet-test_resnet ImageNet']:.2f}</td>"
     assert row in page
     index = (workdir / "results/report/index.html").read_text()
-    assert row in index and '<img src="table3_gains.svg"' in index
+    assert row in index and '<img src="table3_gains.svg"' in index and '<img src="figure3.png"' in index
     quality = (workdir / "results/report/explain_quality.html").read_text()
     assert "<caption>Pseudo-label quality" in quality and "<td>ensemble</td>" in quality
     assert "report/table3.md" in run_summary(workdir)
@@ -92,8 +92,8 @@ def test_table3_is_made_of_the_cells_metrics(pipeline_run):
         for model, head in heads.items():
             miou = {}
             for init, column in (("imagenet", "ImageNet"), ("pssl", "PSSL")):
-                cell = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/metrics.json").read_text())
-                lr_run = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/lr0.01/metrics.json")
+                cell = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/seed0/metrics.json").read_text())
+                lr_run = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/seed0/lr0.01/metrics.json")
                                     .read_text())
                 assert cell["miou"] == lr_run["miou"] and cell["lr"] == 0.01  # the one lr of the tiny config
                 assert cell["eval"]["split"] == table.loc[title, "split"]
@@ -134,21 +134,20 @@ def test_changed_shard_size_reshards_but_keeps_demo_data(pipeline_run):
 def test_a_learning_rate_grid_runs_end_to_end(pipeline_run):
     """A 2-value grid on one cell: the lr wildcard, a job per lr, select_lr keeping the better on val, and the
     report's 'best of a grid' note. (After the tests that expect nothing to do: it changes that cell.)"""
-    from pssl.report.table3 import write_report
+    from pssl.report.table3 import write_table3
     workdir, _ = pipeline_run
-    cell = "results/finetune/camvid/psp/pssl/metrics.json"
+    cell = "results/finetune/camvid/psp/pssl/seed0/metrics.json"
     proc = run_snakemake(workdir, cell, "--config", "finetune={lr_grid: [0.01, 0.05]}")
     planned = _jobs_planned(proc.stdout + proc.stderr)
     assert planned == {"finetune": 1, "select_lr": 1}  # lr 0.01 exists: only lr 0.05 and the selection
-    runs = {lr: json.loads((workdir / f"results/finetune/camvid/psp/pssl/lr{lr}/metrics.json").read_text())
+    runs = {lr: json.loads((workdir / f"results/finetune/camvid/psp/pssl/seed0/lr{lr}/metrics.json").read_text())
             for lr in ("0.01", "0.05")}
     best = json.loads((workdir / cell).read_text())
     assert best["lr_grid"] == {lr: r["selection"]["miou"] for lr, r in runs.items()}
     winner = max(runs, key=lambda lr: runs[lr]["selection"]["miou"])
     assert best["lr"] == float(winner) and best["miou"] == runs[winner]["miou"]
-    cells = sorted(str(p) for p in (workdir / "results/finetune").glob("*/*/*/metrics.json"))
-    stores = sorted(str(p) for p in (workdir / "results/explain").glob("*.zarr"))
-    markdown = write_report(cells, str(workdir / "grid_report"), {}, stores, [])
+    cells = sorted(str(p) for p in (workdir / "results/finetune").glob("*/*/*/seed*/metrics.json"))
+    markdown = write_table3(cells, str(workdir / "grid_report"), {})
     assert "best of a grid, chosen on val" in markdown
     assert f"psp pssl: {', '.join(sorted({'0.01', winner}))}" in markdown  # the other datasets' cells: 0.01
 
@@ -162,7 +161,7 @@ def test_agree_policy_end_to_end(pipeline_run, tmp_path):
                  "results/labels", ".snakemake/metadata"):  # the metadata: so changed params are seen
         (copy / part).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (workdir / part).is_dir() else shutil.copy2)(workdir / part, copy / part)
-    proc = run_snakemake(copy, "results/pretrain/psp/final.pt", "--config", "labels={policy: agree, top_k: 1}")
+    proc = run_snakemake(copy, "results/pretrain/psp/main/final.pt", "--config", "labels={policy: agree, top_k: 1}")
     assert _jobs_planned(proc.stdout + proc.stderr) == {"label_shard": 3, "pretrain": 1}
     tables = [read_table(copy / f"results/labels/{s}.parquet") for s in list_shards(copy / "results/shards")]
     labels = pd.concat([t for t, _ in tables])
@@ -170,8 +169,50 @@ def test_agree_policy_end_to_end(pipeline_run, tmp_path):
     assert all(meta["policy"] == "agree" for _, meta in tables)
     assert (labels["keep"] == agrees).all() and (labels["label"] == labels["gt_class"]).all()
     assert 0 < agrees.sum() < len(labels), "the tiny zoo agrees on some images, not all: both branches run"
-    log = (copy / "results/logs/pretrain/psp.log").read_text()
+    log = (copy / "results/logs/pretrain/psp/main.log").read_text()
     assert f"pseudo-labelled set: {int(agrees.sum())} images used" in log
+
+
+def test_every_experiment_with_two_seeds(pipeline_run, tmp_path):
+    """The experiment targets and a second seed on a copy of the finished run: the variants add pre-training
+    and fine-tune jobs only (no zoo, explain or label job), and every table has every cell, with seeds."""
+    workdir, _ = pipeline_run
+    copy = tmp_path / "experiments"
+    for part in ("data", "results", ".snakemake/metadata"):
+        shutil.copytree(workdir / part, copy / part)
+    experiments = ["table1", "table2", "ablation_d8", "table4"]
+    seeds = ("--config", "finetune={seeds: [0, 1]}", f"run_experiments=[{', '.join(experiments)}]")
+    planned = _jobs_planned((p := run_snakemake(copy, "-n", *experiments, "report", *seeds)).stdout + p.stderr)
+    # variants n8, bg1-n8, d8-ignored, epochs2; seed 1 of Table 3's 12 cells, Table 1's 2 x 2, the ablation's and
+    # Table 4's 1 x 2; Table 4's three top-1 evaluations (one more selection where the lr-grid test left a
+    # two-lr cell: its selection now sees one lr again)
+    assert planned.pop("select_lr") in (20, 21)
+    assert planned == {"pretrain": 4, "finetune": 12 + 4 + 2 + 2, "eval_classify": 3, "experiment_table": 4,
+                       "table3": 1, "report": 1, **dict.fromkeys(experiments, 1)}
+    run_snakemake(copy, *experiments, "report", *seeds)
+    report = copy / "results/report"
+    for name in experiments:
+        table = pd.read_csv(report / f"experiments/{name}.csv", index_col=0)
+        assert table["CamVid"].notna().all() and table["CamVid sd"].notna().all(), name
+        runs = pd.read_csv(report / f"experiments/{name}_runs.csv")
+        assert sorted(set(runs["seed"])) == [0, 1] and len(runs) == 2 * len(table), name
+    table2 = pd.read_csv(report / "experiments/table2.csv", index_col=0)
+    assert list(table2.index) == ["ImageNet init", "PSSL n8 (images 8)", "PSSL (main pre-training)"]
+    assert table2["CamVid diff"].iloc[1:].notna().all() and table2["CamVid diff ci95"].iloc[1:].notna().all()
+    log = (copy / "results/logs/pretrain/psp/n8.log").read_text()
+    assert "pseudo-labelled set: 8 images used (the first 8 of a fixed random order)" in log
+    table3 = pd.read_csv(report / "table3.csv", index_col=0)
+    assert table3["PSPNet-test_resnet diff seeds"].eq(2).all() and table3["PSPNet-test_resnet diff ci95"].notna().all()
+    markdown = (report / "report.md").read_text()
+    assert "seeds 0, 1" in markdown and all(f"## {t}" in markdown for t in
+                                            ("background weight x images", "images vs ImageNet init", "D8 ignored"))
+    assert "images vs ImageNet init" in (report / "index.html").read_text()
+    table4 = pd.read_csv(report / "experiments/table4.csv", index_col=0)
+    top1 = table4["ImageNet val top-1 (%)"]
+    assert top1.notna().all() and top1.between(0, 100).all() and len(top1) == 3
+    evaluated = json.loads((copy / "results/classify/psp/pssl-epochs2.json").read_text())
+    assert evaluated["images"] == 3 * 2 and evaluated["kind"] == "segmenter"
+    assert "background excluded" in evaluated["prediction"]
 
 
 def test_deleting_one_store_rebuilds_exactly_that_shard(pipeline_run):
@@ -239,5 +280,5 @@ def test_unlabelled_images_with_a_pretrained_zoo_and_teacher_labels(tmp_path, mo
     assert (group["target"][:] == labels["label"].to_numpy()).all() and labels["keep"].all()
     assert (labels["label"] == labels["teacher_class"]).all() and (labels["gt_class"] == -1).all()
     assert label_meta["policy"] == "teacher" and label_meta["num_classes"] == 1000
-    final = torch.load(workdir / "results/pretrain/psp/final.pt", weights_only=False)
+    final = torch.load(workdir / "results/pretrain/psp/main/final.pt", weights_only=False)
     assert final["config"]["num_classes"] == 1001 and final["config"]["background"] == 1000

@@ -27,12 +27,14 @@ def trees(tmp_path_factory):
 
 
 def roots(trees) -> list[str]:
-    return ["--config", f"imagenet_root={trees[0]}", f"downstream_root={trees[1]}"]
+    # the fake train tree's class folders serve as the val set too (Table 4's top-1)
+    return ["--config", f"imagenet_root={trees[0]}", f"downstream_root={trees[1]}", f"imagenet_val_root={trees[0]}"]
 
 
-def plan(workdir: Path, preset: Path, trees, *args: str) -> tuple[Counter, str]:
-    """(jobs per rule, printed shell commands) of a dry run."""
-    proc = run_snakemake(workdir, "-n", "-p", "--configfile", str(preset), *roots(trees), *args)
+def plan(workdir: Path, preset: Path, trees, *args: str, target: str | None = None) -> tuple[Counter, str]:
+    """(jobs per rule, printed shell commands) of a dry run (of `target`, else the default target)."""
+    proc = run_snakemake(workdir, "-n", "-p", *([target] if target else []), "--configfile", str(preset),
+                         *roots(trees), *args)
     stats = proc.stdout[proc.stdout.index("Job stats:"):]
     counts = Counter({rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M) if rule != "total"})
     return counts, proc.stdout
@@ -42,7 +44,8 @@ def plan(workdir: Path, preset: Path, trees, *args: str) -> tuple[Counter, str]:
 def test_preset_is_complete_on_its_own(preset):
     """No key comes from config.yaml: the preset alone passes the schema (which requires every key)."""
     cfg = yaml.safe_load(preset.read_text())
-    cfg.update(imagenet_root="/data/imagenet/train", downstream_root="/data/segmentation")
+    cfg.update(imagenet_root="/data/imagenet/train", downstream_root="/data/segmentation",
+               imagenet_val_root="/data/imagenet/val")
     validate_config(cfg, REPO / "workflow/schemas/config.schema.yaml")
 
 
@@ -64,33 +67,49 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
     n_cells = 5 * 3 * 2
     n_lrs = len(paper["finetune"]["lr_grid"])
     assert n_zoo == 17 and n_lrs == 9
+    # The experiments (run_experiments: all four) add pre-training variants and VOC-Aug cells, sharing what
+    # they can: Table 1's 8 variants of DeepLabV3-R50 (bg0.1-50k and bg0.1-500k are also Table 2's), Table 2's
+    # 200k and 1m and its ImageNet cell, the D8 ablation's and Table 4's one variant each of PSPNet (their main
+    # and ImageNet cells are Table 3's).
+    n_pretrain = 3 + 8 + 2 + 1 + 1
+    n_cells_all = n_cells + 8 + 3 + 1 + 1
+    # Table 4 scores its three rows' models on ImageNet val; Figure 3 is in every report
+    reports = dict(eval_classify=3, experiment_table=4, table3=1, figure3=1, report=1, all=1)
 
     # 1. nothing run: everything but the per-shard jobs is planned (they follow the checkpoint)
     counts, out = plan(tmp_path, PAPER, trees)
-    assert counts == Counter(fill_weights_cache=1, index_images=1, shard_index=1, zoo_model=n_zoo, pretrain=3,
-                             finetune=n_cells * n_lrs, select_lr=n_cells, report=1, all=1)
+    assert counts == Counter(fill_weights_cache=1, index_images=1, shard_index=1, zoo_model=n_zoo,
+                             pretrain=n_pretrain, finetune=n_cells_all * n_lrs, select_lr=n_cells_all, **reports)
 
     # 2. shards written (index and shard run for real on the empty files)
     run_snakemake(tmp_path, "stage_shards", "--configfile", str(PAPER), *roots(trees))
     assert sorted(p.name for p in (tmp_path / "results/paper/shards").glob("*.parquet")) == [
         "shard-00000.parquet", "shard-00001.parquet"]
     counts, out = plan(tmp_path, PAPER, trees)
-    assert counts == Counter(fill_weights_cache=1, zoo_model=n_zoo, explain_shard=2, label_shard=2, pretrain=3,
-                             finetune=n_cells * n_lrs, select_lr=n_cells, report=1, all=1)
+    assert counts == Counter(fill_weights_cache=1, zoo_model=n_zoo, explain_shard=2, label_shard=2,
+                             pretrain=n_pretrain, finetune=n_cells_all * n_lrs, select_lr=n_cells_all, **reports)
     commands = [line.removeprefix("Shell command: ") for line in out.splitlines() if " -m pssl " in line]
     explain = [c for c in commands if "pssl explain" in c]
     assert len(explain) == 2
     for flag in ("--image-size 224", "--n-samples 50", "--noise-level 0.1 ", "--output prob", "--target class"):
         assert all(flag in c for c in explain), flag
     pretrain = [c for c in commands if "pssl pretrain" in c]
-    assert len(pretrain) == 3 and all(c.startswith("torchrun --standalone --nproc_per_node 8") for c in pretrain)
+    assert len(pretrain) == n_pretrain and all(c.startswith("torchrun --standalone --nproc_per_node 8") for c in pretrain)
+    main = [c for c in pretrain if "/main --head" in c]
+    assert len(main) == 3
     for flag in ("--crop 256", "--batch-size 64", "--epochs 30", "--lr 0.01 ", "--schedule step", "--milestone 20",
-                 "--gamma 0.1", "--w-bg 0.1", "--backbone-lr-mult 0.1", "--pad-label background"):
-        assert all(flag in c for c in pretrain), flag
+                 "--gamma 0.1", "--w-bg 0.1", "--backbone-lr-mult 0.1", "--pad-label background", "--images 0 "):
+        assert all(flag in c for c in main), flag
+    variant = {re.search(r"/pretrain/([^ ]+) --head", c).group(1): c for c in pretrain}
+    assert "--w-bg 0.001 " in variant["deeplabv3_resnet50d/bg0.001-500k"]
+    assert "--images 500000 " in variant["deeplabv3_resnet50d/bg0.001-500k"]
+    assert "--ignore-deciles 8 " in variant["pspnet_resnet50d/d8-ignored"]
+    assert "--epochs 60 " in variant["pspnet_resnet50d/epochs60"] and "--milestone 40 " in variant[
+        "pspnet_resnet50d/epochs60"]
     assert any("--backbone resnet50d --backbone-init results/paper/zoo/resnet50d.gluon_in1k.pt" in c for c in pretrain)
 
     finetune = [c for c in commands if "pssl finetune" in c]
-    assert len(finetune) == n_cells * n_lrs
+    assert len(finetune) == n_cells_all * n_lrs
 
     def cell(dataset: str, model: str, init: str) -> list[str]:
         return [c for c in finetune if f"--dataset {dataset} " in c and f"/finetune/{dataset}/{model}/{init}/" in c]
@@ -125,13 +144,22 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
         (tmp_path / f"results/paper/explain/{shard}.zarr").mkdir(parents=True)
     run_snakemake(tmp_path, "--touch", "stage_explain", "--configfile", str(PAPER), *roots(trees))
     counts, _ = plan(tmp_path, PAPER, trees)
-    assert counts == Counter(label_shard=2, pretrain=3, finetune=n_cells * n_lrs, select_lr=n_cells, report=1,
-                             all=1)
+    assert counts == Counter(label_shard=2, pretrain=n_pretrain, finetune=n_cells_all * n_lrs,
+                             select_lr=n_cells_all, **reports)
+
+    # 4. each experiment alone: its own pre-training and cells, the shared labels, never explain
+    for target, (n_pre, n_ft) in {"table1": (8, 8), "table2": (4, 5), "ablation_d8": (2, 2),
+                                  "table4": (2, 3), "table3": (3, n_cells)}.items():
+        counts, _ = plan(tmp_path, PAPER, trees, target=target)
+        assert counts == Counter({"label_shard": 2, "pretrain": n_pre, "finetune": n_ft * n_lrs, "select_lr": n_ft,
+                                  target: 1, **({} if target == "table3" else {"experiment_table": 1}),
+                                  **({"eval_classify": 3} if target == "table4" else {})}), target
 
 
 def test_wrong_roots_fail_before_any_job_with_one_line(trees, tmp_path):
     missing = tmp_path / "no-such-dir"
     proc = run_snakemake(tmp_path, "-n", "--configfile", str(PAPER), "--config", f"imagenet_root={missing}",
+                         f"imagenet_val_root={trees[0]}",
                          f"downstream_root={trees[1]}", check=False)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ConfigError" in line]
@@ -140,6 +168,7 @@ def test_wrong_roots_fail_before_any_job_with_one_line(trees, tmp_path):
 
     partial = fake_downstream(tmp_path / "seg", {**ALL_SPLITS, "camvid": ("train", "val")})  # no CamVid test
     proc = run_snakemake(tmp_path, "-n", "--configfile", str(PAPER), "--config", f"imagenet_root={trees[0]}",
+                         f"imagenet_val_root={trees[0]}",
                          f"downstream_root={partial}", check=False)
     assert proc.returncode != 0
     assert f"config key downstream_root: camvid needs {partial}/CamVid/test (missing, and 1 more)" in proc.stderr

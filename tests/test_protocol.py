@@ -54,7 +54,8 @@ def test_per_model_overrides_apply_to_their_model_only():
 
 
 def test_per_model_override_naming_an_unknown_model_is_rejected():
-    cfg = {**copy.deepcopy(PAPER), "imagenet_root": "/data/train", "downstream_root": "/data/seg"}
+    cfg = {**copy.deepcopy(PAPER), "imagenet_root": "/data/train", "downstream_root": "/data/seg",
+           "imagenet_val_root": "/data/val"}
     check_config(cfg)
     cfg["finetune"]["datasets"]["ade20k"]["per_model"] = {"deeplabv3_resnest50": {"epochs": 180}}
     with pytest.raises(ConfigError, match="finetune.datasets.ade20k.per_model.deeplabv3_resnest50"):

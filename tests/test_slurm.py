@@ -60,8 +60,8 @@ SLURM_ARGS = ["--profile", str(REPO / "profiles/slurm"), "--slurm-status-command
               "--retries", "0", "--jobs", "4", "--seconds-between-status-checks", "2", "--verbose"]
 # Every stage up to pre-training, and one fine-tune cell per init: what the checks below need, at a CI-sized cost
 # (the whole tiny DAG under SLURM took 12 minutes on the 2-core CI machine).
-TARGETS = ["stage_labels", "results/pretrain/psp/final.pt", "results/finetune/camvid/psp/imagenet/metrics.json",
-           "results/finetune/camvid/psp/pssl/metrics.json"]
+TARGETS = ["stage_labels", "results/pretrain/psp/main/final.pt", "results/finetune/camvid/psp/imagenet/seed0/metrics.json",
+           "results/finetune/camvid/psp/pssl/seed0/metrics.json"]
 
 
 def slurm_run(workdir, *args, check=True):
@@ -122,7 +122,7 @@ def test_every_non_local_job_ran_as_a_slurm_job(tiny_on_slurm):
               if "sbatch call: " in line]
     assert sbatch, "the plugin prints its sbatch calls with --verbose"
     SBATCH_LOG.write_text("\n".join(sbatch) + "\n")
-    assert (workdir / "results/finetune/camvid/psp/pssl/metrics.json").exists()
+    assert (workdir / "results/finetune/camvid/psp/pssl/seed0/metrics.json").exists()
 
 
 # What sbatch must get per rule, for the test overlay (threads 2, cores_per_node 2, pre-training on 2 GPUs as
@@ -171,7 +171,7 @@ def test_pretraining_ran_as_two_srun_tasks(tiny_on_slurm):
     workdir, output = tiny_on_slurm
     assert ("srun --nodes 1 --ntasks-per-node 2 --gpus-per-node 2 --cpus-per-task 1 --kill-on-bad-exit=1 "
             "python -m pssl pretrain") in output
-    logs = sorted((workdir / "results/logs/pretrain").glob("*.log"))
+    logs = sorted((workdir / "results/logs/pretrain").glob("*/*.log"))
     assert len(logs) == 1
     for log in logs:
         text = log.read_text()
@@ -238,7 +238,7 @@ def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_r
 
     on_slurm, _ = tiny_on_slurm
     config = overlay(tmp_path, "limit", {**SMALLER, "cluster": {"requeue_margin_min": 2}})
-    target = "results/pretrain/psp/final.pt"
+    target = "results/pretrain/psp/main/final.pt"
     runs = {}
     for name in ("local", "slurm"):  # the fixture's explain stores and label tables, times kept
         runs[name] = tmp_path / name
@@ -248,7 +248,7 @@ def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_r
         proc = slurm_run(runs["slurm"], target, *config, "--set-resources", "pretrain:runtime=2")
     output = proc.stdout + proc.stderr
     assert len(re.findall(r"Job \d+ has been submitted with SLURM jobid", output)) == 1
-    log = (runs["slurm"] / "results/logs/pretrain/psp.log").read_text()  # the last run's log
+    log = (runs["slurm"] / "results/logs/pretrain/psp/main.log").read_text()  # the last run's log
     assert "resuming from ckpt-000000002.pt at step 2/4" in log, log
     a = torch.load(runs["local"] / target, weights_only=False)["model"]
     b = torch.load(runs["slurm"] / target, weights_only=False)["model"]

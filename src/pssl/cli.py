@@ -20,6 +20,7 @@ from pssl.settings import (
     TrainSettings,
     ZooSettings,
     add_settings_flags,
+    parse_bool,
     settings_from_args,
 )
 
@@ -118,6 +119,13 @@ def _eval_pretrain(a):
     pretrain_quality(a.models, a.stores, a.index, a.masks, a.out, device=a.device)
 
 
+def _eval_classify(a):
+    from pssl.device import set_threads
+    from pssl.eval.classify import evaluate_classification
+    set_threads(a.threads)
+    evaluate_classification(a.model, a.index, a.root, a.out, a.classifier_size, device=a.device)
+
+
 def _finetune(a):
     from pssl.device import set_threads
     from pssl.train.finetune import finetune
@@ -127,14 +135,33 @@ def _finetune(a):
              device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min)
 
 
+def _figure3(a):
+    from pssl.device import set_threads
+    from pssl.report.figure3 import figure3
+    set_threads(a.threads)
+    print(figure3(a.model, a.dataset, a.root, a.index, a.out, a.images, device=a.device))
+
+
 def _select_lr(a):
     from pssl.report.lr_grid import select_best_lr
     select_best_lr(a.runs, a.out)
 
 
+def _table3(a):
+    from pssl.report.table3 import write_table3
+    print(write_table3(a.cells, a.out, json.loads(a.titles)))
+
+
 def _report(a):
     from pssl.report.table3 import write_report
-    print(write_report(a.cells, a.out, json.loads(a.titles), a.stores, a.quality))
+    print(write_report(a.out, a.stores, a.quality, a.experiments, a.figure3))
+
+
+def _experiment_table(a):
+    from pssl.report.experiments import write_experiment
+    table = write_experiment(a.name, a.title, a.cells, json.loads(a.variants), a.datasets, a.imagenet, a.out_dir,
+                             a.classify)
+    print(table.with_suffix(".md").read_text())
 
 
 def _summary(a):
@@ -256,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval-pretrain", parents=[compute],
                        help="pre-trained models' foreground vs object masks (demo)")
-    s.add_argument("--models", nargs="+", required=True, help="pretrain/<model>/final.pt")
+    s.add_argument("--models", nargs="+", required=True, help="pretrain/<model>/<variant>/final.pt")
     s.add_argument("--stores", nargs="+", required=True, help="explain stores (the images to segment)")
     s.add_argument("--index", required=True, help="index.parquet (image paths)")
     s.add_argument("--masks", required=True, help="masks/<wnid>/<name>.png root (the demo's hidden objects)")
@@ -278,18 +305,60 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(s, TrainSettings)
     s.set_defaults(func=_finetune)
 
+    s = sub.add_parser("eval-classify", parents=[compute], help="ImageNet val top-1 / top-5 of a pre-trained segmentation model used "
+                                             "as a classifier (background excluded), or of a zoo classifier")
+    s.add_argument("--model", required=True, help="pretrain/<model>/<variant>/final.pt or zoo/<name>.pt")
+    s.add_argument("--index", required=True, help="index.parquet (its class list maps wnids to outputs)")
+    s.add_argument("--root", required=True, help="ImageNet val: <wnid>/ folders, or flat files with "
+                                                 "LOC_val_solution.csv in or beside it")
+    s.add_argument("--classifier-size", type=int, default=224, help="input size of a zoo classifier")
+    s.add_argument("--out", required=True, help="JSON with top1, top5, images, unreadable")
+    s.set_defaults(func=_eval_classify)
+
+    s = sub.add_parser("figure3", parents=[compute], help="Figure 3: a pre-trained model segmenting a downstream "
+                                                          "val set into the ImageNet classes + background")
+    s.add_argument("--model", required=True, help="pretrain/<model>/<variant>/final.pt")
+    s.add_argument("--dataset", required=True, choices=list(DATASETS))
+    s.add_argument("--root", required=True, help="the dataset's root (its standard layout)")
+    s.add_argument("--index", required=True, help="index.parquet (class list and names)")
+    s.add_argument("--images", type=int, default=6, help="val images, spread over the split")
+    s.add_argument("--out", required=True, help="PNG (a PDF is written beside it)")
+    s.set_defaults(func=_figure3)
+
     s = sub.add_parser("select-lr", help="keep the best learning rate (val mIoU) of a lr grid")
     s.add_argument("--runs", nargs="+", required=True, help="metrics.json of each lr")
     s.add_argument("--out", required=True, help="the cell's metrics.json (the best lr's, with the grid recorded)")
     s.set_defaults(func=_select_lr)
 
-    s = sub.add_parser("report", help="Table 3 (CSV, Markdown, figure) and the pseudo-label gallery")
-    s.add_argument("--cells", nargs="+", required=True, help="finetune/<dataset>/<model>/<init>/metrics.json")
+    s = sub.add_parser("table3", help="Table 3 (CSV, Markdown, HTML, gains figure) from the fine-tune cells")
+    s.add_argument("--cells", nargs="+", required=True,
+                   help="finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json")
     s.add_argument("--out", required=True, help="report directory")
     s.add_argument("--titles", default="{}", help='JSON: model name -> column title')
+    s.set_defaults(func=_table3)
+
+    s = sub.add_parser("report", help="the report around Table 3: experiments, quality tables, gallery, index.html")
+    s.add_argument("--out", required=True, help="report directory (holding table3.csv and table3.md)")
     s.add_argument("--stores", nargs="+", required=True, help="explain stores for the gallery")
     s.add_argument("--quality", nargs="*", default=[], help="quality CSV tables to append (demo)")
+    s.add_argument("--experiments", nargs="*", default=[], help="experiment tables to include (<name>.csv)")
+    s.add_argument("--figure3", default=None, help="Figure 3's PNG, to show on the page")
     s.set_defaults(func=_report)
+
+    s = sub.add_parser("experiment-table", help="one experiment's table (Tables 1, 2, 4, ablations): each "
+                                                "pre-training variant's fine-tune cells, over seeds")
+    s.add_argument("--name", required=True, help="file name of the table (table1)")
+    s.add_argument("--title", required=True)
+    s.add_argument("--cells", nargs="+", required=True,
+                   help="finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json of the experiment")
+    s.add_argument("--variants", required=True, help="JSON: variant -> its overrides, in row order")
+    s.add_argument("--classify", nargs="*", default=[],
+                   help="classify/<model>/<init>.json of each row (pssl eval-classify): a top-1 column")
+    s.add_argument("--datasets", nargs="+", required=True)
+    s.add_argument("--imagenet", type=parse_bool, default=False, metavar="BOOL",
+                   help="the table has an ImageNet-init row and each variant's gain over it")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=_experiment_table)
 
     s = sub.add_parser("runtimes", help="each benchmarked job's measured time next to the SLURM runtime the "
                                         "workflow requests for it (minutes)")
@@ -321,14 +390,22 @@ EXAMPLES = {
     "show": "results/explain/shard-00000.zarr --index 3 --out d.png --model-deciles",
     "label": "--shard results/shards/shard-00000.parquet --store results/explain/shard-00000.zarr "
              "--zoo results/zoo/*.pt --out results/labels/shard-00000.parquet --policy gt",
-    "pretrain": "--stores results/explain/*.zarr --labels results/labels/*.parquet --out-dir results/pretrain/psp "
+    "pretrain": "--stores results/explain/*.zarr --labels results/labels/*.parquet --out-dir results/pretrain/psp/main "
                 "--head pspnet --backbone resnet50d --backbone-init results/zoo/resnet50d.pt --epochs 30",
-    "eval-pretrain": "--models results/pretrain/*/final.pt --stores results/explain/*.zarr --index "
+    "eval-pretrain": "--models results/pretrain/*/main/final.pt --stores results/explain/*.zarr --index "
                      "results/index.parquet --masks data/demo/imagenet/masks --out pretrain_quality.csv",
     "finetune": "--dataset camvid --root /data/segmentation --head pspnet --backbone resnet50d --init pssl "
-                "--init-from results/pretrain/psp/final.pt --out-dir ft --crop 480 --base-size 520 --eval-split test",
+                "--init-from results/pretrain/psp/main/final.pt --out-dir ft --crop 480 --base-size 520 --eval-split test",
+    "eval-classify": "--model results/pretrain/psp/main/final.pt --index results/index.parquet "
+                     "--root /data/imagenet/val --out results/classify/psp/pssl.json",
+    "figure3": "--model results/pretrain/psp/main/final.pt --dataset voc_aug --root /data/segmentation "
+               "--index results/index.parquet --out results/report/figure3.png",
     "select-lr": "--runs ft/lr0.01/metrics.json ft/lr0.02/metrics.json --out ft/metrics.json",
-    "report": "--cells results/finetune/*/*/*/metrics.json --stores results/explain/*.zarr --out results/report",
+    "table3": "--cells results/finetune/*/*/*/seed*/metrics.json --out results/report",
+    "report": "--out results/report --stores results/explain/*.zarr --experiments results/report/experiments/*.csv",
+    "experiment-table": "--name table2 --title 'Table 2' --cells results/finetune/voc_aug/dlv3/*/seed*/metrics.json "
+                        "--variants '{\"50k\": {\"images\": 50000}, \"main\": null}' --datasets voc_aug --imagenet true "
+                        "--out-dir results/report/experiments",
     "runtimes": "--configfile presets/paper.yaml",
     "summary": "--results results",
 }

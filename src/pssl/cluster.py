@@ -131,7 +131,7 @@ def runtime_minutes(config: dict, rule: str, wildcards: dict) -> int:
     """The SLURM runtime estimate of one job of a heavy rule (what the rules request, what `pssl runtimes`
     compares with the measured benchmark files)."""
     from pssl.data.downstream import DATASETS
-    from pssl.settings import finetune_settings
+    from pssl.settings import MAIN, finetune_settings, pretrain_settings
     if rule == "zoo_model":
         return zoo_minutes(config, indexed_images(config))
     if rule == "explain_shard":
@@ -139,9 +139,10 @@ def runtime_minutes(config: dict, rule: str, wildcards: dict) -> int:
     if rule == "label_shard":
         return label_minutes(config)
     if rule == "pretrain":
-        p = config["pretrain"]
-        world = train_layout(config, "pretrain").world
-        return train_minutes(config, indexed_images(config), p["epochs"], p["crop"], world)
+        settings, train = pretrain_settings(config, wildcards.get("variant", MAIN))
+        images = indexed_images(config)
+        images = min(settings.images, images) if settings.images else images
+        return train_minutes(config, images, train.epochs, settings.crop, train_layout(config, "pretrain").world)
     if rule == "finetune":
         geometry, train = finetune_settings(config, wildcards["dataset"], wildcards["model"])
         return train_minutes(config, DATASETS[wildcards["dataset"]].train_images, train.epochs, geometry.crop,
@@ -165,8 +166,8 @@ BENCHMARKS = {
     "zoo_model": "zoo_model/{classifier}.tsv",
     "explain_shard": "explain_shard/{shard}.tsv",
     "label_shard": "label_shard/{shard}.tsv",
-    "pretrain": "pretrain/{model}.tsv",
-    "finetune": "finetune/{dataset}/{model}/{init}/lr{lr}.tsv",
+    "pretrain": "pretrain/{model}/{variant}.tsv",
+    "finetune": "finetune/{dataset}/{model}/{init}/seed{seed}/lr{lr}.tsv",
 }
 
 

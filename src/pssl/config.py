@@ -76,12 +76,46 @@ def check_config(config: dict) -> None:
             if name not in config["finetune"]["models"]:
                 raise ConfigError(f"config key finetune.datasets.{dataset}.per_model.{name}: not one of "
                                   f"finetune.models ({', '.join(config['finetune']['models'])})")
+    check_experiments(config)
     if not demo["enabled"] and not config["downstream_root"]:
         missing = [d for d, v in config["finetune"]["datasets"].items() if not v["root"]]
         if missing:
             raise ConfigError(
                 f"config key downstream_root (or finetune.datasets.{missing[0]}.root) is required when demo.enabled "
                 f"is false: the directory holding CamVid/, VOCdevkit/, ADEChallengeData2016/, cityscapes/")
+
+
+def check_experiments(config: dict) -> None:
+    """Pre-training variants override settings that exist; experiments name models, datasets and variants
+    that exist; run_experiments names experiments."""
+    import dataclasses
+
+    from pssl.settings import MAIN, PretrainSettings, TrainSettings
+    settable = {f.name for cls in (PretrainSettings, TrainSettings) for f in dataclasses.fields(cls)} - {"seed"}
+    for name, overrides in config["pretrain_variants"].items():
+        unknown = sorted(set(overrides or {}) - settable)
+        if unknown:
+            raise ConfigError(f"config key pretrain_variants.{name}: {', '.join(unknown)} is not a pre-training "
+                              f"setting ({', '.join(sorted(settable))})")
+    for name, e in config["experiments"].items():
+        known = {"model": config["pretrain"]["models"], "datasets": config["finetune"]["datasets"],
+                 "variants": [MAIN, *config["pretrain_variants"]]}
+        for key, values in (("model", [e["model"]]), ("datasets", e["datasets"]), ("variants", e["variants"])):
+            for value in values:
+                if value not in known[key]:
+                    raise ConfigError(f"config key experiments.{name}.{key}: {value!r} is not one of "
+                                      f"{', '.join(known[key])}")
+    figure = config["figure3"]
+    if figure["model"] not in config["finetune"]["models"] or figure["dataset"] not in config["finetune"]["datasets"]:
+        raise ConfigError(f"config key figure3: model {figure['model']!r} must be one of finetune.models and dataset "
+                          f"{figure['dataset']!r} one of finetune.datasets")
+    for name in config["run_experiments"]:
+        if name not in config["experiments"]:
+            raise ConfigError(f"config key run_experiments: {name!r} is not a key of experiments")
+        if config["experiments"][name].get("classify") and not (config["imagenet_val_root"] or config["demo"]["enabled"]):
+            raise ConfigError(f"config key imagenet_val_root is required: experiment {name} (run_experiments) "
+                              f"reports ImageNet val top-1; pass the val directory (<wnid>/ folders, or flat files "
+                              f"with LOC_val_solution.csv)")
 
 
 def typed_cli_config(cli: dict) -> dict:
@@ -123,6 +157,8 @@ def check_data_roots(config: dict) -> None:
         if not entries or (config["labelled"] and not any(e.is_dir() for e in entries)):
             raise ConfigError(f"config key imagenet_root: {root} has no class folders (<wnid>/<image>); "
                               f"for loose unlabelled images set labelled: false")
+    if config["imagenet_val_root"] and not Path(config["imagenet_val_root"]).is_dir():
+        raise ConfigError(f"config key imagenet_val_root: {config['imagenet_val_root']} is not a directory")
     for dataset, settings in config["finetune"]["datasets"].items():
         root = settings["root"] or config["downstream_root"]
         if not root:

@@ -27,6 +27,7 @@ class DemoSettings:
     seed: int = setting(0, "master seed of every synthetic image")
     num_classes: int = setting(6, "classification classes (ImageNet-style wnids)")
     images_per_class: int = setting(32, "classification images per class")
+    val_images_per_class: int = setting(8, "held-out classification images per class (imagenet/val)")
     min_side: int = setting(80, "smallest side length of a classification image (pixels)")
     max_side: int = setting(200, "largest side length of a classification image (pixels)")
     downstream_train: int = setting(32, "train images of every downstream dataset")
@@ -104,6 +105,8 @@ class PretrainSettings:
     pad_label: str = setting("ignore", "label of padded pixels (crop, rotation)", ("ignore", "background"))
     decile_threshold: int = setting(9, "pixels with decile >= this get the image's class, others background")
     ignore_deciles: tuple[int, ...] = setting((), "deciles whose pixels the loss ignores")
+    images: int = setting(0, "train on the first N usable images of one fixed random order, so smaller sets "
+                             "are inside larger ones (0: all)")
 
 
 @dataclass(frozen=True)
@@ -148,17 +151,36 @@ def label_settings(config: dict) -> LabelSettings:
     return pick(LabelSettings, config["labels"], num_workers=config["explain"]["num_workers"])
 
 
-def pretrain_settings(config: dict) -> tuple[PretrainSettings, TrainSettings]:
+MAIN = "main"  # the pre-training of the pretrain section itself (Table 3); other names: pretrain_variants
+
+
+def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettings, TrainSettings]:
+    """The pretrain section's settings, with a named variant's overrides (`pretrain_variants`) on top."""
     labels = config["labels"]
-    return (pick(PretrainSettings, config["pretrain"], decile_threshold=labels["decile_threshold"],
-                 ignore_deciles=tuple(labels["ignore_deciles"])),
-            pick(TrainSettings, config["pretrain"], seed=config["seed"]))
+    values = {"decile_threshold": labels["decile_threshold"], "ignore_deciles": labels["ignore_deciles"],
+              **config["pretrain"], **pretrain_variant(config, variant)}
+    return pick(PretrainSettings, values), pick(TrainSettings, values, seed=config["seed"])
 
 
-def finetune_settings(config: dict, dataset: str, model: str, lr: float | None = None
+def pssl_init(variant: str) -> str:
+    """The fine-tune init name of a pre-training variant: pssl (main) or pssl-<variant>."""
+    return "pssl" if variant == MAIN else f"pssl-{variant}"
+
+
+def pretrain_variant(config: dict, variant: str) -> dict:
+    if variant == MAIN:
+        return {}
+    variants = config.get("pretrain_variants") or {}
+    if variant not in variants:
+        raise KeyError(f"no pre-training variant {variant!r}; pretrain_variants: {', '.join(variants) or 'none'}")
+    return variants[variant] or {}
+
+
+def finetune_settings(config: dict, dataset: str, model: str, lr: float | None = None, seed: int | None = None
                       ) -> tuple[FinetuneSettings, TrainSettings]:
     """One fine-tune job's settings: the dataset's (with its per_model overrides for `model`), the evaluation's,
-    and the finetune section's optimisation with the dataset's epochs and weight decay (and the job's lr)."""
+    and the finetune section's optimisation with the dataset's epochs and weight decay (and the job's lr and
+    seed: a cell is trained once per `finetune.seeds` entry)."""
     dataset_settings = dict(config["finetune"]["datasets"][dataset])
     dataset_settings.update(dataset_settings.pop("per_model", {}).get(model, {}))
     evaluation = config["eval"]
@@ -166,7 +188,7 @@ def finetune_settings(config: dict, dataset: str, model: str, lr: float | None =
     # the step schedule's milestone and gamma are optional: fine-tuning uses poly
     train = pick(TrainSettings, {**config["finetune"], "epochs": dataset_settings["epochs"],
                                  "weight_decay": dataset_settings["weight_decay"]}, optional=("milestone", "gamma"),
-                 seed=config["seed"])
+                 seed=config["seed"] if seed is None else seed)
     return geometry, train if lr is None else dataclasses.replace(train, lr=lr)
 
 

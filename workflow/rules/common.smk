@@ -7,11 +7,13 @@ from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_mi
 from pssl.config import imagenet_root, zoo_specs
 from pssl.models.catalog import model_title
 from pssl.settings import (
+    MAIN,
     demo_settings,
     explain_settings,
     finetune_settings,
     label_settings,
     pretrain_settings,
+    pssl_init,
     settings_flags,
     zoo_settings,
 )
@@ -47,6 +49,9 @@ ENSEMBLE = list(zoo_specs(config, ensemble_only=True))
 PRETRAIN = config["pretrain"]["models"]
 FINETUNE = config["finetune"]
 LRS = FINETUNE["lr_grid"] or [FINETUNE["lr"]]
+SEEDS = FINETUNE["seeds"]
+VARIANTS = [MAIN, *config["pretrain_variants"]]  # main: the pretrain section itself (Table 3)
+EXPERIMENTS = config["experiments"]
 
 
 def one_of(names):
@@ -54,15 +59,20 @@ def one_of(names):
 
 
 # Every wildcard has one meaning in every rule: {classifier} a zoo entry, {model} a segmentation model (a key
-# of pretrain.models), {dataset} a downstream dataset, {init} an initialisation, {lr} a learning rate of the
-# grid, {shard} a shard of the index.
+# of pretrain.models), {variant} a pre-training variant (main or a key of pretrain_variants), {dataset} a
+# downstream dataset, {init} an initialisation (imagenet, pssl = the main pre-training, pssl-<variant>), {seed}
+# a fine-tuning seed, {lr} a learning rate of the grid, {shard} a shard of the index, {experiment} an
+# experiment's name.
 wildcard_constraints:
     classifier=one_of(ZOO),
     model=one_of(PRETRAIN),
+    variant=one_of(VARIANTS),
     dataset=one_of(FINETUNE["datasets"]),
-    init="imagenet|pssl",
+    init=one_of(["imagenet", *map(pssl_init, VARIANTS)]),
+    seed=r"\d+",
     lr=one_of(LRS),
     shard=r"shard-\d+",
+    experiment=one_of(EXPERIMENTS) or "(?!)",
 
 
 def zoo_files(wildcards=None):
@@ -74,8 +84,18 @@ def label_tables(wildcards=None):
     return expand(f"{RESULTS}/labels/{{shard}}.parquet", shard=shard_names())
 
 
+def pretrained(model, variant=MAIN):
+    return f"{RESULTS}/pretrain/{model}/{variant}/final.pt"
+
+
 def pretrained_models(wildcards=None):
-    return [f"{RESULTS}/pretrain/{name}/final.pt" for name in PRETRAIN]
+    """The main pre-training of every Table 3 model."""
+    return [pretrained(name) for name in FINETUNE["models"]]
+
+
+def init_variant(init):
+    """The pre-training variant a PSSL init starts from: pssl -> main, pssl-<variant> -> <variant>."""
+    return MAIN if init == "pssl" else init.removeprefix("pssl-")
 
 
 def backbone_init(wildcards):
@@ -99,15 +119,16 @@ def dataset_root(dataset):
 
 def finetune_init(wildcards):
     """ImageNet init: the zoo classifier of the backbone; PSSL init: the pre-trained model."""
-    if wildcards.init == "pssl":
-        return f"{RESULTS}/pretrain/{wildcards.model}/final.pt"
+    if wildcards.init != "imagenet":
+        return pretrained(wildcards.model, init_variant(wildcards.init))
     init = PRETRAIN[wildcards.model]["init"]
     return f"{RESULTS}/zoo/{init}.pt" if init else []
 
 
 def finetune_flags(wildcards):
     """Every setting of one fine-tune job as `pssl finetune` flags."""
-    return settings_flags(*finetune_settings(config, wildcards.dataset, wildcards.model, float(wildcards.lr)))
+    return settings_flags(*finetune_settings(config, wildcards.dataset, wildcards.model, float(wildcards.lr),
+                                             int(wildcards.seed)))
 
 
 def runtime(rule):
@@ -120,14 +141,61 @@ def benchmark(rule):
     return benchmark_path(config, rule)
 
 
+def finetune_cells(datasets, models, inits):
+    """Each cell's selected-lr metrics, once per seed."""
+    return expand(f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/metrics.json",
+                  dataset=datasets, model=models, init=inits, seed=SEEDS)
+
+
 def finetune_results(wildcards=None):
-    return expand(f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/metrics.json",
-                  dataset=FINETUNE["datasets"], model=FINETUNE["models"], init=FINETUNE["inits"])
+    """Table 3's cells."""
+    return finetune_cells(FINETUNE["datasets"], FINETUNE["models"], FINETUNE["inits"])
+
+
+def experiment_inits(name):
+    e = EXPERIMENTS[name]
+    return (["imagenet"] if e["imagenet"] else []) + [pssl_init(v) for v in e["variants"]]
+
+
+def experiment_cells(wildcards):
+    e = EXPERIMENTS[wildcards.experiment]
+    return finetune_cells(e["datasets"], [e["model"]], experiment_inits(wildcards.experiment))
+
+
+def imagenet_val_root():
+    """The ImageNet val set of the experiments that report top-1 (the demo: its held-out images)."""
+    root = config["imagenet_val_root"] or (f"{DEMO_ROOT}/imagenet/val" if config["demo"]["enabled"] else None)
+    if root is None:
+        raise ValueError("config key imagenet_val_root is required for an experiment with classify: true")
+    return root
+
+
+def experiment_classify(wildcards):
+    """Each row's ImageNet val top-1 (experiments with classify: true)."""
+    e = EXPERIMENTS[wildcards.experiment]
+    if not e.get("classify"):
+        return []
+    return [f"{RESULTS}/classify/{e['model']}/{init}.json" for init in experiment_inits(wildcards.experiment)]
+
+
+def experiment_variants(name):
+    """JSON: each variant of the experiment -> its overrides, in the table's row order."""
+    return json.dumps({v: config["pretrain_variants"].get(v) for v in EXPERIMENTS[name]["variants"]})
+
+
+def experiment_table(name):
+    return f"{RESULTS}/report/experiments/{name}.csv"
+
+
+def report_experiments(wildcards=None):
+    """The experiments the default target and the report include (run_experiments)."""
+    return [experiment_table(name) for name in config["run_experiments"]]
 
 
 REPORT_FILES = [f"{RESULTS}/report/{name}" for name in
-                ("table3.html", "table3.csv", "table3.md", "table3_gains.png", "table3_gains.svg",
-                 "pseudo_label_gallery.png", "pseudo_label_gallery.pdf", "index.html")]
+                ("table3.html", "table3.csv", "table3.md", "finetune_cells.csv", "table3_gains.png", "table3_gains.svg",
+                 "figure3.png", "figure3.pdf", "pseudo_label_gallery.png", "pseudo_label_gallery.pdf", "report.md",
+                 "index.html")]
 MODEL_TITLES = {m: model_title(PRETRAIN[m]["head"], PRETRAIN[m]["backbone"]) for m in PRETRAIN}
 
 

@@ -1,8 +1,11 @@
-# Stage: fine-tuning fan-out (dataset x model x init x lr), best lr per cell.
+# Stage: fine-tuning fan-out (dataset x model x init x seed x lr), best lr per cell and seed; Table 3, the
+# experiments' tables, and the report.
 
 
 localrules:
     select_lr,
+    experiment_table,
+    table3,
 
 
 rule finetune:
@@ -10,8 +13,8 @@ rule finetune:
         init=finetune_init,
         data=demo_data_if_enabled,
     output:
-        metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/metrics.json",
-        weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}/final.pt",
+        metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}/metrics.json",
+        weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}/final.pt",
     params:
         launcher=FINETUNE_LAYOUT.launcher(),
         world=FINETUNE_LAYOUT.world,
@@ -19,6 +22,7 @@ rule finetune:
         head=lambda wc: PRETRAIN[wc.model]["head"],
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
+        init_kind=lambda wc: "imagenet" if wc.init == "imagenet" else "pssl",
         settings=finetune_flags,
         device=config["device"],
     threads: FINETUNE_LAYOUT.threads_per_rank
@@ -29,25 +33,26 @@ rule finetune:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/lr{{lr}}.log",
+        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}.log",
     benchmark:
         benchmark("finetune")
     shell:
         "{params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
-        " --head {params.head} --backbone {params.backbone} --init {wildcards.init} --init-from {input.init}"
+        " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
         " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
 rule select_lr:
     input:
-        lambda wc: expand(f"{RESULTS}/finetune/{wc.dataset}/{wc.model}/{wc.init}/lr{{lr}}/metrics.json", lr=LRS),
+        lambda wc: expand(f"{RESULTS}/finetune/{wc.dataset}/{wc.model}/{wc.init}/seed{wc.seed}/lr{{lr}}/metrics.json",
+                          lr=LRS),
     output:
-        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/metrics.json",
+        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/metrics.json",
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/select_lr.log",
+        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/select_lr.log",
     shell:
         "python -m pssl select-lr --runs {input} --out {output} > {log} 2>&1"
 
@@ -81,24 +86,77 @@ rule stage_finetune:
         finetune_results,
 
 
-rule report:
+rule eval_classify:
     input:
-        cells=finetune_results,
-        stores=explain_stores,
-        quality=quality_tables,
+        model=finetune_init,
+        index=f"{RESULTS}/index.parquet",
+        data=demo_data_if_enabled,
+    output:
+        f"{RESULTS}/classify/{{model}}/{{init}}.json",
+    params:
+        root=lambda wc: imagenet_val_root(),
+        classifier_size=config["explain"]["image_size"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        **job_resources(config, "labels", cpus=config["threads"], gpus=1),
+        runtime=60,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/classify/{{model}}/{{init}}.log",
+    shell:
+        "python -m pssl eval-classify --model {input.model} --index {input.index} --root {params.root}"
+        " --classifier-size {params.classifier_size} --out {output} --device {params.device} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule experiment_table:
+    input:
+        cells=experiment_cells,
+        classify=experiment_classify,
+    output:
+        f"{RESULTS}/report/experiments/{{experiment}}.csv",
+        f"{RESULTS}/report/experiments/{{experiment}}.md",
+        f"{RESULTS}/report/experiments/{{experiment}}.html",
+        f"{RESULTS}/report/experiments/{{experiment}}_runs.csv",
+    params:
+        title=lambda wc: EXPERIMENTS[wc.experiment]["title"],
+        variants=lambda wc: experiment_variants(wc.experiment),
+        datasets=lambda wc: EXPERIMENTS[wc.experiment]["datasets"],
+        imagenet=lambda wc: str(EXPERIMENTS[wc.experiment]["imagenet"]).lower(),
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/experiments/{{experiment}}.log",
+    shell:
+        "python -m pssl experiment-table --name {wildcards.experiment} --title {params.title:q}"
+        " --cells {input.cells} --classify {input.classify} --variants {params.variants:q}"
+        " --datasets {params.datasets} --imagenet {params.imagenet} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# One target per experiment (snakemake table1), running only what its table needs.
+for _name in EXPERIMENTS:
+
+    rule:
+        name:
+            _name
+        input:
+            experiment_table(_name),
+
+
+rule table3:
+    input:
+        finetune_results,
     output:
         # snakemake --report shows the HTML tables inline; categories are listed in this order
         html=report(f"{RESULTS}/report/table3.html", caption="../report/table3.rst", category="1. Table 3"),
         table=report(f"{RESULTS}/report/table3.csv", caption="../report/table3.rst", category="1. Table 3"),
         markdown=f"{RESULTS}/report/table3.md",
+        runs=f"{RESULTS}/report/finetune_cells.csv",
         gains=report(f"{RESULTS}/report/table3_gains.png", caption="../report/gains.rst", category="1. Table 3"),
         gains_svg=f"{RESULTS}/report/table3_gains.svg",
-        gallery=report(f"{RESULTS}/report/pseudo_label_gallery.png", caption="../report/gallery.rst",
-                       category="2. Pseudo labels"),
-        gallery_pdf=f"{RESULTS}/report/pseudo_label_gallery.pdf",
-        index=f"{RESULTS}/report/index.html",
-        quality=[report(html, caption="../report/quality.rst", category="3. Quality (demo)")
-                 for html in quality_pages()],
     params:
         titles=json.dumps(MODEL_TITLES),
         out=lambda wc, output: os.path.dirname(output.table),
@@ -107,10 +165,64 @@ rule report:
     conda:
         CONDA_ENV
     log:
+        f"{LOGS}/table3.log",
+    shell:
+        "python -m pssl table3 --cells {input} --out {params.out} --titles {params.titles:q} > {log} 2>&1"
+
+
+rule figure3:
+    input:
+        model=lambda wc: pretrained(config["figure3"]["model"]),
+        index=f"{RESULTS}/index.parquet",
+        data=demo_data_if_enabled,
+    output:
+        png=report(f"{RESULTS}/report/figure3.png", caption="../report/figure3.rst", category="2. Pseudo labels"),
+        pdf=f"{RESULTS}/report/figure3.pdf",
+    params:
+        dataset=config["figure3"]["dataset"],
+        root=lambda wc: dataset_root(config["figure3"]["dataset"]),
+        images=config["figure3"]["images"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        **CPU_JOB,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/figure3.log",
+    shell:
+        "python -m pssl figure3 --model {input.model} --dataset {params.dataset} --root {params.root}"
+        " --index {input.index} --images {params.images} --out {output.png} --device {params.device}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule report:
+    input:
+        table3=rules.table3.output,
+        figure3=rules.figure3.output.png,
+        stores=explain_stores,
+        quality=quality_tables,
+        experiments=report_experiments,
+    output:
+        gallery=report(f"{RESULTS}/report/pseudo_label_gallery.png", caption="../report/gallery.rst",
+                       category="2. Pseudo labels"),
+        gallery_pdf=f"{RESULTS}/report/pseudo_label_gallery.pdf",
+        markdown=f"{RESULTS}/report/report.md",
+        index=f"{RESULTS}/report/index.html",
+        quality=[report(html, caption="../report/quality.rst", category="3. Quality (demo)")
+                 for html in quality_pages()],
+    params:
+        out=lambda wc, output: os.path.dirname(output.index),
+    resources:
+        **CPU_JOB,
+    conda:
+        CONDA_ENV
+    log:
         f"{LOGS}/report.log",
     shell:
-        "python -m pssl report --cells {input.cells} --out {params.out} --titles {params.titles:q}"
-        " --stores {input.stores} --quality {input.quality} > {log} 2>&1"
+        "python -m pssl report --out {params.out} --stores {input.stores} --quality {input.quality}"
+        " --figure3 {input.figure3}"
+        " --experiments {input.experiments} > {log} 2>&1"
 
 
 rule stage_report:

@@ -1,4 +1,5 @@
-# Stage: teacher pseudo labels per shard, then end-to-end pre-training of each segmentation model.
+# Stage: teacher pseudo labels per shard, then end-to-end pre-training of each segmentation model: the main
+# pre-training (Table 3) and each pre-training variant an experiment uses.
 
 
 rule label_shard:
@@ -32,15 +33,15 @@ rule pretrain:
         labels=label_tables,
         init=backbone_init,
     output:
-        f"{RESULTS}/pretrain/{{model}}/final.pt",
+        pretrained("{model}", "{variant}"),
     params:
         launcher=PRETRAIN_LAYOUT.launcher(),
         world=PRETRAIN_LAYOUT.world,
         head=lambda wc: PRETRAIN[wc.model]["head"],
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
         init=lambda wc, input: f"--backbone-init {input.init}" if input.init else "",
-        out_dir=lambda wc: f"{RESULTS}/pretrain/{wc.model}",
-        settings=settings_flags(*pretrain_settings(config)),
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        settings=lambda wc: settings_flags(*pretrain_settings(config, wc.variant)),
         device=config["device"],
     threads: PRETRAIN_LAYOUT.threads_per_rank
     resources:
@@ -50,7 +51,7 @@ rule pretrain:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/pretrain/{{model}}.log",
+        f"{LOGS}/pretrain/{{model}}/{{variant}}.log",
     benchmark:
         benchmark("pretrain")
     shell:

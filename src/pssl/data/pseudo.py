@@ -40,10 +40,21 @@ class Sample:
     label: int
 
 
+def nested_subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    """The first n samples of one fixed random order (by image, from `seed`), in their original order: a
+    smaller subset is always inside a larger one (PSSL-50K inside PSSL-200K, as the paper's Table 2 needs)."""
+    if n >= len(samples):
+        if n > len(samples):
+            log.warning("asked for %d pseudo-labelled images, %d are usable: using all", n, len(samples))
+        return samples
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return [samples[i] for i in np.sort(order[:n])]
+
+
 class PseudoLabelDataset(torch.utils.data.Dataset):
     def __init__(self, stores: list[str], labels: list[str], num_classes: int, crop: int,
                  decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), seed: int = 0,
-                 pad_label: str = "ignore"):
+                 pad_label: str = "ignore", images: int = 0):
         self.background = num_classes  # class K: the segmentation head has K + 1 outputs
         self.threshold, self.ignore_deciles, self.seed = decile_threshold, tuple(ignore_deciles), seed
         if pad_label not in ("ignore", "background"):
@@ -72,10 +83,13 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
                     self.samples.append(Sample(relpath, s, row, int(label)))
         if len(roots) != 1:
             raise ValueError(f"label tables point at several image roots: {sorted(roots)}")
+        if images:
+            self.samples = nested_subset(self.samples, images, seed)
         self.root = Path(roots.pop())
         self.skipped = skipped
         self._groups = None  # opened lazily, per worker process
-        log.info("pseudo-labelled set: %d images used, skipped %s", len(self.samples), skipped)
+        log.info("pseudo-labelled set: %d images used%s, skipped %s", len(self.samples),
+                 f" (the first {images} of a fixed random order)" if images else "", skipped)
         if not self.samples:
             raise ValueError("no pseudo-labelled image is usable (all dropped by the label policy or unexplained)")
 

@@ -39,8 +39,10 @@ def image_rng(seed: int, *keys: int) -> np.random.Generator:
 
 
 def write_classification(root: Path, seed: int, num_classes: int, images_per_class: int, min_side: int,
-                         max_side: int, progress: Progress) -> dict:
-    """`imagenet/train/<wnid>/<wnid>_<n>.JPEG`, `imagenet/masks/<wnid>/<wnid>_<n>.png`, the synset mapping."""
+                         max_side: int, progress: Progress, val_images_per_class: int = 0) -> dict:
+    """`imagenet/train/<wnid>/<wnid>_<n>.JPEG`, `imagenet/masks/<wnid>/<wnid>_<n>.png`, the synset mapping, and
+    held-out `imagenet/val/<wnid>/<wnid>_val_<n>.JPEG` (their own random stream: the train files do not
+    depend on how many there are)."""
     total = num_classes * images_per_class
     odd_rng = image_rng(seed, 99)
     odd = odd_rng.choice(total, size=min(total, ODD_CMYK + ODD_GRAY + ODD_PNG), replace=False)
@@ -65,8 +67,13 @@ def write_classification(root: Path, seed: int, num_classes: int, images_per_cla
                 img.save(path, format="JPEG", quality=90)
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "imagenet/masks" / wnid(k) / f"{name}.png")
             progress.update()
+        for n in range(val_images_per_class):
+            (root / "imagenet/val" / wnid(k)).mkdir(parents=True, exist_ok=True)
+            pixels, _ = synth.classification_image(app, image_rng(seed, 2, k, n), min_side, max_side)
+            Image.fromarray(pixels).save(root / "imagenet/val" / wnid(k) / f"{wnid(k)}_val_{n + 1}.JPEG", quality=90)
+            progress.update()
     (root / "imagenet/LOC_synset_mapping.txt").write_text("\n".join(synsets) + "\n")
-    return {"classes": num_classes, "images": total,
+    return {"classes": num_classes, "images": total, "val_images": num_classes * val_images_per_class,
             "odd_files": {f"{wnid(i // images_per_class)}_{i % images_per_class + 1}.JPEG": kind
                           for i, kind in sorted(odd_kind.items())}}
 
@@ -101,12 +108,12 @@ def make_demo_data(out: str | Path, settings: DemoSettings = DemoSettings()) -> 
     if s.min_side > s.max_side:
         raise ValueError(f"min_side ({s.min_side}) must not exceed max_side ({s.max_side})")
     counts = {"train": s.downstream_train, "val": s.downstream_val, "test": s.downstream_val}
-    total = s.num_classes * s.images_per_class + sum(
+    total = s.num_classes * (s.images_per_class + s.val_images_per_class) + sum(
         sum(counts[s] for s in spec.demo.splits) for spec in DATASETS.values())
     manifest = {"seed": s.seed, "imagenet": {}, "downstream": {}}
     with atomic_dir(out) as root, Progress(total, "demo data") as progress:
         manifest["imagenet"] = write_classification(root, s.seed, s.num_classes, s.images_per_class, s.min_side,
-                                                    s.max_side, progress)
+                                                    s.max_side, progress, s.val_images_per_class)
         for key, spec in enumerate(DATASETS.values()):
             manifest["downstream"][spec.name] = write_downstream(root, spec, s.seed, s.num_classes, counts,
                                                                  progress, key)

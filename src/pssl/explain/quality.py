@@ -112,7 +112,8 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
         model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
         model.load_state_dict(record["model"])
         model.eval().to(dev)
-        name = Path(ckpt).parent.name
+        model_dir, variant = Path(ckpt).parent.parent.name, Path(ckpt).parent.name  # pretrain/<model>/<variant>
+        name = model_dir if variant == "main" else f"{model_dir} {variant}"
         for start in range(0, len(items), 32):
             x = images[start:start + 32].float().div(255).to(dev)
             with torch.no_grad():

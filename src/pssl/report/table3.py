@@ -16,69 +16,106 @@ from pssl.data.downstream import DATASETS
 from pssl.io import atomic_file
 from pssl.report.figures import gallery
 from pssl.report.html import html_page, html_table
+from pssl.report.stats import mean_sd, paired_difference
 
 
 def collect(cells: list[str]) -> pd.DataFrame:
-    """One row per finetune/<dataset>/<model>/<init>/metrics.json: miou, pixel_acc, lr, the lr grid size."""
+    """One row per finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json: miou, pixel_acc, lr, the lr grid
+    size (every run is kept: the statistics are computed from these rows)."""
     rows = []
     for path in map(Path, cells):
-        dataset, model, init = path.parts[-4:-1]
+        dataset, model, init, seed = path.parts[-5:-1]
         r = json.loads(path.read_text())
-        rows.append({"dataset": dataset, "model": model, "init": init, "split": r["eval"]["split"],
-                     "miou": 100 * r["miou"],
-                     "pixel_acc": 100 * r["pixel_acc"], "lr": r["lr"], "lr_grid": len(r.get("lr_grid", {})) or 1})
+        rows.append({"dataset": dataset, "model": model, "init": init, "seed": int(seed.removeprefix("seed")),
+                     "split": r["eval"]["split"], "miou": 100 * r["miou"], "pixel_acc": 100 * r["pixel_acc"],
+                     "lr": r["lr"], "lr_grid": len(r.get("lr_grid", {})) or 1})
     return pd.DataFrame(rows)
 
 
 INIT_TITLES = {"imagenet": "ImageNet", "pssl": "PSSL"}
+SD, CI, SEEDS = " sd", " ci95", " seeds"  # suffixes of the statistics columns (present with several seeds)
+
+
+def with_seed(cells: pd.DataFrame) -> pd.DataFrame:
+    return cells if "seed" in cells else cells.assign(seed=0)
 
 
 def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
-    """Paper layout: rows = datasets; per model the ImageNet mIoU, the PSSL mIoU and the difference.
+    """Paper layout: rows = datasets; per model the ImageNet mIoU, the PSSL mIoU and the difference, each the
+    mean over the seeds. With several seeds also each init's standard deviation, and the paired difference's
+    95% interval half-width and number of seed pairs.
 
     Reports what exists: a run of one init has that init's columns and no difference; a missing cell is NaN.
     """
-    wide = cells.pivot_table(index="dataset", columns=["model", "init"], values="miou", sort=False)
-    out = pd.DataFrame(index=[DATASETS[d].title if d in DATASETS else d for d in wide.index])
+    cells = with_seed(cells)
+    datasets = list(dict.fromkeys(cells["dataset"]))
+    out = pd.DataFrame(index=[DATASETS[d].title if d in DATASETS else d for d in datasets])
     splits = cells.groupby("dataset")["split"].agg(lambda v: "/".join(sorted(set(v))))
-    out["split"] = [splits[d] for d in wide.index]  # the split each row's mIoU was measured on
+    out["split"] = [splits[d] for d in datasets]  # the split each row's mIoU was measured on
     inits = [i for i in INIT_TITLES if i in set(cells["init"])]
+    several = bool((cells.groupby(["dataset", "model", "init"]).size() > 1).any())
+    stats = {key: mean_sd(part["miou"]) for key, part in cells.groupby(["dataset", "model", "init"])}
+    diffs = paired_difference(cells, "pssl", "imagenet", ["dataset", "model"]).set_index(["dataset", "model"])
     for m in dict.fromkeys(cells["model"]):
         title = model_titles.get(m, m)
-        values = {i: wide[(m, i)].to_numpy() if (m, i) in wide.columns else np.full(len(wide), np.nan)
-                  for i in inits}
         for i in inits:
-            out[f"{title} {INIT_TITLES[i]}"] = values[i]
+            out[f"{title} {INIT_TITLES[i]}"] = [stats.get((d, m, i), (np.nan,) * 3)[0] for d in datasets]
+            if several:
+                out[f"{title} {INIT_TITLES[i]}{SD}"] = [stats.get((d, m, i), (np.nan,) * 3)[1] for d in datasets]
         if len(inits) == 2:
-            out[f"{title} diff"] = values["pssl"] - values["imagenet"]
+            out[f"{title} diff"] = [diffs["diff"].get((d, m), np.nan) for d in datasets]
+            if several:
+                out[f"{title} diff{CI}"] = [diffs["ci95"].get((d, m), np.nan) for d in datasets]
+                out[f"{title} diff{SEEDS}"] = [diffs["pairs"].get((d, m), 0) for d in datasets]
     out.index.name = "dataset"
     return out
 
 
-def _cell(column: str, value) -> str:
-    if column == "split":
-        return value
+def _value(column: str, value, spread=np.nan) -> str:
     if pd.isna(value):
         return "–"
-    return f"{value:+.2f}" if column.endswith("diff") else f"{value:.2f}"
+    text = f"{value:+.2f}" if column.endswith("diff") else f"{value:.2f}"
+    if pd.notna(spread):
+        text += f" ± {spread:.2f}"
+        if column.endswith("diff") and abs(value) > spread:
+            text += " *"  # the 95% interval excludes zero
+    return text
 
 
-def table3_note(table: pd.DataFrame, cells: pd.DataFrame) -> str:
-    """What the numbers are: unit, split, missing cells, and the learning rate behind each column."""
-    lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
-    grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
-    missing = " – : no result for that cell." if table.drop(columns="split").isna().to_numpy().any() else ""
-    return (f"mIoU (%) on the split named per row.{missing} Learning rates ({grid_note}): " +
-            "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
+def shown_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if not c.endswith((SD, CI, SEEDS))]
 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
-    """Table 3 as the text it is printed with: two decimals, signed differences, – for a missing cell."""
-    return pd.DataFrame({c: [_cell(c, v) for v in table[c]] for c in table.columns}, index=table.index)
+    """The table as printed: two decimals, signed differences, – for a missing cell; with several seeds
+    'mean ± sd' per init and 'difference ± 95% half-width' (* where the interval excludes zero)."""
+    out = {}
+    for c in shown_columns(table):
+        if c == "split":
+            out[c] = list(table[c])
+            continue
+        spread = table.get(c + (CI if c.endswith("diff") else SD), pd.Series(np.nan, index=table.index))
+        out[c] = [_value(c, v, e) for v, e in zip(table[c], spread)]
+    return pd.DataFrame(out, index=table.index)
+
+
+def table3_note(table: pd.DataFrame, cells: pd.DataFrame) -> str:
+    """What the numbers are: unit, split, seeds, missing cells, and the learning rate behind each column."""
+    cells = with_seed(cells)
+    lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
+    grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
+    missing = " – : no result for that cell." if table[shown_columns(table)].drop(columns="split").isna() \
+        .to_numpy().any() else ""
+    seeds = sorted(set(cells["seed"]))
+    seed_note = (f" Mean ± standard deviation over seeds {', '.join(map(str, seeds))}; diff: the mean paired "
+                 f"difference PSSL - ImageNet over the seeds ± the half-width of its 95% t interval, * where the "
+                 f"interval excludes zero." if len(seeds) > 1 else f" One seed ({seeds[0]}).")
+    return (f"mIoU (%) on the split named per row.{seed_note}{missing} Learning rates ({grid_note}): " +
+            "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
 
 
 def markdown(table: pd.DataFrame, cells: pd.DataFrame) -> str:
-    cols = list(table.columns)
+    cols = shown_columns(table)
     lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "|".join("---" if c == "split" else "---:"
                                                                           for c in cols) + "|"]
     for name, row in formatted(table).iterrows():
@@ -92,6 +129,7 @@ def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
     import matplotlib.pyplot as plt  # the Agg backend: pssl.report.figures selects it on import
 
     diffs = table[[c for c in table.columns if c.endswith("diff")]]
+    errors = table[[c + CI for c in diffs.columns]] if all(c + CI in table for c in diffs.columns) else None
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(diffs.index) + 2), 4.0), layout="constrained")
     if diffs.isna().to_numpy().all():  # one init only, or no pair finished
         ax.text(0.5, 0.5, "no ImageNet / PSSL pair of results to compare", ha="center", va="center",
@@ -102,13 +140,14 @@ def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
         width = 0.8 / len(diffs.columns)
         for b, column in enumerate(diffs.columns):
             values = diffs[column].to_numpy(dtype=float)
-            bars = ax.bar(x - 0.4 + (b + 0.5) * width, np.nan_to_num(values), width,
+            yerr = None if errors is None else np.nan_to_num(errors[column + CI].to_numpy(dtype=float))
+            bars = ax.bar(x - 0.4 + (b + 0.5) * width, np.nan_to_num(values), width, yerr=yerr, capsize=3,
                           label=column.removesuffix(" diff"))
             ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:+.1f}" for v in values], fontsize=7,
                          padding=2)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, list(diffs.index))
-        ax.set_ylabel("PSSL init - ImageNet init (mIoU points)")
+        ax.set_ylabel("PSSL init - ImageNet init (mIoU points)" + ("" if errors is None else ", 95% CI"))
         ax.set_title("Table 3: gain of PSSL pre-training over ImageNet initialisation")
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.15)
@@ -129,10 +168,9 @@ QUALITY_CAPTIONS = {  # demo only: scores against the synthetic images' hidden o
 }
 
 
-def write_report(cell_files: list[str], out_dir: str, model_titles: dict[str, str], stores: list[str],
-                 quality_tables: list[str]) -> str:
-    """Table 3 (CSV, Markdown, HTML), the gains figure, the gallery, each quality table as HTML, and
-    index.html showing all of it; returns the Markdown."""
+def write_table3(cell_files: list[str], out_dir: str, model_titles: dict[str, str]) -> str:
+    """Table 3 as table3.csv (the table), finetune_cells.csv (every run), table3.md, table3.html and the gains
+    figure; returns the Markdown."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = collect(cell_files)
@@ -142,28 +180,58 @@ def write_report(cell_files: list[str], out_dir: str, model_titles: dict[str, st
     with atomic_file(out / "finetune_cells.csv") as tmp:
         cells.to_csv(tmp, index=False, float_format="%.4f")
     md = f"## {TABLE3_CAPTION}\n\n" + markdown(table, cells)
-    table3_html = html_table(formatted(table).reset_index(), TABLE3_CAPTION, table3_note(table, cells), index=False)
-    pages = {"table3.html": (TABLE3_CAPTION, table3_html)}
+    with atomic_file(out / "table3.md") as tmp:
+        tmp.write_text(md)
+    body = html_table(formatted(table).reset_index(), TABLE3_CAPTION, table3_note(table, cells), index=False)
+    with atomic_file(out / "table3.html") as tmp:
+        tmp.write_text(html_page(TABLE3_CAPTION, body))
+    gain_figure(table, out / "table3_gains.png")
+    return md
+
+
+def table_from_files(csv: Path) -> tuple[str, str]:
+    """A written table (<name>.csv with its <name>.md) as HTML for the report, and its Markdown."""
+    text = csv.with_suffix(".md").read_text()
+    title, note = text.splitlines()[0].removeprefix("## "), text.strip().splitlines()[-1]
+    return html_table(formatted(pd.read_csv(csv, index_col=0)).reset_index(), title, note, index=False), text
+
+
+def write_report(out_dir: str, stores: list[str], quality_tables: list[str], experiment_tables: list[str] = (),
+                 figure3: str | None = None) -> str:
+    """The report around Table 3 (written by write_table3): the experiments' tables (`pssl experiment-table`),
+    each quality table as HTML, the pseudo-label gallery, report.md and index.html showing all of it; returns
+    the Markdown."""
+    out = Path(out_dir)
+    table3_html, md = table_from_files(out / "table3.csv")
+    experiments_html = ""
+    for csv in map(Path, experiment_tables):
+        body, text = table_from_files(csv)
+        experiments_html += body + "\n"
+        md += "\n" + text
+    pages = {}
     for q in quality_tables:  # pandas' to_markdown uses tabulate, which snakemake already depends on
         quality, name = pd.read_csv(q), Path(q).stem
         md += f"\n### {name.replace('_', ' ')}\n\n{quality.to_markdown(index=False, floatfmt='.3f')}\n"
         caption = QUALITY_CAPTIONS.get(name, name.replace("_", " "))
         pages[f"{name}.html"] = (caption, html_table(quality.map(_quality_cell), caption, index=False))
-    with atomic_file(out / "table3.md") as tmp:
+    with atomic_file(out / "report.md") as tmp:
         tmp.write_text(md)
-    gain_figure(table, out / "table3_gains.png")
     gallery(stores, out / "pseudo_label_gallery.png")
     for name, (title, body) in pages.items():
         with atomic_file(out / name) as tmp:
             tmp.write_text(html_page(title, body))
     figures = ('<img src="table3_gains.svg" alt="PSSL - ImageNet mIoU per dataset and model">\n'
                '<h3>Pseudo labels</h3>\n<img src="pseudo_label_gallery.png" alt="pseudo-label gallery">')
-    quality_html = "\n".join(body for name, (_, body) in pages.items() if name != "table3.html")
-    links = " · ".join(f'<a href="{f}">{f}</a>' for f in ("table3.csv", "table3.md", "finetune_cells.csv",
+    if figure3:
+        figures += (f'\n<h3>Figure 3: the pre-trained model on downstream images, before fine-tuning</h3>\n'
+                    f'<img src="{Path(figure3).name}" alt="Figure 3">')
+        md += f"\n![Figure 3]({Path(figure3).name})\n"
+    quality_html = "\n".join(body for _, body in pages.values())
+    links = " · ".join(f'<a href="{f}">{f}</a>' for f in ("table3.csv", "report.md", "finetune_cells.csv",
                                                           "table3_gains.svg", "pseudo_label_gallery.pdf"))
     with atomic_file(out / "index.html") as tmp:
-        tmp.write_text(html_page("PSSL report", f"<h2>PSSL report</h2>\n{table3_html}\n{figures}\n"
-                                                f"{quality_html}\n<p class=\"note\">Files: {links}</p>"))
+        tmp.write_text(html_page("PSSL report", f"<h2>PSSL report</h2>\n{table3_html}\n{experiments_html}"
+                                                f"{figures}\n{quality_html}\n<p class=\"note\">Files: {links}</p>"))
     return md
 
 

@@ -36,7 +36,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     torch.manual_seed(train.seed)
     num_classes = read_table(labels[0])[1]["num_classes"]  # K: the teacher's (= classifiers') classes
     dataset = PseudoLabelDataset(stores, labels, num_classes, s.crop, s.decile_threshold, s.ignore_deciles,
-                                 train.seed, s.pad_label)
+                                 train.seed, s.pad_label, s.images)
     model = build_segmenter(head, backbone, num_classes + 1)  # K classes + background
     init = init_backbone_from(model, backbone_init)
     if info.main:
@@ -50,6 +50,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
         config = {"head": head, "backbone": backbone, "num_classes": num_classes + 1, "background": num_classes,
                   "crop": s.crop, "pad_label": s.pad_label, "backbone_init": init, "w_bg": s.w_bg,
                   "decile_threshold": s.decile_threshold, "ignore_deciles": list(s.ignore_deciles),
+                  "images": len(dataset),
                   "train": asdict(train), "world_size": info.world,
                   "precision": precision_for(info.device, train.precision)}
         with atomic_file(final) as tmp:

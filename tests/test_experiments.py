@@ -1,0 +1,159 @@
+"""The paper's experiments as pre-training variants, and seeds to statistics (issue 14): the formulas against
+independent computations, the variants' settings, the nested subsets, and the tables."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from pssl.config import ConfigError, check_config
+from pssl.data.pseudo import Sample, nested_subset
+from pssl.report.experiments import experiment_table
+from pssl.report.stats import mean_sd, paired_difference, t975
+from pssl.report.table3 import formatted, markdown, table3
+from pssl.settings import pretrain_settings, pssl_init, settings_flags
+
+DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_t_quantiles_match_the_t_distribution():
+    # t_{0.975, df} by bisection on the t CDF, computed here from its density with the trapezoid rule
+    def cdf(t, df):
+        x = np.linspace(0, t, 200001)
+        density = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2)) * (1 + x ** 2 / df) ** (
+            -(df + 1) / 2)
+        return 0.5 + float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(x)))
+
+    for df in (1, 2, 4, 9, 30, 45, 200):
+        lo, hi = 0.0, 20.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if cdf(mid, df) < 0.975 else (lo, mid)
+        assert t975(df) == pytest.approx(lo, abs=2e-3), df
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    runs = pd.DataFrame([{"dataset": "camvid", "seed": s, "init": i, "miou": v}
+                         for s, (a, b) in enumerate([(50.0, 52.5), (48.0, 49.0), (51.0, 54.5)])
+                         for i, v in (("imagenet", a), ("pssl", b))])
+    got = paired_difference(runs, "pssl", "imagenet", ["dataset"]).iloc[0]
+    d = np.array([2.5, 1.0, 3.5])
+    half = 4.303 * d.std(ddof=1) / math.sqrt(3)
+    assert got["diff"] == pytest.approx(d.mean()) and got["ci95"] == pytest.approx(half)
+    assert got["pairs"] == 3 and got["excludes_zero"] == (abs(d.mean()) > half)
+    # unpaired seeds do not count: seed 3 has only one init
+    more = pd.concat([runs, pd.DataFrame([{"dataset": "camvid", "seed": 3, "init": "pssl", "miou": 99.0}])])
+    assert paired_difference(more, "pssl", "imagenet", ["dataset"]).iloc[0]["pairs"] == 3
+    assert math.isnan(mean_sd([1.0])[1]) and mean_sd([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 2)
+
+
+def test_table3_with_seeds_gives_mean_sd_and_interval():
+    cells = pd.DataFrame([{"dataset": "camvid", "model": "a", "init": i, "seed": s, "split": "test", "miou": v,
+                           "pixel_acc": 0.0, "lr": 0.01, "lr_grid": 1}
+                          for s, (a, b) in enumerate([(50.0, 52.5), (48.0, 49.0), (51.0, 54.5)])
+                          for i, v in (("imagenet", a), ("pssl", b))])
+    table = table3(cells, {"a": "PSPNet-R"})
+    assert table.loc["CamVid", "PSPNet-R ImageNet"] == pytest.approx(49.6667, abs=1e-3)
+    assert table.loc["CamVid", "PSPNet-R PSSL sd"] == pytest.approx(np.std([52.5, 49.0, 54.5], ddof=1))
+    assert table.loc["CamVid", "PSPNet-R diff seeds"] == 3
+    shown = formatted(table).loc["CamVid"]
+    half = table.loc["CamVid", "PSPNet-R diff ci95"]
+    assert shown["PSPNet-R diff"] == f"+2.33 ± {half:.2f}" + (" *" if 2.3333 > half else "")
+    md = markdown(table, cells)
+    assert "ci95" not in md.splitlines()[0] and "seeds 0, 1, 2" in md
+
+
+def test_a_variant_overrides_the_pretrain_section_and_nothing_else():
+    main, main_train = pretrain_settings(DEMO)
+    small, small_train = pretrain_settings(DEMO, "bg0.01-24")
+    assert (small.w_bg, small.images, main.w_bg, main.images) == (0.01, 24, 0.1, 0)
+    assert small.crop == main.crop and small_train == main_train
+    d8, _ = pretrain_settings(DEMO, "d8-ignored")
+    assert d8.ignore_deciles == (8,) and main.ignore_deciles == ()
+    assert "--ignore-deciles 8 " in settings_flags(d8)
+    assert pssl_init("main") == "pssl" and pssl_init("n48") == "pssl-n48"
+    with pytest.raises(KeyError, match="no pre-training variant 'nope'"):
+        pretrain_settings(DEMO, "nope")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pretrain_variants": {"x": {"w_bgg": 1.0}}}, "pretrain_variants.x: w_bgg is not a pre-training setting"),
+    ({"experiments": {"t": {"title": "t", "model": "nope", "datasets": ["camvid"], "variants": ["main"],
+                            "imagenet": False}}}, "experiments.t.model: 'nope'"),
+    ({"experiments": {"t": {"title": "t", "model": "pspnet_resnet10t", "datasets": ["camvid"],
+                            "variants": ["n49"], "imagenet": False}}}, "experiments.t.variants: 'n49'"),
+    ({"run_experiments": ["table9"]}, "run_experiments: 'table9'"),
+])
+def test_experiments_must_name_what_exists(change, message):
+    check_config(DEMO)
+    with pytest.raises(ConfigError, match=message):
+        check_config({**DEMO, **change})
+
+
+def test_subsets_are_nested_and_deterministic():
+    samples = [Sample(f"c/{i}.JPEG", 0, i, 0) for i in range(1000)]
+    small, medium, large = (nested_subset(samples, n, seed=3) for n in (50, 200, 500))
+    assert (len(small), len(medium), len(large)) == (50, 200, 500)
+    assert set(small) < set(medium) < set(large)
+    assert nested_subset(samples, 200, seed=3) == medium and nested_subset(samples, 200, seed=4) != medium
+    assert medium == sorted(medium, key=lambda s: s.row)  # the original order is kept
+    assert nested_subset(samples, 5000, seed=3) == samples
+
+
+def test_experiment_table_rows_are_variants_and_gains_are_paired():
+    rows = []
+    for seed, (imagenet, small, main) in enumerate([(40.0, 41.0, 45.0), (42.0, 42.5, 44.0)]):
+        for init, v in (("imagenet", imagenet), ("pssl-n48", small), ("pssl", main)):
+            rows.append({"dataset": "voc_aug", "model": "m", "init": init, "seed": seed, "split": "val", "miou": v,
+                         "pixel_acc": 0.0, "lr": 0.01, "lr_grid": 1})
+    table = experiment_table(pd.DataFrame(rows), {"n48": {"images": 48}, "main": None}, ["voc_aug"], imagenet=True)
+    assert list(table.index) == ["ImageNet init", "PSSL n48 (images 48)", "PSSL (main pre-training)"]
+    assert table.loc["PSSL n48 (images 48)", "VOC-Aug"] == pytest.approx(41.75)
+    assert table.loc["PSSL (main pre-training)", "VOC-Aug diff"] == pytest.approx(3.5)  # (5 + 2) / 2
+    assert np.isnan(table.loc["ImageNet init", "VOC-Aug diff"])
+    assert table.loc["PSSL n48 (images 48)", "VOC-Aug diff ci95"] == pytest.approx(
+        12.706 * np.std([1.0, 0.5], ddof=1) / math.sqrt(2))
+
+
+def test_validation_layouts_class_folders_and_solution_table(tmp_path):
+    from PIL import Image
+
+    from pssl.eval.classify import val_images
+    pixel = Image.new("RGB", (8, 8))
+    for wnid, name in (("n02", "a"), ("n01", "b"), ("n09", "c")):  # n09: not a class of the index
+        (tmp_path / "folders" / wnid).mkdir(parents=True)
+        pixel.save(tmp_path / "folders" / wnid / f"{name}.JPEG")
+    assert [(p.name, k) for p, k in val_images(tmp_path / "folders", ["n01", "n02"])] == [("b.JPEG", 0), ("a.JPEG", 1)]
+    flat = tmp_path / "flat" / "val"
+    flat.mkdir(parents=True)
+    for name in ("ILSVRC2012_val_1", "ILSVRC2012_val_2"):
+        pixel.save(flat / f"{name}.JPEG")
+    (tmp_path / "flat" / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\nILSVRC2012_val_1,n02 1 2 3 4 n02 5 6 7 8\nILSVRC2012_val_2,n01 1 2 3 4\n")
+    assert [(p.name, k) for p, k in val_images(flat, ["n01", "n02"])] == [("ILSVRC2012_val_1.JPEG", 1),
+                                                                          ("ILSVRC2012_val_2.JPEG", 0)]
+    with pytest.raises(FileNotFoundError, match="LOC_val_solution.csv"):
+        val_images(tmp_path / "folders" / "n09", ["n01"])
+
+
+def test_a_segmenter_classifies_by_its_mean_pixel_softmax_without_background():
+    import torch
+
+    from pssl.eval.classify import class_scores
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, x):
+            return {"out": self.logits}
+
+    # 2 pixels, classes 0..2 and background 3: background dominates everywhere, class 2 wins on average
+    logits = torch.tensor([[[[0.0, 0.0]], [[2.0, -1.0]], [[1.5, 1.5]], [[5.0, 5.0]]]])  # (1, 4, 1, 2)
+    scores = class_scores(Fixed(logits), "segmenter", torch.zeros(1, 3, 1, 2))
+    softmax = np.exp(logits[0, :, 0].numpy()) / np.exp(logits[0, :, 0].numpy()).sum(0)
+    assert np.allclose(scores[0].numpy(), softmax.mean(1)[:3]) and int(scores.argmax()) == 2
