@@ -3,7 +3,8 @@
 Naive: one `NoiseTunnel(Saliency(model)).attribute` call per image and model, captum's defaults apart from
 nt_samples and abs=False (all samples of an image in one forward), fp32, parameters left trainable, glibc's
 default allocator: a plain script. Ours: `pssl.explain`: the allocator the `pssl` CLI sets, channels_last
-and an fp32 input layer (`prepare_classifier`), frozen parameters, several images per batch, each model's sample chunk chosen by `sample_chunk: auto`
+and an fp32 input layer (`prepare_classifier`), frozen parameters, several images per batch, each model's
+sample chunk chosen by `sample_chunk: auto`
 (the choice is timed separately: a job makes it once per shard), fp32 or bf16.
 
 Figures per path: images x models / s, kernel (sys) share of the CPU time, peak RSS, and FLOP efficiency:

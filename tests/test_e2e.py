@@ -92,7 +92,8 @@ def test_table3_is_made_of_the_cells_metrics(pipeline_run):
         for model, head in heads.items():
             miou = {}
             for init, column in (("imagenet", "ImageNet"), ("pssl", "PSSL")):
-                cell = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/seed0/metrics.json").read_text())
+                cell = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/seed0/metrics.json")
+                                  .read_text())
                 lr_run = json.loads((workdir / f"results/finetune/{dataset}/{model}/{init}/seed0/lr0.01/metrics.json")
                                     .read_text())
                 assert cell["miou"] == lr_run["miou"] and cell["lr"] == 0.01  # the one lr of the tiny config

@@ -94,7 +94,8 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
     for flag in ("--image-size 224", "--n-samples 50", "--noise-level 0.1 ", "--output prob", "--target class"):
         assert all(flag in c for c in explain), flag
     pretrain = [c for c in commands if "pssl pretrain" in c]
-    assert len(pretrain) == n_pretrain and all(c.startswith("torchrun --standalone --nproc_per_node 8") for c in pretrain)
+    assert len(pretrain) == n_pretrain
+    assert all(c.startswith("torchrun --standalone --nproc_per_node 8") for c in pretrain)
     main = [c for c in pretrain if "/main --head" in c]
     assert len(main) == 3
     for flag in ("--crop 256", "--batch-size 64", "--epochs 30", "--lr 0.01 ", "--schedule step", "--milestone 20",

@@ -60,7 +60,8 @@ SLURM_ARGS = ["--profile", str(REPO / "profiles/slurm"), "--slurm-status-command
               "--retries", "0", "--jobs", "4", "--seconds-between-status-checks", "2", "--verbose"]
 # Every stage up to pre-training, and one fine-tune cell per init: what the checks below need, at a CI-sized cost
 # (the whole tiny DAG under SLURM took 12 minutes on the 2-core CI machine).
-TARGETS = ["stage_labels", "results/pretrain/psp/main/final.pt", "results/finetune/camvid/psp/imagenet/seed0/metrics.json",
+TARGETS = ["stage_labels", "results/pretrain/psp/main/final.pt",
+           "results/finetune/camvid/psp/imagenet/seed0/metrics.json",
            "results/finetune/camvid/psp/pssl/seed0/metrics.json"]
 
 

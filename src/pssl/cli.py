@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(s, TrainSettings)
     s.set_defaults(func=_finetune)
 
-    s = sub.add_parser("eval-classify", parents=[compute], help="ImageNet val top-1 / top-5 of a pre-trained segmentation model used "
-                                             "as a classifier (background excluded), or of a zoo classifier")
+    s = sub.add_parser("eval-classify", parents=[compute],
+                       help="ImageNet val top-1 / top-5 of a pre-trained segmentation model used as a classifier "
+                            "(background excluded), or of a zoo classifier")
     s.add_argument("--model", required=True, help="pretrain/<model>/<variant>/final.pt or zoo/<name>.pt")
     s.add_argument("--index", required=True, help="index.parquet (its class list maps wnids to outputs)")
     s.add_argument("--root", required=True, help="ImageNet val: <wnid>/ folders, or flat files with "
@@ -395,7 +396,8 @@ EXAMPLES = {
     "eval-pretrain": "--models results/pretrain/*/main/final.pt --stores results/explain/*.zarr --index "
                      "results/index.parquet --masks data/demo/imagenet/masks --out pretrain_quality.csv",
     "finetune": "--dataset camvid --root /data/segmentation --head pspnet --backbone resnet50d --init pssl "
-                "--init-from results/pretrain/psp/main/final.pt --out-dir ft --crop 480 --base-size 520 --eval-split test",
+                "--init-from results/pretrain/psp/main/final.pt --out-dir ft --crop 480 --base-size 520 "
+                "--eval-split test",
     "eval-classify": "--model results/pretrain/psp/main/final.pt --index results/index.parquet "
                      "--root /data/imagenet/val --out results/classify/psp/pssl.json",
     "figure3": "--model results/pretrain/psp/main/final.pt --dataset voc_aug --root /data/segmentation "
@@ -404,7 +406,8 @@ EXAMPLES = {
     "table3": "--cells results/finetune/*/*/*/seed*/metrics.json --out results/report",
     "report": "--out results/report --stores results/explain/*.zarr --experiments results/report/experiments/*.csv",
     "experiment-table": "--name table2 --title 'Table 2' --cells results/finetune/voc_aug/dlv3/*/seed*/metrics.json "
-                        "--variants '{\"50k\": {\"images\": 50000}, \"main\": null}' --datasets voc_aug --imagenet true "
+                        "--variants '{\"50k\": {\"images\": 50000}, \"main\": null}' --datasets voc_aug "
+                        "--imagenet true "
                         "--out-dir results/report/experiments",
     "runtimes": "--configfile presets/paper.yaml",
     "summary": "--results results",

@@ -112,7 +112,8 @@ def check_experiments(config: dict) -> None:
     for name in config["run_experiments"]:
         if name not in config["experiments"]:
             raise ConfigError(f"config key run_experiments: {name!r} is not a key of experiments")
-        if config["experiments"][name].get("classify") and not (config["imagenet_val_root"] or config["demo"]["enabled"]):
+        has_val = config["imagenet_val_root"] or config["demo"]["enabled"]
+        if config["experiments"][name].get("classify") and not has_val:
             raise ConfigError(f"config key imagenet_val_root is required: experiment {name} (run_experiments) "
                               f"reports ImageNet val top-1; pass the val directory (<wnid>/ folders, or flat files "
                               f"with LOC_val_solution.csv)")
