@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("figure3", parents=[compute], help="Figure 3: a pre-trained model segmenting a downstream "
                                                           "val set into the ImageNet classes + background")
     s.add_argument("--model", required=True, help="pretrain/<model>/<variant>/final.pt")
-    s.add_argument("--dataset", required=True, choices=list(DATASETS))
+    s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset (its val split)")
     s.add_argument("--root", required=True, help="the dataset's root (its standard layout)")
     s.add_argument("--index", required=True, help="index.parquet (class list and names)")
     s.add_argument("--images", type=int, default=6, help="val images, spread over the split")
@@ -349,16 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("experiment-table", help="one experiment's table (Tables 1, 2, 4, ablations): each "
                                                 "pre-training variant's fine-tune cells, over seeds")
     s.add_argument("--name", required=True, help="file name of the table (table1)")
-    s.add_argument("--title", required=True)
+    s.add_argument("--title", required=True, help="the table's caption")
     s.add_argument("--cells", nargs="+", required=True,
                    help="finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json of the experiment")
     s.add_argument("--variants", required=True, help="JSON: variant -> its overrides, in row order")
     s.add_argument("--classify", nargs="*", default=[],
                    help="classify/<model>/<init>.json of each row (pssl eval-classify): a top-1 column")
-    s.add_argument("--datasets", nargs="+", required=True)
+    s.add_argument("--datasets", nargs="+", required=True, help="the table's columns, in order")
     s.add_argument("--imagenet", type=parse_bool, default=False, metavar="BOOL",
                    help="the table has an ImageNet-init row and each variant's gain over it")
-    s.add_argument("--out-dir", required=True)
+    s.add_argument("--out-dir", required=True, help="where <name>.csv, .md, .html and <name>_runs.csv go")
     s.set_defaults(func=_experiment_table)
 
     s = sub.add_parser("runtimes", help="each benchmarked job's measured time next to the SLURM runtime the "
