@@ -196,7 +196,9 @@ def demo_shard(tiny_demo, tmp_path_factory):
     return work / "shards" / "shard-00000.parquet"
 
 
-WHERE_IT_RAN = {"timing", "shard_table", "image_root"}  # wall-clock time and absolute paths
+# wall-clock time, absolute paths, and the measured speed of each sample chunk (with the chunk it chose: the
+# deciles do not depend on it, test_the_chunk_changes_the_speed_not_the_noise)
+WHERE_IT_RAN = {"timing", "shard_table", "image_root", "sample_chunks"}
 
 
 def store_content(path: Path) -> dict:
