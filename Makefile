@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds demo-experiments test install clean-demo
+.PHONY: demo demo-seeds demo-experiments demo-teachers test install clean-demo
 
 install: $(STAMP)
 
@@ -27,6 +27,14 @@ demo-seeds: $(STAMP)
 demo-experiments: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all --config $(SEEDS) \
 		run_experiments='[table1, table2, ablation_d8, table4]'
+	$(VENV)/bin/pssl summary --results results
+
+# The segmentation teachers with 3 seeds: self-training students (ImageNet+ST, PSSL+ST and the duplication
+# control) on VOC-Aug and Cityscapes for PSPNet and DeepLabV3, and a PSSL-fused column (PseudoSeg's fusion).
+TEACHERS := finetune='{seeds: [0, 1, 2], inits: [imagenet, pssl, pssl-fused]}' \
+	self_training='{datasets: [voc_aug, cityscapes], models: [pspnet_resnet10t, deeplabv3_regnetx_002], pool_shards: 1}'
+demo-teachers: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all --config $(TEACHERS)
 	$(VENV)/bin/pssl summary --results results
 
 # pytest exits 5 when it collects no test; that is reported, not hidden, but is no failure of the project.

@@ -39,6 +39,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/selftrain.smk"
 
 
 rule all:

@@ -11,7 +11,7 @@ from pssl.settings import DemoSettings
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 TINY_DEMO = DemoSettings(seed=0, num_classes=3, images_per_class=6, min_side=48, max_side=80, downstream_train=4,
-                         downstream_val=2)
+                         downstream_val=2, pool_images=4)
 
 
 @pytest.fixture(scope="session")

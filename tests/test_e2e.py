@@ -216,6 +216,53 @@ def test_every_experiment_with_two_seeds(pipeline_run, tmp_path):
     assert "background excluded" in evaluated["prediction"]
 
 
+def test_self_training_and_fused_pretraining_after_a_finished_run(pipeline_run, tmp_path):
+    """Turning self-training on plans teachers, students and tables only (no explain, label or pre-training
+    job); a PSSL-fused column adds one pre-training per model; every new cell and quality table is filled."""
+    workdir, _ = pipeline_run
+    copy = tmp_path / "teachers"
+    for part in ("data", "results", ".snakemake/metadata"):
+        shutil.copytree(workdir / part, copy / part)
+    st = "self_training={datasets: [camvid], models: [psp]}"
+    planned = _jobs_planned((p := run_snakemake(copy, "-n", "--config", st)).stdout + p.stderr)
+    assert planned.pop("select_lr") in (4, 5)  # 4 students (+1 where the lr-grid test left a two-lr cell)
+    assert planned == {"teacher_labels": 2 * 2, "self_train": 2 * 2, "selftrain_quality": 1, "table3": 1,
+                       "report": 1, "all": 1}
+    fused = "finetune={inits: [imagenet, pssl, pssl-fused]}"
+    planned = _jobs_planned((p := run_snakemake(copy, "-n", "--config", st, fused)).stdout + p.stderr)
+    assert planned["pretrain"] == 3 and planned["finetune"] == 3 * 2 and planned["eval_pretrain"] == 1
+    assert not {"zoo_model", "explain_shard", "label_shard"} & set(planned)
+    run_snakemake(copy, "--config", st, fused)
+
+    table = pd.read_csv(copy / "results/report/table3.csv", index_col=0)
+    psp = "PSPNet-test_resnet"
+    new = [f"{psp} {c}" for c in ("PSSL-fused", "ImageNet+ST", "ImageNet+dup", "PSSL+ST", "PSSL+dup",
+                                  "PSSL-fused diff", "ImageNet+ST gain", "PSSL+ST gain", "ImageNet+dup gain")]
+    assert table.loc["CamVid", new].notna().all()
+    assert pd.isna(table.loc["Cityscapes", f"{psp} PSSL+ST"])  # self-training on CamVid only
+    columns = list(table.columns)
+    assert columns.index(f"{psp} ImageNet+ST") < columns.index(f"{psp} ImageNet+dup") < columns.index(f"{psp} PSSL+ST")
+    assert table.loc["CamVid", f"{psp} ImageNet+ST gain"] == pytest.approx(
+        table.loc["CamVid", f"{psp} ImageNet+ST"] - table.loc["CamVid", f"{psp} ImageNet"], abs=0.02)
+
+    quality = pd.read_csv(copy / "results/report/selftrain_quality.csv")
+    assert list(quality["init"]) == ["imagenet", "pssl"] and (quality["images"] == 4).all()
+    assert quality["pseudo_miou"].between(0, 100).all() and quality["teacher_miou"].notna().all()
+    student = json.loads((copy / "results/finetune/camvid/psp/pssl+st/seed0/metrics.json").read_text())
+    assert student["student"]["data"] == "pseudo" and len(student["student"]["pseudo"]) == 2  # both pool parts
+    labelled = sorted((copy / "results/pseudo/camvid/psp/pssl/seed0").glob("pool-*/labels/*.png"))
+    assert len(labelled) == 4
+
+    pretrain = pd.read_csv(copy / "results/report/pretrain_quality.csv").set_index("source")
+    assert {"psp fused", "psp fused: its fused labels", "D9 pseudo labels"} <= set(pretrain.index)
+    assert torch.load(copy / "results/pretrain/psp/fused/final.pt", weights_only=False)["config"]["label_mode"] == \
+        "fused"
+    index = (copy / "results/report/index.html").read_text()
+    assert 'src="selftrain_labels.png"' in index and 'src="fused_labels.png"' in index
+    for png in ("selftrain_labels.png", "fused_labels.png"):
+        assert Image.open(copy / "results/report" / png).size[0] > 300
+
+
 def test_deleting_one_store_rebuilds_exactly_that_shard(pipeline_run):
     workdir, _ = pipeline_run
     target = workdir / "results/explain/shard-00001.zarr"

@@ -62,7 +62,9 @@ SLURM_ARGS = ["--profile", str(REPO / "profiles/slurm"), "--slurm-status-command
 # (the whole tiny DAG under SLURM took 12 minutes on the 2-core CI machine).
 TARGETS = ["stage_labels", "results/pretrain/psp/main/final.pt",
            "results/finetune/camvid/psp/imagenet/seed0/metrics.json",
-           "results/finetune/camvid/psp/pssl/seed0/metrics.json"]
+           "results/finetune/camvid/psp/pssl/seed0/metrics.json",
+           # self-training: the ImageNet cell as teacher (teacher_labels), its student (self_train)
+           "results/finetune/camvid/psp/imagenet+st/seed0/lr0.01/metrics.json"]
 
 
 def slurm_run(workdir, *args, check=True):
@@ -83,7 +85,8 @@ def executed_jobs(output: str) -> list[tuple[str, str, int]]:
 # run one after another): two classifiers in the ensemble, two shards of 9 images.
 SMALLER = {"zoo": {"models": ["test_efficientnet", "test_convnext"]}, "shard_size": 9}
 SHARDS = ["shard-00000", "shard-00001"]
-TWO_RANKS = {**SMALLER, "pretrain": {"gpus_per_node": 2, "launcher": "srun"}, "threads": 2}
+TWO_RANKS = {**SMALLER, "pretrain": {"gpus_per_node": 2, "launcher": "srun"}, "threads": 2,
+             "self_training": {"datasets": ["camvid"], "models": ["psp"], "inits": ["imagenet"], "pool_shards": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,8 @@ def test_every_non_local_job_ran_as_a_slurm_job(tiny_on_slurm):
     remote = {(rule, jobid) for kind, rule, jobid in jobs
               if kind in ("rule", "checkpoint") and not rule.startswith("stage_")}
     assert {rule for rule, _ in remote} >= {"make_demo_data", "index_images", "shard_index", "zoo_model",
-                                            "explain_shard", "label_shard", "pretrain", "finetune"}
+                                            "explain_shard", "label_shard", "pretrain", "finetune",
+                                            "teacher_labels", "self_train"}
     assert {rule for kind, rule, _ in jobs if kind == "localrule"} >= {"select_lr"}
     submitted = {int(job): slurm for job, slurm in re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)",
                                                              output)}
@@ -138,6 +142,8 @@ EXPECTED_SBATCH = {
     "pretrain": ["-p debug", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=gpu:2",
                  "--mem 3000"],
     "finetune": ["-p debug", "--nodes=1", "--cpus-per-task=1", "--gpus=1", "--mem 2000"],
+    "teacher_labels": ["-p debug", "--nodes=1", "--cpus-per-task=2", "--gpus=1", "--mem 2000"],
+    "self_train": ["-p debug", "--nodes=1", "--cpus-per-task=1", "--gpus=1", "--mem 2000"],
 }
 
 
@@ -166,6 +172,9 @@ def test_gpu_jobs_saw_their_allocation(tiny_on_slurm):
         assert len(logs) == len(SHARDS), (stage, logs)  # one per shard: a missing log must not pass unchecked
         for log in logs:
             assert re.search(r"CUDA_VISIBLE_DEVICES=\d", log.read_text()), log
+    for log in ("pseudo/camvid/psp/imagenet/seed0/pool-0.log", "finetune/camvid/psp/imagenet+st/seed0/lr0.01.log"):
+        text = (workdir / "results/logs" / log).read_text()  # the teacher and the student, GPU jobs too
+        assert re.search(r"CUDA_VISIBLE_DEVICES=\d", text), log
 
 
 def test_pretraining_ran_as_two_srun_tasks(tiny_on_slurm):

@@ -17,6 +17,8 @@ from pssl.settings import (
     FinetuneSettings,
     LabelSettings,
     PretrainSettings,
+    StudentSettings,
+    TeacherSettings,
     TrainSettings,
     ZooSettings,
     add_settings_flags,
@@ -116,7 +118,7 @@ def _pretrain(a):
 
 def _eval_pretrain(a):
     from pssl.explain.quality import pretrain_quality
-    pretrain_quality(a.models, a.stores, a.index, a.masks, a.out, device=a.device)
+    pretrain_quality(a.models, a.stores, a.index, a.masks, a.out, device=a.device, figure=a.fused_figure)
 
 
 def _eval_classify(a):
@@ -130,9 +132,26 @@ def _finetune(a):
     from pssl.device import set_threads
     from pssl.train.finetune import finetune
     set_threads(a.threads)
+    student = settings_from_args(StudentSettings, a) if a.command == "self-train" else None
     finetune(a.dataset, a.root, a.out_dir, head=a.head, backbone=a.backbone, init=a.init, init_from=a.init_from,
              settings=settings_from_args(FinetuneSettings, a), train=settings_from_args(TrainSettings, a),
-             device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min)
+             device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min,
+             student=student, pseudo=a.pseudo if student else ())
+
+
+def _teacher_labels(a):
+    from pssl.device import set_threads
+    from pssl.selftrain.teacher import label_pool, selected_weights
+    set_threads(a.threads)
+    label_pool(str(selected_weights(a.selected, a.runs)), a.dataset, a.pool, a.out_dir,
+               geometry=settings_from_args(FinetuneSettings, a), settings=settings_from_args(TeacherSettings, a),
+               part=a.part, parts=a.parts, images=a.images, seed=a.seed, device=a.device,
+               requeue_margin_min=a.requeue_margin_min)
+
+
+def _pseudo_quality(a):
+    from pssl.selftrain.quality import write_pseudo_quality
+    write_pseudo_quality(a.tables, a.truth, a.teachers, a.out, a.figure)
 
 
 def _figure3(a):
@@ -288,22 +307,57 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", required=True, help="index.parquet (image paths)")
     s.add_argument("--masks", required=True, help="masks/<wnid>/<name>.png root (the demo's hidden objects)")
     s.add_argument("--out", required=True, help="CSV table")
+    s.add_argument("--fused-figure", default=None,
+                   help="PNG: image | D9 label | fused label | object for a model pre-trained on fused labels")
     s.set_defaults(func=_eval_pretrain)
 
-    s = sub.add_parser("finetune", parents=[compute], help="fine-tune on a downstream dataset and evaluate it")
+    for command, text in (("finetune", "fine-tune on a downstream dataset and evaluate it"),
+                          ("self-train", "train a self-training student (real set + the teacher's pseudo-labelled "
+                                         "pool, or the duplicated control) and evaluate it like a fine-tune cell")):
+        s = sub.add_parser(command, parents=[compute], help=text)
+        s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset")
+        s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")
+        s.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
+        s.add_argument("--backbone", required=True, help="timm name")
+        s.add_argument("--init", required=True, choices=["imagenet", "pssl"],
+                       help="imagenet: backbone from the zoo classifier; pssl: the pre-trained model")
+        s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
+        s.add_argument("--out-dir", required=True,
+                       help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
+        add_long_job_flags(s, distributed=True)
+        add_settings_flags(s, FinetuneSettings)
+        add_settings_flags(s, TrainSettings)
+        s.set_defaults(func=_finetune)
+    s.add_argument("--pseudo", nargs="*", default=[],
+                   help="the teacher's pseudo.parquet tables (all parts of its pool); none for data duplicate")
+    add_settings_flags(s, StudentSettings)
+
+    s = sub.add_parser("teacher-labels", parents=[compute],
+                       help="a fine-tuned model labels one part of its dataset's unlabelled pool (self-training)")
+    s.add_argument("--selected", required=True, help="the teacher cell's finetune/.../seed<N>/metrics.json")
+    s.add_argument("--runs", nargs="+", required=True, help="the cell's lr runs: finetune/.../lr<lr>/metrics.json")
     s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset")
-    s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")
-    s.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
-    s.add_argument("--backbone", required=True, help="timm name")
-    s.add_argument("--init", required=True, choices=["imagenet", "pssl"],
-                   help="imagenet: backbone from the zoo classifier; pssl: the pre-trained model")
-    s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
-    s.add_argument("--out-dir", required=True,
-                   help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
-    add_long_job_flags(s, distributed=True)
+    s.add_argument("--pool", required=True, help="folder of unlabelled images (searched recursively)")
+    s.add_argument("--out-dir", required=True, help="labels/, pseudo.parquet, centroids.parquet")
+    s.add_argument("--part", type=int, default=0, help="this job's part of the pool (default: %(default)s)")
+    s.add_argument("--parts", type=int, default=1, help="parts the pool is split into (default: %(default)s)")
+    s.add_argument("--images", type=int, default=0,
+                   help="label the first N pool images of a fixed random order (0: all; default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="seed of that order (default: %(default)s)")
+    add_long_job_flags(s, distributed=False)
     add_settings_flags(s, FinetuneSettings)
-    add_settings_flags(s, TrainSettings)
-    s.set_defaults(func=_finetune)
+    add_settings_flags(s, TeacherSettings)
+    s.set_defaults(func=_teacher_labels)
+
+    s = sub.add_parser("pseudo-quality", help="teachers' pseudo labels against the pool's hidden truth (demo)")
+    s.add_argument("--tables", nargs="+", required=True, help="pseudo/.../pool-<part>/pseudo.parquet")
+    s.add_argument("--truth", nargs="+", required=True,
+                   help="dataset=folder of the pool's truth (pool_truth/<dataset>), one per dataset")
+    s.add_argument("--teachers", nargs="*", default=[],
+                   help="each teacher's finetune/.../metrics.json (its own val mIoU beside the pool score)")
+    s.add_argument("--out", required=True, help="CSV table")
+    s.add_argument("--figure", required=True, help="PNG: image, pseudo label, truth")
+    s.set_defaults(func=_pseudo_quality)
 
     s = sub.add_parser("eval-classify", parents=[compute],
                        help="ImageNet val top-1 / top-5 of a pre-trained segmentation model used as a classifier "
@@ -398,6 +452,16 @@ EXAMPLES = {
     "finetune": "--dataset camvid --root /data/segmentation --head pspnet --backbone resnet50d --init pssl "
                 "--init-from results/pretrain/psp/main/final.pt --out-dir ft --crop 480 --base-size 520 "
                 "--eval-split test",
+    "self-train": "--dataset cityscapes --root /data/segmentation --head pspnet --backbone resnet50d --init pssl "
+                  "--init-from results/pretrain/psp/main/final.pt --out-dir st --pseudo "
+                  "results/pseudo/cityscapes/psp/pssl/seed0/pool-*/pseudo.parquet --multiplier 7",
+    "teacher-labels": "--selected results/finetune/cityscapes/psp/pssl/seed0/metrics.json --runs "
+                      "results/finetune/cityscapes/psp/pssl/seed0/lr*/metrics.json --dataset cityscapes --pool "
+                      "/data/segmentation/cityscapes/leftImg8bit/train_extra --out-dir pool-0 --base-size 1024 "
+                      "--window 1024 --scales 0.75 1.0 1.25 --flip true",
+    "pseudo-quality": "--tables results/pseudo/*/*/*/seed*/pool-*/pseudo.parquet --truth "
+                      "cityscapes=data/demo/pool_truth/cityscapes --out results/report/selftrain_quality.csv "
+                      "--figure results/report/selftrain_labels.png",
     "eval-classify": "--model results/pretrain/psp/main/final.pt --index results/index.parquet "
                      "--root /data/imagenet/val --out results/classify/psp/pssl.json",
     "figure3": "--model results/pretrain/psp/main/final.pt --dataset voc_aug --root /data/segmentation "

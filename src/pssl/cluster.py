@@ -16,6 +16,7 @@ EXPLAIN_FWD_BWD_PER_MIN = 60_000   # 224 px ResNet-50-class forward+backward pas
 TRAIN_IMAGES_PER_MIN = 6_000       # segmentation training images per minute at crop 256 (ResNet-50 class)
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # the bound runtimes use before anything is indexed
+POOL_IMAGES = 20_000  # the bound of an unlabelled pool of unknown size (Cityscapes' train_extra: 19,998)
 
 
 def rows_or_bound(tables: list[str], bound: int) -> int:
@@ -112,6 +113,19 @@ def train_minutes(config: dict, images: int, epochs: int, crop: int, gpus: int) 
     return int(config["cluster"]["runtime_scale"] * (30 + 1.5 * work)) + 1
 
 
+def teacher_minutes(config: dict, dataset: str, model: str) -> int:
+    """One part of a pool through the teacher: every evaluation view (scales x flip) of every image, a
+    forward pass at about 3x the training rate, at the evaluation's base size."""
+    from pssl.data.downstream import DATASETS
+    from pssl.settings import finetune_settings
+    geometry, _ = finetune_settings(config, dataset, model)
+    st = config["self_training"]
+    images = (st["pool_images"] or DATASETS[dataset].pool_size or POOL_IMAGES) / st["pool_shards"]
+    views = len(geometry.scales) * (2 if geometry.flip else 1)
+    work = images * views * (geometry.base_size / 256) ** 2 / (3 * TRAIN_IMAGES_PER_MIN)
+    return int(config["cluster"]["runtime_scale"] * (15 + 1.5 * work)) + 1
+
+
 def zoo_minutes(config: dict, images: int) -> int:
     """One zoo classifier: loading timm weights, or training it on `images` indexed images (one GPU)."""
     if config["zoo"]["source"] == "timm":
@@ -143,10 +157,14 @@ def runtime_minutes(config: dict, rule: str, wildcards: dict) -> int:
         images = indexed_images(config)
         images = min(settings.images, images) if settings.images else images
         return train_minutes(config, images, train.epochs, settings.crop, train_layout(config, "pretrain").world)
-    if rule == "finetune":
+    if rule in ("finetune", "self_train"):  # a student's epoch: the real set + k x as many samples
         geometry, train = finetune_settings(config, wildcards["dataset"], wildcards["model"])
-        return train_minutes(config, DATASETS[wildcards["dataset"]].train_images, train.epochs, geometry.crop,
-                             train_layout(config, "finetune").world)
+        epoch = DATASETS[wildcards["dataset"]].train_images
+        if rule == "self_train":
+            epoch *= 1 + config["self_training"]["multiplier"]
+        return train_minutes(config, epoch, train.epochs, geometry.crop, train_layout(config, "finetune").world)
+    if rule == "teacher_labels":
+        return teacher_minutes(config, wildcards["dataset"], wildcards["model"])
     raise ValueError(f"no runtime estimate for rule {rule!r}; heavy rules: {', '.join(BENCHMARKS)}")
 
 
@@ -168,6 +186,8 @@ BENCHMARKS = {
     "label_shard": "label_shard/{shard}.tsv",
     "pretrain": "pretrain/{model}/{variant}.tsv",
     "finetune": "finetune/{dataset}/{model}/{init}/seed{seed}/lr{lr}.tsv",
+    "teacher_labels": "teacher_labels/{dataset}/{model}/{init}/seed{seed}/pool-{part}.tsv",
+    "self_train": "self_train/{dataset}/{model}/{init}+{data}/seed{seed}/lr{lr}.tsv",
 }
 
 

@@ -77,6 +77,7 @@ def check_config(config: dict) -> None:
                 raise ConfigError(f"config key finetune.datasets.{dataset}.per_model.{name}: not one of "
                                   f"finetune.models ({', '.join(config['finetune']['models'])})")
     check_experiments(config)
+    check_self_training(config)
     if not demo["enabled"] and not config["downstream_root"]:
         missing = [d for d, v in config["finetune"]["datasets"].items() if not v["root"]]
         if missing:
@@ -117,6 +118,46 @@ def check_experiments(config: dict) -> None:
             raise ConfigError(f"config key imagenet_val_root is required: experiment {name} (run_experiments) "
                               f"reports ImageNet val top-1; pass the val directory (<wnid>/ folders, or flat files "
                               f"with LOC_val_solution.csv)")
+
+
+def check_init(config: dict, key: str, init: str) -> None:
+    """pssl-<variant> names a pre-training variant."""
+    variant = init.removeprefix("pssl-")
+    if init.startswith("pssl-") and variant not in config["pretrain_variants"]:
+        raise ConfigError(f"config key {key}: {init!r} names no pre-training variant {variant!r} (pretrain_variants: "
+                          f"{', '.join(config['pretrain_variants']) or 'none'})")
+
+
+def check_self_training(config: dict) -> None:
+    """Self-training names configured datasets, models and inits, and every dataset has a pool."""
+    from pssl.data.downstream import DATASETS
+
+    for init in config["finetune"]["inits"]:
+        check_init(config, "finetune.inits", init)
+    st = config["self_training"]
+    if not st["datasets"]:
+        return
+    for key, known in (("datasets", config["finetune"]["datasets"]), ("models", config["finetune"]["models"])):
+        for value in st[key]:
+            if value not in known:
+                raise ConfigError(f"config key self_training.{key}: {value!r} is not one of finetune.{key} "
+                                  f"({', '.join(known)})")
+    for key in ("models", "inits"):
+        if not st[key]:
+            raise ConfigError(f"config key self_training.{key}: empty, while self_training.datasets names "
+                              f"{', '.join(st['datasets'])}")
+    for init in st["inits"]:
+        check_init(config, "self_training.inits", init)
+    pools = st["pools"] or {}
+    extra = sorted(set(pools) - set(st["datasets"]))
+    if extra:
+        raise ConfigError(f"config key self_training.pools.{extra[0]}: not one of self_training.datasets")
+    if not config["demo"]["enabled"]:
+        for dataset in st["datasets"]:
+            if not pools.get(dataset) and not DATASETS[dataset].pool:
+                raise ConfigError(f"config key self_training.pools.{dataset} is required: {DATASETS[dataset].title} "
+                                  f"has no unlabelled images of its own; name a folder of images (e.g. a subset of "
+                                  f"the indexed ImageNet images)")
 
 
 def typed_cli_config(cli: dict) -> dict:
@@ -160,6 +201,9 @@ def check_data_roots(config: dict) -> None:
                               f"for loose unlabelled images set labelled: false")
     if config["imagenet_val_root"] and not Path(config["imagenet_val_root"]).is_dir():
         raise ConfigError(f"config key imagenet_val_root: {config['imagenet_val_root']} is not a directory")
+    for dataset, pool in (config["self_training"]["pools"] or {}).items():
+        if pool and not Path(pool).is_dir():
+            raise ConfigError(f"config key self_training.pools.{dataset}: {pool} is not a directory")
     for dataset, settings in config["finetune"]["datasets"].items():
         root = settings["root"] or config["downstream_root"]
         if not root:

@@ -32,6 +32,7 @@ class DemoSettings:
     max_side: int = setting(200, "largest side length of a classification image (pixels)")
     downstream_train: int = setting(32, "train images of every downstream dataset")
     downstream_val: int = setting(16, "val (and CamVid test) images of every downstream dataset")
+    pool_images: int = setting(32, "unlabelled pool images of every downstream dataset (their labels hidden)")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,15 @@ class PretrainSettings:
     ignore_deciles: tuple[int, ...] = setting((), "deciles whose pixels the loss ignores")
     images: int = setting(0, "train on the first N usable images of one fixed random order, so smaller sets "
                              "are inside larger ones (0: all)")
+    label_mode: str = setting("hard", "hard: the D>=threshold label map (eq. 3); fused: PseudoSeg's calibrated "
+                              "fusion of the model's own weak-view prediction with the explanation prior, soft "
+                              "labels on the strong view", ("hard", "fused"))
+    fusion_gamma: float = setting(0.5, "fused: weight of the model's prediction (1 - gamma: the prior)")
+    fusion_temperature: float = setting(0.5, "fused: sharpening temperature T")
+    fusion_prior: str = setting("auto", "fused: prior from the ensemble deciles (D/9), from the fraction of "
+                                "models whose own decile is 9 (models), or auto: models where the store keeps "
+                                "them", ("auto", "deciles", "models"))
+    cutout: float = setting(0.5, "fused: side of the strong view's CutOut square as a fraction of the crop (0: none)")
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,22 @@ class FinetuneSettings:
                               ("val", "test"))
     scales: tuple[float, ...] = setting((1.0,), "evaluation scales, relative to base_size")
     flip: bool = setting(False, "evaluation also on the horizontally flipped image")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """Teacher inference on an unlabelled pool (self-training); the geometry is the dataset's evaluation's."""
+    confidence: float = setting(0.0, "pixels whose teacher probability is below this become ignore (0: hard "
+                                "argmax labels everywhere, the paper's choice)")
+    tile: int = setting(1024, "class centroids are taken per tile x tile tile (NVIDIA's uniform sampler)")
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """What a self-training student adds to its dataset's fine-tuning."""
+    data: str = setting("pseudo", "pseudo: real set + centroid-sampled pseudo-labelled pool; duplicate: the "
+                        "paper's control, the real set repeated to the same epoch size", ("pseudo", "duplicate"))
+    multiplier: int = setting(1, "k: every epoch is the real set + k x as many pseudo (or duplicated) samples")
 
 
 # ---- config -> settings (the workflow) --------------------------------------------------------------------
@@ -167,6 +193,20 @@ def pssl_init(variant: str) -> str:
     return "pssl" if variant == MAIN else f"pssl-{variant}"
 
 
+STUDENT_DATA = {"st": "pseudo", "dup": "duplicate"}  # init suffix -> StudentSettings.data
+
+
+def student_init(init: str, suffix: str) -> str:
+    """The fine-tune init name of a self-training student: imagenet+st, pssl+st, or the control imagenet+dup."""
+    return f"{init}+{suffix}"
+
+
+def split_init(init: str) -> tuple[str, str | None]:
+    """imagenet+st -> (imagenet, st); pssl -> (pssl, None)."""
+    base, _, suffix = init.partition("+")
+    return base, suffix or None
+
+
 def pretrain_variant(config: dict, variant: str) -> dict:
     if variant == MAIN:
         return {}
@@ -174,6 +214,14 @@ def pretrain_variant(config: dict, variant: str) -> dict:
     if variant not in variants:
         raise KeyError(f"no pre-training variant {variant!r}; pretrain_variants: {', '.join(variants) or 'none'}")
     return variants[variant] or {}
+
+
+def teacher_settings(config: dict) -> TeacherSettings:
+    return pick(TeacherSettings, config["self_training"])
+
+
+def student_settings(config: dict, data: str) -> StudentSettings:
+    return pick(StudentSettings, config["self_training"], data=data)
 
 
 def finetune_settings(config: dict, dataset: str, model: str, lr: float | None = None, seed: int | None = None

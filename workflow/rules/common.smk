@@ -5,9 +5,11 @@ import re
 
 from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_minutes, train_layout, zoo_gpus
 from pssl.config import imagenet_root, zoo_specs
+from pssl.data.pool import DEMO_TRUTH, pool_dir
 from pssl.models.catalog import model_title
 from pssl.settings import (
     MAIN,
+    STUDENT_DATA,
     demo_settings,
     explain_settings,
     finetune_settings,
@@ -15,6 +17,10 @@ from pssl.settings import (
     pretrain_settings,
     pssl_init,
     settings_flags,
+    split_init,
+    student_init,
+    student_settings,
+    teacher_settings,
     zoo_settings,
 )
 
@@ -52,6 +58,10 @@ LRS = FINETUNE["lr_grid"] or [FINETUNE["lr"]]
 SEEDS = FINETUNE["seeds"]
 VARIANTS = [MAIN, *config["pretrain_variants"]]  # main: the pretrain section itself (Table 3)
 EXPERIMENTS = config["experiments"]
+SELF_TRAINING = config["self_training"]
+BASE_INITS = ["imagenet", *map(pssl_init, VARIANTS)]
+STUDENT_INITS = [student_init(i, suffix) for i in BASE_INITS for suffix in STUDENT_DATA]
+POOL_PARTS = list(range(SELF_TRAINING["pool_shards"]))
 
 
 def one_of(names):
@@ -62,17 +72,21 @@ def one_of(names):
 # of pretrain.models), {variant} a pre-training variant (main or a key of pretrain_variants), {dataset} a
 # downstream dataset, {init} an initialisation (imagenet, pssl = the main pre-training, pssl-<variant>), {seed}
 # a fine-tuning seed, {lr} a learning rate of the grid, {shard} a shard of the index, {experiment} an
-# experiment's name.
+# experiment's name, {part} a part of an unlabelled pool, {data} a student's data (st: pseudo labels, dup: the
+# duplicated control). A self-training student's init is <init>+<data> (imagenet+st); the rules that train
+# narrow {init} to the base inits.
 wildcard_constraints:
     classifier=one_of(ZOO),
     model=one_of(PRETRAIN),
     variant=one_of(VARIANTS),
     dataset=one_of(FINETUNE["datasets"]),
-    init=one_of(["imagenet", *map(pssl_init, VARIANTS)]),
+    init=one_of(BASE_INITS + STUDENT_INITS),
     seed=r"\d+",
     lr=one_of(LRS),
     shard=r"shard-\d+",
     experiment=one_of(EXPERIMENTS) or "(?!)",
+    part=r"\d+",
+    data=one_of(STUDENT_DATA),
 
 
 def zoo_files(wildcards=None):
@@ -91,6 +105,23 @@ def pretrained(model, variant=MAIN):
 def pretrained_models(wildcards=None):
     """The main pre-training of every Table 3 model."""
     return [pretrained(name) for name in FINETUNE["models"]]
+
+
+def table3_variants():
+    """The pre-training variants Table 3's inits use (main, and e.g. fused for pssl-fused)."""
+    return [init_variant(i) for i in FINETUNE["inits"] if i != "imagenet"]
+
+
+def table3_pretrained(wildcards=None):
+    """Every pre-trained model behind a Table 3 column."""
+    return [pretrained(m, v) for v in table3_variants() for m in FINETUNE["models"]]
+
+
+def fused_in_table3():
+    return any(pretrain_settings(config, v)[0].label_mode == "fused" for v in table3_variants())
+
+
+FUSED_FIGURE = f"{RESULTS}/report/fused_labels.png"
 
 
 def init_variant(init):
@@ -147,9 +178,44 @@ def finetune_cells(datasets, models, inits):
                   dataset=datasets, model=models, init=inits, seed=SEEDS)
 
 
+def student_inits():
+    """The self-training columns: each configured init + st, and + dup (the control) where asked for."""
+    suffixes = ["st", "dup"] if SELF_TRAINING["control"] else ["st"]
+    return [student_init(i, suffix) for i in SELF_TRAINING["inits"] for suffix in suffixes]
+
+
 def finetune_results(wildcards=None):
-    """Table 3's cells."""
-    return finetune_cells(FINETUNE["datasets"], FINETUNE["models"], FINETUNE["inits"])
+    """Table 3's cells, with the self-training students where self_training names datasets."""
+    return finetune_cells(FINETUNE["datasets"], FINETUNE["models"], FINETUNE["inits"]) + \
+        finetune_cells(SELF_TRAINING["datasets"], SELF_TRAINING["models"], student_inits())
+
+
+def cell_dir(wildcards, init=None):
+    w = wildcards
+    return f"{RESULTS}/finetune/{w.dataset}/{w.model}/{init or w.init}/seed{w.seed}"
+
+
+def pool_root(dataset):
+    """The unlabelled pool of a dataset (pssl.data.pool.pool_dir)."""
+    return str(pool_dir(dataset, dataset_root(dataset), (SELF_TRAINING["pools"] or {}).get(dataset)))
+
+
+def teacher_tables(wildcards):
+    """All parts of the pool labelled by the teacher cell the student's init and seed name."""
+    w = wildcards
+    return expand(f"{RESULTS}/pseudo/{w.dataset}/{w.model}/{w.init}/seed{w.seed}/pool-{{part}}/pseudo.parquet",
+                  part=POOL_PARTS)
+
+
+def selftrain_tables(wildcards=None):
+    """Every teacher's pseudo labels (the quality table's input)."""
+    return expand(f"{RESULTS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}/pseudo.parquet",
+                  dataset=SELF_TRAINING["datasets"], model=SELF_TRAINING["models"], init=SELF_TRAINING["inits"],
+                  seed=SEEDS, part=POOL_PARTS)
+
+
+def teacher_cells(wildcards=None):
+    return finetune_cells(SELF_TRAINING["datasets"], SELF_TRAINING["models"], SELF_TRAINING["inits"])
 
 
 def experiment_inits(name):
@@ -199,7 +265,8 @@ REPORT_FILES = [f"{RESULTS}/report/{name}" for name in
 MODEL_TITLES = {m: model_title(PRETRAIN[m]["head"], PRETRAIN[m]["backbone"]) for m in PRETRAIN}
 
 
-QUALITY = ["explain_quality", "pretrain_quality"]  # demo only: scores against the hidden object masks
+# Demo only: scores against the hidden object masks (and the pools' hidden truth, with self-training on).
+QUALITY = ["explain_quality", "pretrain_quality"] + (["selftrain_quality"] if SELF_TRAINING["datasets"] else [])
 
 
 def quality_tables(wildcards=None):

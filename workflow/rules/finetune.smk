@@ -15,6 +15,8 @@ rule finetune:
     output:
         metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}/metrics.json",
         weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}/final.pt",
+    wildcard_constraints:
+        init=one_of(BASE_INITS),
     params:
         launcher=FINETUNE_LAYOUT.launcher(),
         world=FINETUNE_LAYOUT.world,
@@ -61,14 +63,16 @@ if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data on
 
     rule eval_pretrain:
         input:
-            models=pretrained_models,
+            models=table3_pretrained,
             stores=explain_stores,
             index=f"{RESULTS}/index.parquet",
             demo=demo_data_if_enabled,
         output:
-            f"{RESULTS}/report/pretrain_quality.csv",
+            table=f"{RESULTS}/report/pretrain_quality.csv",
+            figure=[FUSED_FIGURE] if fused_in_table3() else [],
         params:
             masks=f"{DEMO_ROOT}/imagenet/masks",
+            figure=lambda wc, output: f"--fused-figure {output.figure}" if output.figure else "",
             device=config["device"],
         resources:
             **CPU_JOB,
@@ -78,7 +82,7 @@ if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data on
             f"{LOGS}/eval_pretrain.log",
         shell:
             "python -m pssl eval-pretrain --models {input.models} --stores {input.stores} --index {input.index}"
-            " --masks {params.masks} --out {output} --device {params.device} > {log} 2>&1"
+            " --masks {params.masks} --out {output.table} {params.figure} --device {params.device} > {log} 2>&1"
 
 
 rule stage_finetune:

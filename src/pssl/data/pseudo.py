@@ -4,6 +4,11 @@ Label map: pixels with decile >= decile_threshold get the image's label, the res
 deciles listed in ignore_deciles become ignore (-1). The augmentation (`transforms.CropAugment`) samples
 the S x S map with nearest neighbour straight into the crop, and fills padding as ignore (or, with pad_label
 background, as the background class).
+
+Label mode `fused` (PseudoSeg, pssl.train.fusion) yields `FusedViews` instead: a weak view (the geometry
+only), a strong view of the same crop (+ blur, PseudoSeg's colour jitter and one mean-filled CutOut square),
+the prior's strength s warped bilinearly with the same geometry, the image's class, and the pixels the loss
+counts (not padding, ignored deciles or CutOut).
 """
 
 from __future__ import annotations
@@ -16,11 +21,27 @@ import numpy as np
 import torch
 
 from pssl import store
-from pssl.data.transforms import CropAugment, augment
+from pssl.data.transforms import CropAugment, augment, sample_generator, to_tensor
 from pssl.tables import read_table
 
 log = logging.getLogger(__name__)
 PSEUDO_IGNORE = -1  # label of pixels the pre-training loss skips (ignored deciles, padding)
+STRONG_JITTER = (0.5, 0.5, 0.5, 0.25)  # PseudoSeg's strong view: brightness, contrast, saturation, hue
+
+
+def prior_strength(deciles: np.ndarray, model_deciles: np.ndarray | None = None) -> np.ndarray:
+    """s in [0, 1] per pixel: the fraction of models whose own decile is 9, or (no per-model deciles) D / 9."""
+    if model_deciles is not None:
+        return (model_deciles == 9).mean(axis=0, dtype=np.float32)
+    return deciles.astype(np.float32) / 9.0
+
+
+def resolve_prior(prior: str, groups) -> str:
+    """auto -> models where every store keeps per-model deciles, else deciles."""
+    kept = all("model_deciles" in g for g in groups)
+    if prior == "models" and not kept:
+        raise ValueError("fusion_prior models needs per-model deciles: explain with keep_model_deciles true")
+    return ("models" if kept else "deciles") if prior == "auto" else prior
 
 
 def label_map(deciles: np.ndarray, label: int, background: int, threshold: int = 9,
@@ -54,13 +75,16 @@ def nested_subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
 class PseudoLabelDataset(torch.utils.data.Dataset):
     def __init__(self, stores: list[str], labels: list[str], num_classes: int, crop: int,
                  decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), seed: int = 0,
-                 pad_label: str = "ignore", images: int = 0):
+                 pad_label: str = "ignore", images: int = 0, fused: bool = False, fusion_prior: str = "auto",
+                 cutout: float = 0.5):
         self.background = num_classes  # class K: the segmentation head has K + 1 outputs
         self.threshold, self.ignore_deciles, self.seed = decile_threshold, tuple(ignore_deciles), seed
         if pad_label not in ("ignore", "background"):
             raise ValueError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
+        self.fused, self.cutout = fused, cutout
         # Padding from the crop and the rotation: ignored, or background as in the authors' code at the paper.
-        self.transform = CropAugment(crop, mask_fill=PSEUDO_IGNORE if pad_label == "ignore" else self.background)
+        self.transform = CropAugment(crop, mask_fill=PSEUDO_IGNORE if pad_label == "ignore" else self.background,
+                                     **({"jitter": STRONG_JITTER} if fused else {}))
         self.epoch = 0
         self.store_paths = list(stores)
         self.samples: list[Sample] = []
@@ -88,6 +112,8 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self.root = Path(roots.pop())
         self.skipped = skipped
         self._groups = None  # opened lazily, per worker process
+        self.prior = resolve_prior(fusion_prior, self.groups()) if fused else None
+        self._groups = None
         log.info("pseudo-labelled set: %d images used%s, skipped %s", len(self.samples),
                  f" (the first {images} of a fixed random order)" if images else "", skipped)
         if not self.samples:
@@ -99,14 +125,41 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def target(self, i: int) -> tuple[Path, np.ndarray]:
-        """(image path, S x S label map) of sample i, before augmentation."""
+    def groups(self) -> list:
         if self._groups is None:
             self._groups = [store.open_store(p) for p in self.store_paths]
+        return self._groups
+
+    def target(self, i: int) -> tuple[Path, np.ndarray]:
+        """(image path, S x S label map) of sample i, before augmentation."""
         s = self.samples[i]
-        deciles = self._groups[s.store]["deciles"][s.row]
+        deciles = self.groups()[s.store]["deciles"][s.row]
         return self.root / s.relpath, label_map(deciles, s.label, self.background, self.threshold, self.ignore_deciles)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def strength(self, i: int) -> np.ndarray:
+        """The fused mode's prior strength s (S x S) of sample i."""
+        s, group = self.samples[i], self.groups()[self.samples[i].store]
+        models = group["model_deciles"][s.row] if self.prior == "models" else None
+        return prior_strength(group["deciles"][s.row], models)
+
+    def __getitem__(self, i: int):
         path, labels = self.target(i)
-        return augment(self.transform, path, labels, self.seed, self.epoch, i)
+        if not self.fused:
+            return augment(self.transform, path, labels, self.seed, self.epoch, i)
+        return self.fused_views(i, path, labels)
+
+    def fused_views(self, i: int, path: Path, labels: np.ndarray) -> dict:
+        g = sample_generator(self.seed, self.epoch, i)
+        p, crop_to_labels, rgb, mask = self.transform.geometry(path, labels, g)
+        weak = rgb.astype(np.float32) / 255.0
+        strong = self.transform.photometric(weak, p)
+        valid = mask != PSEUDO_IGNORE
+        side = round(self.cutout * self.transform.crop)
+        if side:
+            top, left = (int(torch.randint(0, self.transform.crop - side + 1, (), generator=g)) for _ in range(2))
+            strong = strong.copy()
+            strong[top:top + side, left:left + side] = strong.reshape(-1, 3).mean(axis=0)
+            valid[top:top + side, left:left + side] = False
+        strength = self.transform.warp_values(self.strength(i), crop_to_labels, 0.0)
+        return {"weak": to_tensor(weak), "strong": to_tensor(strong), "strength": torch.from_numpy(strength),
+                "label": self.samples[i].label, "valid": torch.from_numpy(valid)}

@@ -97,9 +97,10 @@ class CropAugment:
 
     def __init__(self, crop: int, mask_fill: int, base_size: int | None = None,
                  scale: tuple[float, float] = (0.5, 2.0), long_side: bool = False, heavy: bool = True,
-                 degrees: float = 10.0):
+                 degrees: float = 10.0, jitter: tuple[float, float, float, float] = JITTER):
         base = base_size or crop
         self.crop, self.mask_fill, self.long_side, self.heavy, self.degrees = crop, mask_fill, long_side, heavy, degrees
+        self.jitter = jitter
         self.low, self.high = int(base * scale[0]), int(base * scale[1])
 
     def resized_size(self, g: torch.Generator, h: int, w: int) -> tuple[int, int]:
@@ -109,19 +110,33 @@ class CropAugment:
         long = int(short * max(h, w) / min(h, w))
         return (short, long) if h <= w else (long, short)
 
-    def sample(self, g: torch.Generator, h: int, w: int) -> CropParams:
+    def corner(self, g: torch.Generator, extent: int, pad: int, centre: float | None) -> int:
+        """The crop's first row (or column) in the padded image of `extent` + 2 x `pad` pixels; with a
+        `centre` (in the scaled image), uniform over the corners whose crop contains it (NVIDIA's
+        class-uniform sampler: x1 ~ U[c - crop, c], clipped to the image)."""
+        low, high = 0, extent + 2 * pad - self.crop
+        if centre is not None:
+            c = int(centre) + pad
+            low, high = max(low, min(c - self.crop + 1, high)), max(low, min(c, high))
+        return int(torch.randint(low, high + 1, (), generator=g))
+
+    def sample(self, g: torch.Generator, h: int, w: int, centre: tuple[float, float] | None = None) -> CropParams:
+        """Every random draw of one sample; `centre` (y, x in the source image, no rotation): the crop contains
+        that point."""
         rh, rw = self.resized_size(g, h, w)
         angle = _uniform(g, -self.degrees, self.degrees) if self.heavy else 0.0
         pad_y, pad_x = max(self.crop - rh, 0), max(self.crop - rw, 0)
-        top = int(torch.randint(0, rh + 2 * pad_y - self.crop + 1, (), generator=g))
-        left = int(torch.randint(0, rw + 2 * pad_x - self.crop + 1, (), generator=g))
+        if centre is not None and angle:
+            raise ValueError("a crop around a centre needs heavy=False (no rotation)")
+        top = self.corner(g, rh, pad_y, None if centre is None else centre[0] * rh / h)
+        left = self.corner(g, rw, pad_x, None if centre is None else centre[1] * rw / w)
         flip = bool(torch.rand((), generator=g) < 0.5)
         sigma = jitter = None
         order: tuple[int, ...] = ()
         if self.heavy:
             if float(torch.rand((), generator=g)) < BLUR_P:
                 sigma = _uniform(g, *BLUR_SIGMA)
-            b, c, s, hue = JITTER
+            b, c, s, hue = self.jitter
             order = tuple(torch.randperm(4, generator=g).tolist())
             jitter = (_uniform(g, 1 - b, 1 + b), _uniform(g, 1 - c, 1 + c), _uniform(g, 1 - s, 1 + s),
                       _uniform(g, -hue, hue))
@@ -148,11 +163,16 @@ class CropAugment:
             factor = int(step)
             rgb = cv2.resize(rgb, (max(w // factor, 1), max(h // factor, 1)), interpolation=cv2.INTER_AREA)
             crop_to_rgb = np.diag([rgb.shape[1] / w, rgb.shape[0] / h, 1.0]) @ crop_to_rgb
+        return self.warp_values(rgb, crop_to_rgb, 0)
+
+    def warp_values(self, values: np.ndarray, crop_to_values: np.ndarray, fill: float) -> np.ndarray:
+        """Bilinear crop of an image or a float map; `fill` outside it."""
         # OpenCV indexes pixel centres, the map is in continuous coordinates (centres at +0.5)
         centres = np.array([[1.0, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
-        indexed = np.linalg.inv(centres) @ crop_to_rgb @ centres
-        return cv2.warpAffine(rgb, indexed[:2], (self.crop, self.crop), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        indexed = np.linalg.inv(centres) @ crop_to_values @ centres
+        return cv2.warpAffine(values, indexed[:2], (self.crop, self.crop),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(fill,) * 3)
 
     def warp_mask(self, labels: np.ndarray, crop_to_labels: np.ndarray) -> np.ndarray:
         mask = Image.fromarray(labels.astype(np.int32), mode="I")
@@ -171,26 +191,46 @@ class CropAugment:
                 image = adjust[i](image, p.jitter[i])
         return image
 
-    def __call__(self, image: np.ndarray | str | os.PathLike, labels: np.ndarray, g: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, crop, crop) float in [0, 1] and (crop, crop) int64 labels. `image`: an RGB array, or a path
-        (then decoded at reduced scale where the crop allows); `labels`: any grid covering the image."""
+    def geometry(self, image: np.ndarray | str | os.PathLike, labels: np.ndarray, g: torch.Generator,
+                 centre: tuple[float, float] | None = None) -> tuple[CropParams, np.ndarray, np.ndarray, np.ndarray]:
+        """(draws, map from the crop to the `labels` grid, uint8 (crop, crop, 3) crop, int64 (crop, crop) labels)
+        before blur and colour. `image`: an RGB array, or a path (then decoded at reduced scale where the crop
+        allows); `labels`: any grid covering the image."""
         h, w = image_size(image) if not isinstance(image, np.ndarray) else image.shape[:2]
-        p = self.sample(g, h, w)
+        p = self.sample(g, h, w, centre)
         if not isinstance(image, np.ndarray):
             image = load_rgb(image, min_size=(p.resized[1], p.resized[0]))
         crop_to_source = self.crop_to_source(p, h, w)
         rgb = self.warp_image(image, np.diag([image.shape[1] / w, image.shape[0] / h, 1.0]) @ crop_to_source)
-        mask = self.warp_mask(labels, np.diag([labels.shape[1] / w, labels.shape[0] / h, 1.0]) @ crop_to_source)
-        pixels = self.photometric(rgb.astype(np.float32) / 255.0, p)
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), torch.from_numpy(mask)
+        crop_to_labels = scaled_to(labels, h, w) @ crop_to_source
+        return p, crop_to_labels, rgb, self.warp_mask(labels, crop_to_labels)
+
+    def __call__(self, image: np.ndarray | str | os.PathLike, labels: np.ndarray, g: torch.Generator,
+                 centre: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, crop, crop) float in [0, 1] and (crop, crop) int64 labels (see `geometry`)."""
+        p, _, rgb, mask = self.geometry(image, labels, g, centre)
+        return to_tensor(self.photometric(rgb.astype(np.float32) / 255.0, p)), torch.from_numpy(mask)
+
+
+def scaled_to(grid: np.ndarray, h: int, w: int) -> np.ndarray:
+    """3 x 3 map from an (h, w) image's coordinates to those of a `grid` covering the same image."""
+    return np.diag([grid.shape[1] / w, grid.shape[0] / h, 1.0])
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) float -> (3, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(sample_seed(seed, epoch, index))
 
 
 def augment(transform: CropAugment, image: np.ndarray | str | os.PathLike, labels: np.ndarray, seed: int,
-            epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            epoch: int, index: int, centre: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply `transform` with randomness that depends only on (seed, epoch, index); the global RNG is left
     untouched."""
-    return transform(image, labels, torch.Generator().manual_seed(sample_seed(seed, epoch, index)))
+    return transform(image, labels, sample_generator(seed, epoch, index), centre)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

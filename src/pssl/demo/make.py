@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pssl.data.downstream import DATASETS, IGNORE, DatasetSpec
+from pssl.data.pool import DEMO_TRUTH, pool_dir, truth_path
 from pssl.demo import synth
 from pssl.demo.scenes import object_borders
 from pssl.io import atomic_dir
@@ -79,8 +80,9 @@ def write_classification(root: Path, seed: int, num_classes: int, images_per_cla
 
 
 def write_downstream(root: Path, spec: DatasetSpec, seed: int, num_classes: int, counts: dict[str, int],
-                     progress: Progress, dataset_key: int) -> dict:
-    """One downstream dataset as its spec's `demo` describes it, written in its real layout."""
+                     progress: Progress, dataset_key: int, pool_images: int = 0) -> dict:
+    """One downstream dataset as its spec's `demo` describes it, written in its real layout, and its
+    unlabelled pool (`pool_dir`) with the pool's hidden truth in train ids (`pool_truth/<dataset>/`)."""
     scenes = spec.demo
     classes = [synth.SceneClass(spec.classes.index(name), synth.appearance(a % num_classes if a < 1000 else a),
                                 stuff)
@@ -89,17 +91,30 @@ def write_downstream(root: Path, spec: DatasetSpec, seed: int, num_classes: int,
     lut = np.full(256, scenes.ignore_raw, dtype=np.uint8)
     for train_id, raw in spec.encode().items():
         lut[train_id] = raw
+
+    def scene(split_key: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = image_rng(seed, 1 + dataset_key, split_key, i)
+        pixels, label = synth.scene_image(*scenes.size(rng), classes, background, rng)
+        if scenes.border_ignore:
+            label = np.where(object_borders(label) & (label != background), IGNORE, label)
+        return pixels, label
+
     for split_key, split in enumerate(scenes.splits):
         for i in range(counts[split]):
-            rng = image_rng(seed, 1 + dataset_key, split_key, i)
-            h, w = scenes.size(rng)
-            pixels, label = synth.scene_image(h, w, classes, background, rng)
-            if scenes.border_ignore:
-                label = np.where(object_borders(label) & (label != background), IGNORE, label)
+            pixels, label = scene(split_key, i)
             spec.write_demo(root, split, i, Image.fromarray(pixels), Image.fromarray(lut[label]))
             progress.update()
+    pool, truth = pool_dir(spec.name, root), root / DEMO_TRUTH / spec.name
+    for i in range(pool_images):
+        pixels, label = scene(len(scenes.splits), i)  # the pool's own random stream
+        name = spec.pool_file(i)
+        for path in (pool / name, truth_path(truth, name)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(pool / name, quality=92)
+        Image.fromarray(label.astype(np.uint8)).save(truth_path(truth, name))
+        progress.update()
     return {"classes_drawn": [name for name, _, _ in scenes.classes],
-            "images": {split: counts[split] for split in scenes.splits}}
+            "images": {split: counts[split] for split in scenes.splits}, "pool_images": pool_images}
 
 
 def make_demo_data(out: str | Path, settings: DemoSettings = DemoSettings()) -> dict:
@@ -109,13 +124,13 @@ def make_demo_data(out: str | Path, settings: DemoSettings = DemoSettings()) -> 
         raise ValueError(f"min_side ({s.min_side}) must not exceed max_side ({s.max_side})")
     counts = {"train": s.downstream_train, "val": s.downstream_val, "test": s.downstream_val}
     total = s.num_classes * (s.images_per_class + s.val_images_per_class) + sum(
-        sum(counts[s] for s in spec.demo.splits) for spec in DATASETS.values())
+        sum(counts[split] for split in spec.demo.splits) + s.pool_images for spec in DATASETS.values())
     manifest = {"seed": s.seed, "imagenet": {}, "downstream": {}}
     with atomic_dir(out) as root, Progress(total, "demo data") as progress:
         manifest["imagenet"] = write_classification(root, s.seed, s.num_classes, s.images_per_class, s.min_side,
                                                     s.max_side, progress, s.val_images_per_class)
         for key, spec in enumerate(DATASETS.values()):
             manifest["downstream"][spec.name] = write_downstream(root, spec, s.seed, s.num_classes, counts,
-                                                                 progress, key)
+                                                                 progress, key, s.pool_images)
         (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

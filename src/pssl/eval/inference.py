@@ -44,11 +44,12 @@ def scaled_size(h: int, w: int, scale: float, base_size: int | None = None) -> t
 
 
 @torch.no_grad()
-def predict(model, image: torch.Tensor, num_classes: int, scales=(1.0,), flip: bool = False,
-            crop: int | None = None, stride: int | None = None, base_size: int | None = None) -> torch.Tensor:
-    """Label map (H, W) for one image (1, 3, H, W) in [0, 1]: mean probability over scales (x flip)."""
+def probabilities(model, image: torch.Tensor, num_classes: int, scales=(1.0,), flip: bool = False,
+                  crop: int | None = None, stride: int | None = None, base_size: int | None = None) -> torch.Tensor:
+    """Class probabilities (1, C, H, W) for one image (1, 3, H, W) in [0, 1]: the mean over scales (x flip)."""
     _, _, h, w = image.shape
     total = torch.zeros(1, num_classes, h, w, device=image.device)
+    views = 0
     for s in scales:
         size = scaled_size(h, w, s, base_size)
         scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False) if size != (h, w) else image
@@ -58,5 +59,12 @@ def predict(model, image: torch.Tensor, num_classes: int, scales=(1.0,), flip: b
                 model(x)["out"].softmax(1)
             if flipped:
                 p = p.flip(-1)
-            total += F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-    return total.argmax(1)[0]
+            total += F.interpolate(p.float(), size=(h, w), mode="bilinear", align_corners=False)
+            views += 1
+    return total / views
+
+
+def predict(model, image: torch.Tensor, num_classes: int, scales=(1.0,), flip: bool = False,
+            crop: int | None = None, stride: int | None = None, base_size: int | None = None) -> torch.Tensor:
+    """Label map (H, W) for one image (1, 3, H, W) in [0, 1]: the argmax of `probabilities`."""
+    return probabilities(model, image, num_classes, scales, flip, crop, stride, base_size).argmax(1)[0]

@@ -82,14 +82,18 @@ def write_quality(stores: list[str], index: str, masks_root: str, out: str) -> p
 
 
 def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, masks_root: str, out: str,
-                     device: str = "auto") -> pd.DataFrame:
+                     device: str = "auto", figure: str | None = None) -> pd.DataFrame:
     """Foreground (not background) predicted by pre-trained models vs the hidden object masks, next to the
-    D9 pseudo labels themselves: pixel accuracy and IoU of the foreground, averaged over images."""
+    D9 pseudo labels themselves: pixel accuracy and IoU of the foreground, averaged over images. A model
+    pre-trained on fused labels also gets a row for the fused labels it would train on at its end (its own
+    prediction fused with the prior, pssl.train.fusion), and `figure` shows image | D9 | fused | object."""
     import torch
 
     from pssl.data.images import load_square
+    from pssl.data.pseudo import prior_strength
     from pssl.device import resolve_device
     from pssl.models.segmenter import build_segmenter
+    from pssl.train.fusion import fuse, prior_channels
 
     dev = resolve_device(device)
     frame, meta = read_table(index)
@@ -97,15 +101,19 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     items = []
     for path in stores:
         group = store.open_store(path)
-        ids, status, deciles = group["image_id"][:], group["status"][:], group["deciles"][:]
-        items += [(int(ids[i]), deciles[i]) for i in np.flatnonzero(status == store.DONE)]
+        ids, status, deciles, targets = group["image_id"][:], group["status"][:], group["deciles"][:], \
+            group["target"][:]
+        per_model = group["model_deciles"] if "model_deciles" in group else None
+        items += [(int(ids[i]), deciles[i], int(targets[i]), None if per_model is None else per_model[i])
+                  for i in np.flatnonzero(status == store.DONE)]
     size = items[0][1].shape[0]
 
     # Every image and mask is decoded once, at the store's resolution, and shared by all models.
-    masks = [mask_at(Path(masks_root), relpath[image_id], size) for image_id, _ in items]
-    images = torch.from_numpy(np.stack([load_square(Path(meta["root"]) / relpath[image_id], size)[0]
-                                        for image_id, _ in items])).permute(0, 3, 1, 2)
-    rows = [("D9 pseudo labels", *foreground_scores(d == 9, mask)) for (_, d), mask in zip(items, masks)]
+    masks = [mask_at(Path(masks_root), relpath[item[0]], size) for item in items]
+    images = torch.from_numpy(np.stack([load_square(Path(meta["root"]) / relpath[item[0]], size)[0]
+                                        for item in items])).permute(0, 3, 1, 2)
+    rows = [("D9 pseudo labels", *foreground_scores(item[1] == 9, mask)) for item, mask in zip(items, masks)]
+    shown = None
     for ckpt in checkpoints:
         record = torch.load(ckpt, map_location="cpu", weights_only=False)
         cfg = record["config"]
@@ -114,14 +122,46 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
         model.eval().to(dev)
         model_dir, variant = Path(ckpt).parent.parent.name, Path(ckpt).parent.name  # pretrain/<model>/<variant>
         name = model_dir if variant == "main" else f"{model_dir} {variant}"
+        fusion = cfg.get("fusion")
         for start in range(0, len(items), 32):
+            batch = items[start:start + 32]
             x = images[start:start + 32].float().div(255).to(dev)
             with torch.no_grad():
-                pred = model(x)["out"].argmax(1).cpu().numpy() != cfg["background"]
+                logits = model(x)["out"].float()
+            pred = logits.argmax(1).cpu().numpy() != cfg["background"]
             rows += [(name, *foreground_scores(p, mask)) for p, mask in zip(pred, masks[start:start + 32])]
+            if fusion:
+                strength = torch.from_numpy(np.stack([prior_strength(d, m if fusion["prior"] == "models" else None)
+                                                      for _, d, _, m in batch])).to(dev)
+                labels = torch.tensor([t for _, _, t, _ in batch], device=dev)
+                prior = prior_channels(strength, labels, logits.shape[1], cfg["background"])
+                fused = fuse(logits, prior, fusion["gamma"], fusion["temperature"]).argmax(1).cpu().numpy()
+                rows += [(f"{name}: its fused labels", *foreground_scores(f != cfg["background"], mask))
+                         for f, mask in zip(fused, masks[start:start + 32])]
+                if shown is None:
+                    shown = (name, images[start:start + 4], batch[:4], fused[:4], masks[start:start + 4],
+                             cfg["background"])
     table = pd.DataFrame(rows, columns=["source", "pixel_acc", "fg_iou"]).groupby("source", sort=False).agg(
         images=("pixel_acc", "size"), pixel_acc=("pixel_acc", "mean"), fg_iou=("fg_iou", "mean")).reset_index()
     with atomic_file(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     log.info("\n%s", table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if figure:
+        if shown is None:
+            raise ValueError("a fused-labels figure needs a model pre-trained with label_mode fused")
+        fused_figure(*shown, figure)
     return table
+
+
+def fused_figure(name: str, images, items, fused: np.ndarray, masks: list[np.ndarray], background: int,
+                 out: str) -> None:
+    """image | D9 label | fused label | hidden object, for a few images (classes in colour, background grey)."""
+    from pssl.report.label_figure import label_rows_figure
+
+    rows = []
+    for rgb, (_, deciles, target, _), f, mask in zip(images, items, fused, masks):
+        rows.append((f"class {target}", rgb.permute(1, 2, 0).numpy(),
+                     [("D9 label", np.where(deciles == 9, target, background)), ("fused label", f),
+                      ("hidden object", np.where(mask, target, background))]))
+    label_rows_figure(rows, background + 1, -1, out,
+                      f"PseudoSeg fusion at the end of pre-training: {name} (its prediction fused with the prior)")

@@ -1,6 +1,10 @@
 """The paper's Table 3: per dataset and model, mIoU with ImageNet init, with PSSL init, and the gain, on each
 dataset's evaluation split (the paper: CamVid test, val elsewhere).
 
+Columns grow with the cells that exist: a pre-training variant's init (PSSL-fused) with its gain over
+ImageNet, and self-training students (ImageNet+ST, PSSL+ST, the control ImageNet+dup) with their gain over
+their teacher's init.
+
 Also: a figure of the gains and a gallery of pseudo labels.
 """
 
@@ -32,8 +36,40 @@ def collect(cells: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-INIT_TITLES = {"imagenet": "ImageNet", "pssl": "PSSL"}
 SD, CI, SEEDS = " sd", " ci95", " seeds"  # suffixes of the statistics columns (present with several seeds)
+DIFFERENCES = ("diff", "gain")  # column endings of paired differences: PSSL - ImageNet, a student - its init
+
+
+def init_title(init: str) -> str:
+    """imagenet -> ImageNet, pssl -> PSSL, pssl-fused -> PSSL-fused, imagenet+st -> ImageNet+ST, +dup -> +dup."""
+    base, _, suffix = init.partition("+")
+    title = {"imagenet": "ImageNet", "pssl": "PSSL"}.get(base, "PSSL-" + base.removeprefix("pssl-"))
+    return title + {"": "", "st": "+ST", "dup": "+dup"}.get(suffix, "+" + suffix)
+
+
+def init_order(inits) -> list[str]:
+    """ImageNet, PSSL, the variants, then the students: each init's +ST before its +dup."""
+    def key(init: str):
+        base, _, suffix = init.partition("+")
+        return (bool(suffix), base != "imagenet", base != "pssl", base, {"st": 0, "dup": 1}.get(suffix, 2), suffix)
+    return sorted(set(inits), key=key)
+
+
+def comparisons(inits: list[str]) -> list[tuple[str, str, str]]:
+    """(treated, control, column suffix) of every paired difference the present inits allow: each PSSL init
+    against ImageNet ("diff" for the main one), each student against its teacher's init ("gain")."""
+    present, pairs = set(inits), []
+    for init in inits:
+        base, _, suffix = init.partition("+")
+        if suffix and base in present:
+            pairs.append((init, base, f"{init_title(init)} gain"))
+        elif not suffix and init != "imagenet" and "imagenet" in present:
+            pairs.append((init, "imagenet", "diff" if init == "pssl" else f"{init_title(init)} diff"))
+    return pairs
+
+
+def is_difference(column: str) -> bool:
+    return column.endswith(DIFFERENCES)
 
 
 def with_seed(cells: pd.DataFrame) -> pd.DataFrame:
@@ -46,27 +82,29 @@ def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
     95% interval half-width and number of seed pairs.
 
     Reports what exists: a run of one init has that init's columns and no difference; a missing cell is NaN.
+    Differences are paired over seeds: "diff" a PSSL init - ImageNet, "gain" a student - its init.
     """
     cells = with_seed(cells)
     datasets = list(dict.fromkeys(cells["dataset"]))
     out = pd.DataFrame(index=[DATASETS[d].title if d in DATASETS else d for d in datasets])
     splits = cells.groupby("dataset")["split"].agg(lambda v: "/".join(sorted(set(v))))
     out["split"] = [splits[d] for d in datasets]  # the split each row's mIoU was measured on
-    inits = [i for i in INIT_TITLES if i in set(cells["init"])]
     several = bool((cells.groupby(["dataset", "model", "init"]).size() > 1).any())
     stats = {key: mean_sd(part["miou"]) for key, part in cells.groupby(["dataset", "model", "init"])}
-    diffs = paired_difference(cells, "pssl", "imagenet", ["dataset", "model"]).set_index(["dataset", "model"])
     for m in dict.fromkeys(cells["model"]):
         title = model_titles.get(m, m)
+        mine = cells[cells["model"] == m]
+        inits = init_order(mine["init"])
         for i in inits:
-            out[f"{title} {INIT_TITLES[i]}"] = [stats.get((d, m, i), (np.nan,) * 3)[0] for d in datasets]
+            out[f"{title} {init_title(i)}"] = [stats.get((d, m, i), (np.nan,) * 3)[0] for d in datasets]
             if several:
-                out[f"{title} {INIT_TITLES[i]}{SD}"] = [stats.get((d, m, i), (np.nan,) * 3)[1] for d in datasets]
-        if len(inits) == 2:
-            out[f"{title} diff"] = [diffs["diff"].get((d, m), np.nan) for d in datasets]
+                out[f"{title} {init_title(i)}{SD}"] = [stats.get((d, m, i), (np.nan,) * 3)[1] for d in datasets]
+        for treated, control, name in comparisons(inits):
+            diffs = paired_difference(mine, treated, control, ["dataset"]).set_index("dataset")
+            out[f"{title} {name}"] = [diffs["diff"].get(d, np.nan) for d in datasets]
             if several:
-                out[f"{title} diff{CI}"] = [diffs["ci95"].get((d, m), np.nan) for d in datasets]
-                out[f"{title} diff{SEEDS}"] = [diffs["pairs"].get((d, m), 0) for d in datasets]
+                out[f"{title} {name}{CI}"] = [diffs["ci95"].get(d, np.nan) for d in datasets]
+                out[f"{title} {name}{SEEDS}"] = [diffs["pairs"].get(d, 0) for d in datasets]
     out.index.name = "dataset"
     return out
 
@@ -74,10 +112,10 @@ def table3(cells: pd.DataFrame, model_titles: dict[str, str]) -> pd.DataFrame:
 def _value(column: str, value, spread=np.nan) -> str:
     if pd.isna(value):
         return "–"
-    text = f"{value:+.2f}" if column.endswith("diff") else f"{value:.2f}"
+    text = f"{value:+.2f}" if is_difference(column) else f"{value:.2f}"
     if pd.notna(spread):
         text += f" ± {spread:.2f}"
-        if column.endswith("diff") and abs(value) > spread:
+        if is_difference(column) and abs(value) > spread:
             text += " *"  # the 95% interval excludes zero
     return text
 
@@ -94,7 +132,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
         if c == "split":
             out[c] = list(table[c])
             continue
-        spread = table.get(c + (CI if c.endswith("diff") else SD), pd.Series(np.nan, index=table.index))
+        spread = table.get(c + (CI if is_difference(c) else SD), pd.Series(np.nan, index=table.index))
         out[c] = [_value(c, v, e) for v, e in zip(table[c], spread)]
     return pd.DataFrame(out, index=table.index)
 
@@ -110,6 +148,10 @@ def table3_note(table: pd.DataFrame, cells: pd.DataFrame) -> str:
     seed_note = (f" Mean ± standard deviation over seeds {', '.join(map(str, seeds))}; diff: the mean paired "
                  f"difference PSSL - ImageNet over the seeds ± the half-width of its 95% t interval, * where the "
                  f"interval excludes zero." if len(seeds) > 1 else f" One seed ({seeds[0]}).")
+    if cells["init"].str.contains("+", regex=False).any():
+        seed_note += (" +ST: a self-training student (real + the teacher's pseudo-labelled pool) from that init, "
+                      "whose teacher is the init's own cell; +dup: the control, the real set duplicated to the "
+                      "same epoch size; gain: student - its init, paired over seeds.")
     return (f"mIoU (%) on the split named per row.{seed_note}{missing} Learning rates ({grid_note}): " +
             "; ".join(f"{m} {i}: {v}" for (m, i), v in lrs.items()))
 
@@ -128,7 +170,7 @@ def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
     its value; PNG at `out` and an SVG beside it (for papers and slides)."""
     import matplotlib.pyplot as plt  # the Agg backend: pssl.report.figures selects it on import
 
-    diffs = table[[c for c in table.columns if c.endswith("diff")]]
+    diffs = table[[c for c in table.columns if c.endswith(" diff")]]
     errors = table[[c + CI for c in diffs.columns]] if all(c + CI in table for c in diffs.columns) else None
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(diffs.index) + 2), 4.0), layout="constrained")
     if diffs.isna().to_numpy().all():  # one init only, or no pair finished
@@ -142,7 +184,7 @@ def gain_figure(table: pd.DataFrame, out: str | Path) -> None:
             values = diffs[column].to_numpy(dtype=float)
             yerr = None if errors is None else np.nan_to_num(errors[column + CI].to_numpy(dtype=float))
             bars = ax.bar(x - 0.4 + (b + 0.5) * width, np.nan_to_num(values), width, yerr=yerr, capsize=3,
-                          label=column.removesuffix(" diff"))
+                          label=column.removesuffix(" diff"))  # "<model>" (PSSL) or "<model> PSSL-<variant>"
             ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:+.1f}" for v in values], fontsize=7,
                          padding=2)
         ax.axhline(0, color="black", linewidth=0.8)
@@ -164,8 +206,13 @@ QUALITY_CAPTIONS = {  # demo only: scores against the synthetic images' hidden o
     "explain_quality": "Pseudo-label quality against the hidden object masks: precision of the D9 region and "
                        "best IoU over decile thresholds, the ensemble and each classifier",
     "pretrain_quality": "Pre-trained models against the hidden object masks: pixel accuracy and foreground IoU, "
-                        "next to the D9 pseudo labels they learned from",
+                        "next to the D9 pseudo labels they learned from (and, for a model pre-trained on fused "
+                        "labels, the fused labels at its end)",
+    "selftrain_quality": "Self-training: the teachers' pseudo labels on the unlabelled pool against its hidden "
+                         "truth (mIoU over the pixels they label), next to each teacher's own mIoU",
 }
+# Figures the quality rules write beside their tables (shown with the table when present).
+QUALITY_FIGURES = {"pretrain_quality": "fused_labels.png", "selftrain_quality": "selftrain_labels.png"}
 
 
 def write_table3(cell_files: list[str], out_dir: str, model_titles: dict[str, str]) -> str:
@@ -213,7 +260,12 @@ def write_report(out_dir: str, stores: list[str], quality_tables: list[str], exp
         quality, name = pd.read_csv(q), Path(q).stem
         md += f"\n### {name.replace('_', ' ')}\n\n{quality.to_markdown(index=False, floatfmt='.3f')}\n"
         caption = QUALITY_CAPTIONS.get(name, name.replace("_", " "))
-        pages[f"{name}.html"] = (caption, html_table(quality.map(_quality_cell), caption, index=False))
+        body = html_table(quality.map(_quality_cell), caption, index=False)
+        figure = QUALITY_FIGURES.get(name)
+        if figure and (Path(q).parent / figure).exists():
+            body += f'\n<img src="{figure}" alt="{figure}">'
+            md += f"\n![{figure}]({figure})\n"
+        pages[f"{name}.html"] = (caption, body)
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text(md)
     gallery(stores, out / "pseudo_label_gallery.png")

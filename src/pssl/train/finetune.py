@@ -6,6 +6,9 @@ init pssl:     the whole pre-trained model; only the final per-class layers are 
 The metrics are those of `eval_split` (the paper: CamVid's test split, val elsewhere); the learning rate of a
 grid is chosen on val (`selection` in metrics.json), so a test split never picks its own hyper-parameters.
 
+A self-training student (`student`, pssl.selftrain) is the same job on a larger training set: the real set
++ k x as many centroid-sampled pseudo samples per epoch, or the real set repeated (the control).
+
 Outputs in out_dir: metrics.json, final.pt (the evaluated weights and their config), log.csv. The resume
 checkpoints are removed once both are written.
 """
@@ -27,7 +30,8 @@ from pssl.eval.evaluate import evaluate, label_notes
 from pssl.io import atomic_file
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
-from pssl.settings import FinetuneSettings, TrainSettings
+from pssl.selftrain.student import PseudoPool, StudentDataset
+from pssl.settings import FinetuneSettings, StudentSettings, TrainSettings
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import remove_checkpoints
 from pssl.train.distributed import init_distributed, shutdown
@@ -53,11 +57,24 @@ class FinetuneDataset(torch.utils.data.Dataset):
         return augment(self.transform, rgb, labels, self.seed, self.epoch, i)
 
 
+def training_set(train_set: SegmentationSet, settings: FinetuneSettings, train: TrainSettings,
+                 student: StudentSettings | None, pseudo: list[str]) -> torch.utils.data.Dataset:
+    if student is None:
+        return FinetuneDataset(train_set, settings.crop, settings.base_size, train.seed)
+    if (student.data == "pseudo") != bool(pseudo):
+        raise ValueError(f"a student with data {student.data!r} needs "
+                         + ("the teacher's pseudo.parquet tables" if student.data == "pseudo" else "no pseudo labels"))
+    pool = PseudoPool(pseudo, train_set.name) if pseudo else None
+    return StudentDataset(train_set, pool, student.multiplier, settings.crop, settings.base_size, train.seed)
+
+
 def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbone: str, init: str,
              init_from: str | None, settings: FinetuneSettings, train: TrainSettings, device: str = "auto",
-             expect_world: int | None = None, requeue_margin_min: float = 15.0) -> dict:
+             expect_world: int | None = None, requeue_margin_min: float = 15.0,
+             student: StudentSettings | None = None, pseudo: list[str] = ()) -> dict:
     """Fine-tune `head`-`backbone` from `init` (`init_from`: the zoo classifier or the pre-trained model) on
-    `dataset`'s train split; evaluate on val and on `settings.eval_split`; write out_dir's outputs."""
+    `dataset`'s train split (a `student`: with the pool of `pseudo` tables, or the duplicated control);
+    evaluate on val and on `settings.eval_split`; write out_dir's outputs."""
     started = time.monotonic()
     info = init_distributed(device, expect_world)
     out_dir = Path(out_dir)
@@ -77,8 +94,8 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
                  f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "
                  f"{info.world} process(es), {allocation()}")
     weight = class_weights(train_set.num_classes, None, 1.0)
-    model = fit(model, FinetuneDataset(train_set, settings.crop, settings.base_size, train.seed), weight, train,
-                out_dir, info, ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min))
+    model = fit(model, training_set(train_set, settings, train, student, list(pseudo)), weight, train, out_dir, info,
+                ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min))
     precision = precision_for(info.device, train.precision)
     results = {split: evaluate(model, data, info, settings, precision) for split, data in eval_sets.items()}
     notes = label_notes([train_set, *eval_sets.values()], info)
@@ -95,6 +112,7 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
                             "sliding_window": settings.window, "precision": precision, "ranks": info.world},
                    "selection": {"split": "val", "miou": results["val"]["miou"]},
                    "train": config["train"], "label_warnings": notes,
+                   **({"student": {**asdict(student), "pseudo": list(pseudo)}} if student else {}),
                    "seconds": round(time.monotonic() - started, 1)}
         for note in notes:
             log.info(note)

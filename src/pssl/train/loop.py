@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pssl.device import autocast, precision_for
+from pssl.device import precision_for
 from pssl.progress import Progress
 from pssl.settings import TrainSettings
 from pssl.time_limit import TimeLimit
@@ -35,10 +35,18 @@ from pssl.train.checkpoint import (
     set_rng_state,
 )
 from pssl.train.distributed import DistInfo, all_reduce_sum, gather_objects
-from pssl.train.losses import weighted_ce_sums
+from pssl.train.objectives import FusedLabels, HardLabels
 from pssl.train.schedules import lr_multiplier
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """PseudoSeg's fused soft labels (pre-training label mode `fused`)."""
+    background: int
+    gamma: float
+    temperature: float
 
 
 @dataclass
@@ -49,11 +57,10 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    weight: torch.Tensor
+    objective: HardLabels | FusedLabels
     settings: TrainSettings
     info: DistInfo
     precision: str
-    ignore_index: int
     out_dir: Path
     steps_per_epoch: int
     total_steps: int
@@ -118,17 +125,9 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
         for m in t.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-    for images, masks in loader:
+    for batch in loader:
         started = time.perf_counter()
-        images = images.to(dev, non_blocking=True)
-        masks = masks.to(dev, non_blocking=True)
-        if dev.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, t.precision):
-            outputs = t.net(images)
-        loss_sum, weight_sum = weighted_ce_sums(outputs["out"], masks, t.weight, t.ignore_index)
-        if "aux" in outputs:
-            loss_sum = loss_sum + p.aux_weight * weighted_ce_sums(outputs["aux"], masks, t.weight, t.ignore_index)[0]
+        loss_sum, weight_sum, images = t.objective(t.net, batch, dev, t.precision)
         # Normalise by the global batch's weight sum; DDP's gradient averaging then equals one big batch.
         # Rank 0's time-limit verdict travels in the same all-reduce, so every rank stops at this step.
         expiring = float(info.main and time_limit is not None and time_limit.expiring())
@@ -142,7 +141,7 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
         t.scheduler.step()
         t.step += 1
         if info.main:
-            rate = images.shape[0] * info.world / (time.perf_counter() - started)
+            rate = images * info.world / (time.perf_counter() - started)
             lr = t.optimizer.param_groups[0]["lr"]
             log_csv.row(t.step, epoch, f"{loss.item() / info.world:.5f}", f"{lr:.6g}", f"{rate:.2f}")
             progress.update(epoch=epoch + 1, loss=loss.item() / info.world, lr=lr)
@@ -156,8 +155,9 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
 
 
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path, info: DistInfo,
-        ignore_index: int, time_limit: TimeLimit | None = None) -> nn.Module:
-    """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W)); return it.
+        ignore_index: int, time_limit: TimeLimit | None = None, fusion: Fusion | None = None) -> nn.Module:
+    """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W); with `fusion`,
+    pssl.data.pseudo.FusedViews); return it. `weight`: the loss's class weights.
 
     With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
     out_dir = Path(out_dir)
@@ -185,8 +185,11 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     precision = precision_for(dev, p.precision, training=True)
     # fp16 (GPUs without native bf16) needs loss scaling; disabled, the scaler passes everything through.
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    t = Trainer(model, model, optimizer, scheduler, scaler, weight.to(dev), p, info, precision, ignore_index,
-                out_dir, steps_per_epoch, total_steps)
+    weight = weight.to(dev)
+    objective = HardLabels(weight, ignore_index, p.aux_weight) if fusion is None else \
+        FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature)
+    t = Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir, steps_per_epoch,
+                total_steps)
     resume = latest_checkpoint(out_dir)
     if resume is not None:
         state = load_checkpoint(resume)

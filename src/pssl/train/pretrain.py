@@ -1,4 +1,5 @@
-"""PSSL pre-training: a whole segmentation model (backbone + head) on the pseudo-labelled set, end to end.
+"""PSSL pre-training: a whole segmentation model (backbone + head) on the pseudo-labelled set, end to end, on
+the D9 label maps (eq. 3) or, with label_mode fused, on PseudoSeg's fused soft labels (pssl.train.fusion).
 
 Runs as one process, under torchrun (one node) or under srun (one task per GPU across nodes); see
 pssl.train.distributed. Output: <out_dir>/final.pt = {"model", "config", "kind": "pssl-pretrain"}.
@@ -21,7 +22,7 @@ from pssl.settings import PretrainSettings, TrainSettings
 from pssl.tables import read_table
 from pssl.time_limit import TimeLimit
 from pssl.train.distributed import init_distributed, shutdown
-from pssl.train.loop import fit
+from pssl.train.loop import Fusion, fit
 from pssl.train.losses import class_weights
 
 log = logging.getLogger(__name__)
@@ -35,22 +36,28 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     s = settings
     torch.manual_seed(train.seed)
     num_classes = read_table(labels[0])[1]["num_classes"]  # K: the teacher's (= classifiers') classes
+    fused = s.label_mode == "fused"
     dataset = PseudoLabelDataset(stores, labels, num_classes, s.crop, s.decile_threshold, s.ignore_deciles,
-                                 train.seed, s.pad_label, s.images)
+                                 train.seed, s.pad_label, s.images, fused, s.fusion_prior, s.cutout)
     model = build_segmenter(head, backbone, num_classes + 1)  # K classes + background
     init = init_backbone_from(model, backbone_init)
     if info.main:
-        log.info(f"pretrain {head}-{backbone}: {num_classes} + 1 classes, backbone init {init}, "
+        labels_used = f"fused soft labels (gamma {s.fusion_gamma}, T {s.fusion_temperature}, prior " \
+                      f"{dataset.prior})" if fused else f"D>={s.decile_threshold} label maps"
+        log.info(f"pretrain {head}-{backbone}: {num_classes} + 1 classes, {labels_used}, backbone init {init}, "
                  f"{info.world} process(es) on {info.device}, {allocation()}")
     weight = class_weights(num_classes + 1, background=num_classes, w_bg=s.w_bg)
+    fusion = Fusion(num_classes, s.fusion_gamma, s.fusion_temperature) if fused else None
     model = fit(model, dataset, weight, train, out_dir, info, ignore_index=PSEUDO_IGNORE,
-                time_limit=TimeLimit(requeue_margin_min))
+                time_limit=TimeLimit(requeue_margin_min), fusion=fusion)
     final = out_dir / "final.pt"
     if info.main:
         config = {"head": head, "backbone": backbone, "num_classes": num_classes + 1, "background": num_classes,
                   "crop": s.crop, "pad_label": s.pad_label, "backbone_init": init, "w_bg": s.w_bg,
                   "decile_threshold": s.decile_threshold, "ignore_deciles": list(s.ignore_deciles),
-                  "images": len(dataset),
+                  "images": len(dataset), "label_mode": s.label_mode,
+                  **({"fusion": {"gamma": s.fusion_gamma, "temperature": s.fusion_temperature,
+                                 "prior": dataset.prior, "cutout": s.cutout}} if fused else {}),
                   "train": asdict(train), "world_size": info.world,
                   "precision": precision_for(info.device, train.precision)}
         with atomic_file(final) as tmp:

@@ -51,6 +51,9 @@ class DatasetSpec:
     splits: ClassVar[tuple[str, ...]] = ("train", "val")        # annotated splits
     train_images: ClassVar[int]              # the real train split's size (SLURM runtimes are sized by it)
     demo: ClassVar                           # pssl.demo.scenes.DemoScenes: how the demo draws this dataset
+    # The dataset's own unlabelled images under its root (self-training's pool), where its release has them.
+    pool: ClassVar[str | None] = None
+    pool_size: ClassVar[int] = 0             # its images (SLURM runtimes of teacher inference are sized by it)
 
     @property
     def num_classes(self) -> int:
@@ -67,6 +70,10 @@ class DatasetSpec:
     def write_demo(self, root: Path, split: str, i: int, image: Image.Image, label: Image.Image) -> None:
         """Write demo image number i of `split` and its encoded label image in this dataset's layout."""
         raise NotImplementedError
+
+    def pool_file(self, i: int) -> str:
+        """The name of demo pool image number i inside the pool folder."""
+        return f"{self.name}_pool_{i:06d}.jpg"
 
     def encode(self) -> dict[int, int]:
         """train id -> the raw value that represents it on disk (the inverse of `decode`; the demo writes it)."""

@@ -25,6 +25,8 @@ class Cityscapes(DatasetSpec):
     # every other labelId (0..33; -1, license plate, is stored as 255) is ignored by the benchmark
     documented_ignore = frozenset(set(range(34)) - set(CITYSCAPES_LABELID_TO_TRAINID)) | {255}
     splits = ("train", "val", "test")
+    pool = "cityscapes/leftImg8bit/train_extra"  # the coarse set's images (Zhu et al.'s pool)
+    pool_size = 19998
     train_images = 2975
     demo = DemoScenes((("road", True, 1002), ("sidewalk", True, 1003), ("building", True, 1001),
                        ("vegetation", True, 1004), ("sky", True, 1000), ("person", False, 1005), ("car", False, 1),
@@ -38,6 +40,10 @@ class Cityscapes(DatasetSpec):
         images, labels = paths
         return [(p, need(labels / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")))
                 for p in sorted(images.glob("*/*_leftImg8bit.png"))]
+
+    def pool_file(self, i: int) -> str:
+        city = ("augsburg", "bayreuth")[i % 2]
+        return f"{city}/{city}_{i // 2:06d}_000019_leftImg8bit.png"
 
     def write_demo(self, root: Path, split: str, i: int, img: Image.Image, lab: Image.Image) -> None:
         city = {"train": ("aachen", "bochum")[i % 2], "val": "frankfurt"}[split]

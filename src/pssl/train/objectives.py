@@ -1,0 +1,69 @@
+"""What one training step minimises, given a batch: the label-map loss (eq. 3) or PseudoSeg's fused soft labels.
+
+Each objective returns (weighted loss sum, weight sum, images) so the loop normalises by the global batch's
+weight sum (see pssl.train.losses). The auxiliary head, where the model has one, gets the same target at
+`aux_weight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pssl.device import autocast
+from pssl.train.fusion import fuse, prior_channels, soft_ce_sums
+from pssl.train.losses import weighted_ce_sums
+
+
+def to_device(images: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    images = images.to(dev, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if dev.type == "cuda" else images
+
+
+@dataclass
+class HardLabels:
+    """Batches (images (B, 3, H, W), label maps (B, H, W)): weighted cross entropy (eq. 3)."""
+    weight: torch.Tensor
+    ignore_index: int
+    aux_weight: float
+
+    def __call__(self, net, batch, dev: torch.device, precision: str):
+        images, masks = to_device(batch[0], dev), batch[1].to(dev, non_blocking=True)
+        with autocast(dev, precision):
+            outputs = net(images)
+        weight = self.weight.to(dev)
+        loss_sum, weight_sum = weighted_ce_sums(outputs["out"], masks, weight, self.ignore_index)
+        if "aux" in outputs:
+            loss_sum = loss_sum + self.aux_weight * weighted_ce_sums(outputs["aux"], masks, weight,
+                                                                     self.ignore_index)[0]
+        return loss_sum, weight_sum, images.shape[0]
+
+
+@dataclass
+class FusedLabels:
+    """Batches of pssl.data.pseudo.FusedViews: the model's prediction on the weak view (no gradient) fused with
+    the explanation prior and sharpened (PseudoSeg eq. 4, METHODS.md) is the soft target of the strong view;
+    CutOut and padding are excluded; each pixel weighs sum_c y_c w_c (eq. 3's w_bg on the soft label)."""
+    weight: torch.Tensor
+    aux_weight: float
+    background: int
+    gamma: float
+    temperature: float
+
+    def targets(self, net, batch, dev: torch.device, precision: str) -> torch.Tensor:
+        with torch.no_grad(), autocast(dev, precision):
+            logits = net(to_device(batch["weak"], dev))["out"].float()
+        prior = prior_channels(batch["strength"].to(dev), batch["label"].to(dev), logits.shape[1], self.background)
+        return fuse(logits, prior, self.gamma, self.temperature)
+
+    def __call__(self, net, batch, dev: torch.device, precision: str):
+        target = self.targets(net, batch, dev, precision)
+        valid = batch["valid"].to(dev)
+        with autocast(dev, precision):
+            outputs = net(to_device(batch["strong"], dev))
+        weight = self.weight.to(dev)
+        loss_sum, weight_sum = soft_ce_sums(outputs["out"], target, weight, valid)
+        if "aux" in outputs:
+            loss_sum = loss_sum + self.aux_weight * soft_ce_sums(outputs["aux"], target, weight, valid)[0]
+        return loss_sum, weight_sum, target.shape[0]

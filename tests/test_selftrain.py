@@ -1,0 +1,392 @@
+"""Segmentation teachers: self-training (pools, teacher inference, centroid sampling, students) and PseudoSeg's
+fused pre-training labels; each formula against an independent computation, the jobs killed and resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import snakemake_env
+from pssl.data.downstream import DATASETS, IGNORE, SegmentationSet
+from pssl.data.pool import list_pool, pool_dir, pool_part, truth_path
+from pssl.data.transforms import CropAugment, sample_generator
+from pssl.selftrain.centroids import class_centroids
+from pssl.selftrain.student import PseudoPool, StudentDataset
+from pssl.selftrain.teacher import label_pool
+from pssl.settings import FinetuneSettings, TeacherSettings, TrainSettings
+from pssl.tables import read_table
+from pssl.train.fusion import fuse, prior_channels, soft_ce_sums
+from pssl.train.losses import weighted_ce_sums
+
+# ---- PseudoSeg's fusion --------------------------------------------------------------------------------------
+
+
+def fuse_by_hand(logits: np.ndarray, prior: np.ndarray, gamma: float, t: float) -> np.ndarray:
+    """METHODS.md, pixel by pixel: r over every logit of the batch, then mix, sharpen, normalise."""
+    r = np.sqrt(np.mean(logits.astype(np.float64) ** 2) + 1e-8)
+    out = np.zeros_like(prior, dtype=np.float64)
+    b, c, h, w = logits.shape
+    for i in range(b):
+        for y in range(h):
+            for x in range(w):
+                z = logits[i, :, y, x] / r
+                soft = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                p = gamma * soft + (1 - gamma) * prior[i, :, y, x]
+                out[i, :, y, x] = p ** (1 / t) / (p ** (1 / t)).sum()
+    return out
+
+
+@pytest.mark.parametrize("gamma, t", [(0.5, 0.5), (0.3, 0.7), (1.0, 1.0)])
+def test_fusion_matches_the_formula(gamma, t):
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(2, 4, 3, 5, generator=g)
+    strength = torch.rand(2, 3, 5, generator=g)
+    prior = prior_channels(strength, torch.tensor([1, 0]), 4, background=3)
+    # the prior: s on the image's class, 1 - s on background, zero elsewhere
+    assert torch.equal(prior[0, 1], strength[0]) and torch.equal(prior[1, 0], strength[1])
+    assert torch.allclose(prior[:, 3], 1 - strength) and prior[0, [0, 2]].abs().sum() == 0
+    got = fuse(logits, prior, gamma, t).numpy()
+    assert np.allclose(got, fuse_by_hand(logits.numpy(), prior.numpy(), gamma, t), atol=1e-6)
+    if gamma == 1.0 and t == 1.0:  # no prior, no sharpening: the calibrated softmax itself
+        r = logits.pow(2).mean().sqrt()
+        assert np.allclose(got, torch.softmax(logits / r, 1).numpy(), atol=1e-6)
+
+
+def test_soft_cross_entropy_on_one_hot_labels_is_eq3():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4, generator=g)
+    target = torch.randint(0, 3, (2, 4, 4), generator=g)
+    weight = torch.tensor([1.0, 1.0, 0.1])
+    valid = torch.rand(2, 4, 4, generator=g) > 0.3
+    hard = weighted_ce_sums(logits, torch.where(valid, target, -1), weight, -1)
+    soft = soft_ce_sums(logits, F.one_hot(target, 3).permute(0, 3, 1, 2).float(), weight, valid)
+    assert torch.allclose(hard[0], soft[0]) and torch.allclose(hard[1], soft[1])
+
+
+def test_prior_strength_from_model_votes_or_deciles():
+    from pssl.data.pseudo import prior_strength
+    deciles = np.array([[9, 4], [0, 9]], dtype=np.uint8)
+    votes = np.array([[[9, 9], [1, 9]], [[9, 2], [3, 8]], [[0, 9], [9, 9]]], dtype=np.uint8)
+    assert np.allclose(prior_strength(deciles), [[1, 4 / 9], [0, 1]])
+    assert np.allclose(prior_strength(deciles, votes), [[2 / 3, 2 / 3], [1 / 3, 2 / 3]])
+
+
+# ---- centroids and the crop around them ----------------------------------------------------------------------
+
+
+def test_centroids_per_tile_and_class_match_a_count():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (37, 50)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.1] = IGNORE
+    found = {(c, round(y, 6), round(x, 6), n) for c, y, x, n in class_centroids(labels, 16, IGNORE)}
+    expected = set()
+    for top in range(0, 37, 16):
+        for left in range(0, 50, 16):
+            for c in range(4):
+                pts = [(y, x) for y in range(top, min(top + 16, 37)) for x in range(left, min(left + 16, 50))
+                       if labels[y, x] == c]
+                if pts:
+                    expected.add((c, round(sum(p[0] for p in pts) / len(pts), 6),
+                                  round(sum(p[1] for p in pts) / len(pts), 6), len(pts)))
+    assert found == expected
+
+
+def test_a_crop_around_a_centre_contains_it():
+    augment = CropAugment(32, mask_fill=IGNORE, base_size=120, heavy=False, long_side=True)
+    h, w = 90, 160
+    rng = np.random.default_rng(0)
+    for seed in range(300):
+        cy, cx = float(rng.uniform(0, h)), float(rng.uniform(0, w))
+        p = augment.sample(torch.Generator().manual_seed(seed), h, w, (cy, cx))
+        sy, sx = cy * p.resized[0] / h + p.pad[0], cx * p.resized[1] / w + p.pad[1]  # in the padded, scaled image
+        assert p.top <= sy < p.top + 32 and p.left <= sx < p.left + 32, seed
+    # a disc's centre is its own pixel: the crop's labels contain the class
+    labels = np.zeros((h, w), dtype=np.int64)
+    yy, xx = np.mgrid[:h, :w]
+    labels[(yy - 70) ** 2 + (xx - 140) ** 2 < 36] = 5
+    for seed in range(50):
+        _, mask = augment(np.zeros((h, w, 3), np.uint8), labels, torch.Generator().manual_seed(seed), (70.0, 140.0))
+        assert (mask.numpy() == 5).any(), seed
+
+
+def test_without_a_centre_the_crop_draws_are_unchanged():
+    """The centre option must not move ordinary crops (finished runs stay reproducible)."""
+    augment = CropAugment(64, mask_fill=-1)
+    p = augment.sample(torch.Generator().manual_seed(3), 375, 500)
+    g = torch.Generator().manual_seed(3)
+    short = int(torch.randint(augment.low, augment.high, (), generator=g))
+    long = int(short * 500 / 375)
+    _ = float(torch.rand((), generator=g))  # the angle
+    top = int(torch.randint(0, short + 2 * max(64 - short, 0) - 64 + 1, (), generator=g))
+    left = int(torch.randint(0, long + 2 * max(64 - long, 0) - 64 + 1, (), generator=g))
+    assert (p.top, p.left) == (top, left)
+
+
+# ---- pools, teacher, student ---------------------------------------------------------------------------------
+
+
+def test_demo_pools_are_in_each_datasets_layout_with_hidden_truth(tiny_demo):
+    for name, spec in DATASETS.items():
+        pool = pool_dir(name, tiny_demo)
+        images = list_pool(pool)
+        assert len(images) == 4, name
+        for relpath in images:
+            truth = np.asarray(Image.open(truth_path(tiny_demo / "pool_truth" / name, relpath)))
+            assert truth.shape == Image.open(pool / relpath).size[::-1]
+            assert set(np.unique(truth)) <= set(range(spec.num_classes)) | {IGNORE}
+    assert pool_dir("cityscapes", tiny_demo) == tiny_demo / "cityscapes/leftImg8bit/train_extra"
+    assert list_pool(pool_dir("cityscapes", tiny_demo))[0].endswith("_leftImg8bit.png")
+    # the pool is not part of any annotated split
+    train = {p.name for p, _ in SegmentationSet("cityscapes", tiny_demo, "train").pairs}
+    assert not train & {Path(r).name for r in list_pool(pool_dir("cityscapes", tiny_demo))}
+
+
+def test_pool_subsets_and_parts(tmp_path):
+    for i in range(10):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    every = list_pool(tmp_path)
+    assert len(every) == 10
+    assert set(list_pool(tmp_path, 4, seed=1)) < set(every) and list_pool(tmp_path, 4, 1) == list_pool(tmp_path, 4, 1)
+    parts = [pool_part(every, p, 3) for p in range(3)]
+    assert sorted(sum(parts, [])) == every
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        list_pool(tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_demo, tmp_path_factory):
+    """A fine-tuned PSPNet on the demo's Cityscapes (its final.pt and metrics.json in a cell's lr folder)."""
+    from pssl.train.finetune import finetune
+    cell = tmp_path_factory.mktemp("cell")
+    finetune("cityscapes", str(tiny_demo), cell / "lr0.01", head="pspnet", backbone="test_resnet", init="imagenet",
+             init_from=None, settings=GEOMETRY, train=TRAIN, device="cpu")
+    (cell / "metrics.json").write_text((cell / "lr0.01/metrics.json").read_text())
+    return cell
+
+
+GEOMETRY = FinetuneSettings(crop=32, base_size=64, window=64, eval_split="val", scales=(1.0,), flip=False)
+TRAIN = TrainSettings(epochs=1, batch_size=2, lr=0.01, schedule="poly", checkpoint_every=2, precision="fp32")
+
+
+def test_teacher_labels_its_pool_and_records_bad_images(teacher, tiny_demo, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for relpath in list_pool(pool_dir("cityscapes", tiny_demo)):
+        (pool / Path(relpath).name).write_bytes((pool_dir("cityscapes", tiny_demo) / relpath).read_bytes())
+    (pool / "broken.png").write_bytes(b"")
+    table = label_pool(str(teacher / "lr0.01/final.pt"), "cityscapes", str(pool), tmp_path / "out",
+                       geometry=GEOMETRY, settings=TeacherSettings(tile=64), device="cpu")
+    status = dict(zip(table["relpath"], table["status"]))
+    assert status.pop("broken.png") == "unreadable" and set(status.values()) == {"done"} and len(status) == 4
+    assert "zero-byte" in table.set_index("relpath").loc["broken.png", "error"]
+    centroids, meta = read_table(tmp_path / "out/centroids.parquet")
+    for relpath in status:
+        labels = np.asarray(Image.open(tmp_path / "out/labels" / Path(relpath).with_suffix(".png")))
+        assert labels.shape == Image.open(pool / relpath).size[::-1] and labels.max() < 19
+        mine = centroids[centroids["relpath"] == relpath]
+        assert sorted(mine[["class", "y", "x", "pixels"]].itertuples(index=False, name=None)) == \
+            sorted(class_centroids(labels, 64, IGNORE))
+    assert meta["dataset"] == "cityscapes" and meta["num_classes"] == 19
+    # a confidence above every probability ignores every pixel
+    strict = label_pool(str(teacher / "lr0.01/final.pt"), "cityscapes", str(pool), tmp_path / "strict",
+                        geometry=GEOMETRY, settings=TeacherSettings(confidence=1.0), device="cpu")
+    assert (strict[strict["status"] == "done"]["ignored"] == 1.0).all()
+
+
+def truth_as_pseudo_labels(demo: Path, dataset: str, out: Path, tile: int) -> Path:
+    """A teacher that is always right: the pool's hidden truth written as a teacher's outputs."""
+    from pssl.selftrain.teacher import CENTROID_COLUMNS
+    from pssl.tables import write_table
+    pool, rows, centroids = pool_dir(dataset, demo), [], []
+    for relpath in list_pool(pool):
+        labels = np.asarray(Image.open(truth_path(demo / "pool_truth" / dataset, relpath)))
+        png = out / "labels" / Path(relpath).with_suffix(".png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(labels).save(png)
+        rows.append({"relpath": relpath, "label": str(png.relative_to(out)), "status": "done", "error": "",
+                     "height": labels.shape[0], "width": labels.shape[1], "ignored": 0.0})
+        centroids += [(relpath, *c) for c in class_centroids(labels, tile, IGNORE)]
+    meta = {"dataset": dataset, "pool": str(pool), "num_classes": DATASETS[dataset].num_classes}
+    write_table(pd.DataFrame(centroids, columns=CENTROID_COLUMNS), out / "centroids.parquet", meta)
+    write_table(pd.DataFrame(rows), out / "pseudo.parquet", meta)
+    return out / "pseudo.parquet"
+
+
+def test_student_epochs_mix_real_and_class_uniform_pseudo_samples(tiny_demo, tmp_path):
+    truth_as_pseudo_labels(tiny_demo, "cityscapes", tmp_path / "pool-0", tile=64)
+    pool = PseudoPool([str(tmp_path / "pool-0/pseudo.parquet")], "cityscapes")
+    real = SegmentationSet("cityscapes", tiny_demo, "train")
+    data = StudentDataset(real, pool, 3, 32, 64, seed=0)
+    assert len(data) == 4 * len(real)
+    image, mask = data[len(real) + 1]
+    assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
+    # class-uniform: every class the teacher found is drawn about equally often, whatever its centroid count
+    sizes = pd.Series({c: len(rows) for c, rows in pool.by_class.items()})
+    assert len(pool.classes) > 1 and sizes.max() > sizes.min()
+    draws = [pool.draw(np.random.default_rng([0, 0, i])) for i in range(3000)]
+    counts = pd.Series([c for c, _, _ in draws]).value_counts()
+    assert set(counts.index) == set(pool.classes) and counts.min() > 0.75 * 3000 / len(pool.classes)
+    for klass, image, (y, x) in draws[:50]:  # each draw is a centroid of that class in that image
+        rows = pool.by_class[klass]
+        assert ((rows[:, 0] == image) & (rows[:, 2] == y) & (rows[:, 3] == x)).any()
+    # the control repeats the real set: the same image at index i and i + n, other crops
+    control = StudentDataset(real, None, 3, 32, 64, seed=0)
+    assert len(control) == len(data)
+    with pytest.raises(ValueError, match="of cityscapes, not camvid"):
+        PseudoPool([str(tmp_path / "pool-0/pseudo.parquet")], "camvid")
+
+
+def _wait_and_kill(proc, ready, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, f"{what} finished before it could be killed; make it slower"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_teacher_inference_resumes_to_identical_labels(teacher, tiny_demo, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    source = pool_dir("cityscapes", tiny_demo)
+    for k in range(6):  # 24 images, so the kill lands mid-pool
+        for relpath in list_pool(source):
+            (pool / f"{k}_{Path(relpath).name}").write_bytes((source / relpath).read_bytes())
+    cmd = [sys.executable, "-m", "pssl", "teacher-labels", "--selected", str(teacher / "metrics.json"), "--runs",
+           str(teacher / "lr0.01/metrics.json"), "--dataset", "cityscapes", "--pool", str(pool), "--device", "cpu",
+           "--threads", "1", "--crop", "32", "--base-size", "64", "--window", "64", "--scales", "1.0", "1.5",
+           "--flip", "true"]
+    reference = subprocess.run([*cmd, "--out-dir", str(tmp_path / "reference")], env=snakemake_env(),
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([*cmd, "--out-dir", str(out)], env=snakemake_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_and_kill(proc, lambda: len(list(out.glob("labels/*.png"))) >= 3, "teacher inference")
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("labels/*.png")}
+    assert 0 < len(before) < 24 and not (out / "pseudo.parquet").exists()
+    resumed = subprocess.run([*cmd, "--out-dir", str(out)], env=snakemake_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"({len(before)} from an earlier run)" in resumed.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("labels/*.png") if p.name in before} == before
+    for png in (tmp_path / "reference/labels").glob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(out / "labels" / png.name)))
+    assert read_table(out / "centroids.parquet")[0].equals(read_table(tmp_path / "reference/centroids.parquet")[0])
+
+
+def test_killed_student_resumes_to_the_same_metrics(tiny_demo, tmp_path):
+    import timm
+    truth_as_pseudo_labels(tiny_demo, "cityscapes", tmp_path / "pool-0", tile=1024)
+    torch.manual_seed(0)
+    torch.save({"arch": "test_resnet", "state_dict": timm.create_model("test_resnet").state_dict()},
+               tmp_path / "test_resnet.pt")  # a zoo classifier: the ImageNet init
+    cmd = [sys.executable, "-m", "pssl", "self-train", "--dataset", "cityscapes", "--root", str(tiny_demo),
+           "--head", "pspnet", "--backbone", "test_resnet", "--init", "imagenet",
+           "--init-from", str(tmp_path / "test_resnet.pt"),
+           "--pseudo", str(tmp_path / "pool-0/pseudo.parquet"), "--data", "pseudo", "--multiplier", "3",
+           "--device", "cpu", "--threads", "1", "--crop", "32", "--base-size", "64", "--window", "64",
+           "--epochs", "3", "--batch-size", "2", "--checkpoint-every", "3", "--precision", "fp32",
+           "--schedule", "poly"]
+    reference = subprocess.run([*cmd, "--out-dir", str(tmp_path / "reference")], env=snakemake_env(),
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "4 real + 3 x 4 pseudo samples per epoch" in reference.stderr
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([*cmd, "--out-dir", str(out)], env=snakemake_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_and_kill(proc, lambda: bool(list(out.glob("ckpt-*.pt"))), "the student")
+    resumed = subprocess.run([*cmd, "--out-dir", str(out)], env=snakemake_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "reference", out))
+    assert a["miou"] == b["miou"] and a["per_class_iou"] == b["per_class_iou"]
+    assert a["student"] == {"data": "pseudo", "multiplier": 3, "pseudo": [str(tmp_path / "pool-0/pseudo.parquet")]}
+    wa, wb = (torch.load(d / "final.pt", weights_only=False)["model"] for d in (tmp_path / "reference", out))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---- fused pre-training views --------------------------------------------------------------------------------
+
+
+def one_image_store(tmp_path: Path, model_votes: bool) -> tuple[list[str], list[str]]:
+    """A 64 x 64 image with a square object, its 32 x 32 deciles (9 on the object) in a real store."""
+    from pssl import store
+    from pssl.tables import write_table
+
+    image = np.full((64, 64, 3), 40, np.uint8)
+    image[16:48, 16:48] = 200
+    Image.fromarray(image).save(tmp_path / "a.png")
+    deciles = np.zeros((1, 32, 32), np.uint8)
+    deciles[0, 8:24, 8:24] = 9
+    write_table(pd.DataFrame({"image_id": [0], "relpath": ["a.png"], "class_idx": [1]}), tmp_path / "shard.parquet",
+                {"root": str(tmp_path)})
+    group = store.create_store(tmp_path / "s.zarr", np.array([0]), np.array([1]), 32, 2, model_votes,
+                               {"shard_table": str(tmp_path / "shard.parquet")})
+    store.write_rows(group, 0, 1, status=np.array([store.DONE]), orig_hw=np.array([[64, 64]]),
+                     target=np.array([1]), deciles=deciles,
+                     model_deciles=np.stack([deciles, np.zeros_like(deciles)], axis=1) if model_votes else None,
+                     unreadable={})
+    labels = pd.DataFrame({"image_id": [0], "gt_class": [1], "teacher_class": [1], "teacher_conf": [1.0],
+                           "label": [1], "keep": [True], "fg_fraction": [0.25]})
+    write_table(labels, tmp_path / "labels.parquet", {"root": str(tmp_path), "num_classes": 3})
+    return [str(tmp_path / "s.zarr")], [str(tmp_path / "labels.parquet")]
+
+
+@pytest.mark.parametrize("model_votes", [False, True])
+def test_fused_views_share_the_geometry_and_exclude_cutout(tmp_path, model_votes):
+    from pssl.data.pseudo import PSEUDO_IGNORE, PseudoLabelDataset
+
+    stores, labels = one_image_store(tmp_path, model_votes)
+    data = PseudoLabelDataset(stores, labels, 3, 32, fused=True, fusion_prior="auto", cutout=0.25)
+    assert data.prior == ("models" if model_votes else "deciles")
+    on_object = []
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        views = data[0]
+        assert views["weak"].shape == views["strong"].shape == (3, 32, 32) and views["label"] == 1
+        valid, strength = views["valid"].numpy(), views["strength"].numpy()
+        # the same crop as the hard label map of this (seed, epoch, index); CutOut and padding not counted
+        hard = data.transform(*data.target(0), sample_generator(0, epoch, 0))[1].numpy()
+        assert not valid[hard == PSEUDO_IGNORE].any()
+        cut = ~valid & (hard != PSEUDO_IGNORE)  # the CutOut square (where it is not padding anyway)
+        ys, xs = np.nonzero(cut)
+        assert 0 < cut.sum() <= 8 * 8 and np.ptp(ys) < 8 and np.ptp(xs) < 8
+        strong = views["strong"].numpy()
+        assert np.allclose(strong[:, cut], strong[:, cut][:, :1])  # one fill colour
+        # the weak view is the geometry alone: bright where the object is, and the prior follows it
+        weak_bright = views["weak"].numpy().mean(0) > 0.5
+        assert 0 <= strength.min() and strength.max() <= 1
+        on_object.append((strength[weak_bright].mean() if weak_bright.any() else 1.0,
+                          strength[~weak_bright & (hard != PSEUDO_IGNORE)].mean()))
+    expected_top = 0.5 if model_votes else 1.0  # one of two models votes 9 on the object
+    assert all(on > off for on, off in on_object)
+    assert np.mean([on for on, _ in on_object]) > 0.8 * expected_top
+
+
+def test_fused_pretraining_trains_and_records_its_labels(tmp_path):
+    from pssl.settings import PretrainSettings
+    from pssl.train.pretrain import pretrain
+
+    stores, labels = one_image_store(tmp_path, model_votes=True)
+    settings = PretrainSettings(crop=32, label_mode="fused", fusion_gamma=0.3, fusion_temperature=0.7)
+    train = TrainSettings(epochs=2, batch_size=2, lr=0.01, milestone=1, checkpoint_every=5, precision="fp32")
+    # one image: the pseudo-labelled set repeats it so a batch of 2 exists
+    final = pretrain(stores * 2, labels * 2, tmp_path / "out", head="pspnet", backbone="test_resnet",
+                     backbone_init=None, settings=settings, train=train, device="cpu")
+    config = torch.load(final, weights_only=False)["config"]
+    assert config["label_mode"] == "fused"
+    assert config["fusion"] == {"gamma": 0.3, "temperature": 0.7, "prior": "models", "cutout": 0.5}
+    losses = pd.read_csv(tmp_path / "out/log.csv")["loss"]
+    assert len(losses) == 2 and np.isfinite(losses).all()

@@ -1,0 +1,106 @@
+# Stage: self-training (Zhu et al.). Each teacher cell (a fine-tuned dataset x model x init x seed) labels its
+# dataset's unlabelled pool in parts; a student from the same init trains on the real set + the pseudo-labelled
+# pool (init <init>+st), or, as the control, on the real set duplicated (<init>+dup); select_lr and Table 3
+# treat students as cells. Off while self_training.datasets is empty.
+
+
+rule teacher_labels:
+    input:
+        selected=lambda wc: f"{cell_dir(wc)}/metrics.json",
+        runs=lambda wc: expand(f"{cell_dir(wc)}/lr{{lr}}/metrics.json", lr=LRS),
+        weights=lambda wc: expand(f"{cell_dir(wc)}/lr{{lr}}/final.pt", lr=LRS),
+        data=demo_data_if_enabled,
+    output:
+        table=f"{RESULTS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}/pseudo.parquet",
+        centroids=f"{RESULTS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}/centroids.parquet",
+    wildcard_constraints:
+        init=one_of(BASE_INITS),
+    params:
+        pool=lambda wc: pool_root(wc.dataset),
+        parts=len(POOL_PARTS),
+        images=SELF_TRAINING["pool_images"],
+        seed=config["seed"],
+        out_dir=lambda wc, output: os.path.dirname(output.table),
+        # the dataset's evaluation geometry (scales, flip, base size, window) and the teacher's settings
+        settings=lambda wc: settings_flags(finetune_settings(config, wc.dataset, wc.model)[0],
+                                           teacher_settings(config)),
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        **job_resources(config, "labels", cpus=config["threads"], gpus=1),
+        runtime=runtime("teacher_labels"),
+        requeue_margin_min=config["cluster"]["requeue_margin_min"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}.log",
+    benchmark:
+        benchmark("teacher_labels")
+    shell:
+        "python -m pssl teacher-labels --selected {input.selected} --runs {input.runs} --dataset {wildcards.dataset}"
+        " --pool {params.pool} --out-dir {params.out_dir} --part {wildcards.part} --parts {params.parts}"
+        " --images {params.images} --seed {params.seed} {params.settings} --device {params.device}"
+        " --threads {threads} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
+
+
+rule self_train:
+    input:
+        init=finetune_init,
+        pseudo=lambda wc: teacher_tables(wc) if wc.data == "st" else [],
+        data=demo_data_if_enabled,
+    output:
+        metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}+{{data}}/seed{{seed}}/lr{{lr}}/metrics.json",
+        weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}+{{data}}/seed{{seed}}/lr{{lr}}/final.pt",
+    wildcard_constraints:
+        init=one_of(BASE_INITS),
+    params:
+        launcher=FINETUNE_LAYOUT.launcher(),
+        world=FINETUNE_LAYOUT.world,
+        root=lambda wc: dataset_root(wc.dataset),
+        head=lambda wc: PRETRAIN[wc.model]["head"],
+        backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
+        out_dir=lambda wc, output: os.path.dirname(output.metrics),
+        init_kind=lambda wc: "imagenet" if wc.init == "imagenet" else "pssl",
+        settings=finetune_flags,
+        student=lambda wc: settings_flags(student_settings(config, STUDENT_DATA[wc.data])),
+        device=config["device"],
+    threads: FINETUNE_LAYOUT.threads_per_rank
+    resources:
+        **job_resources(config, "finetune", layout=FINETUNE_LAYOUT),
+        runtime=runtime("self_train"),
+        requeue_margin_min=config["cluster"]["requeue_margin_min"],
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}+{{data}}/seed{{seed}}/lr{{lr}}.log",
+    benchmark:
+        benchmark("self_train")
+    shell:
+        "{params.launcher} -m pssl self-train --dataset {wildcards.dataset} --root {params.root}"
+        " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
+        " --pseudo {input.pseudo} {params.student}"
+        " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
+        " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
+
+
+if config["demo"]["enabled"]:  # the pools' hidden truth exists for synthetic data only
+
+    rule selftrain_quality:
+        input:
+            tables=selftrain_tables,
+            teachers=teacher_cells,
+            demo=demo_data_if_enabled,
+        output:
+            table=f"{RESULTS}/report/selftrain_quality.csv",
+            figure=f"{RESULTS}/report/selftrain_labels.png",
+        params:
+            truth=[f"{d}={DEMO_ROOT}/{DEMO_TRUTH}/{d}" for d in SELF_TRAINING["datasets"]],
+        resources:
+            **CPU_JOB,
+        conda:
+            CONDA_ENV
+        log:
+            f"{LOGS}/selftrain_quality.log",
+        shell:
+            "python -m pssl pseudo-quality --tables {input.tables} --truth {params.truth} --teachers {input.teachers}"
+            " --out {output.table} --figure {output.figure} > {log} 2>&1"
