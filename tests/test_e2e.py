@@ -76,7 +76,9 @@ def test_report_table_has_every_cell(pipeline_run):
     assert row in index and '<img src="table3_gains.svg"' in index and '<img src="figure3.png"' in index
     quality = (workdir / "results/report/explain_quality.html").read_text()
     assert "<caption>Pseudo-label quality" in quality and "<td>ensemble</td>" in quality
-    assert "report/table3.md" in run_summary(workdir)
+    summary = run_summary(workdir)
+    assert "report/table3.md" in summary and "pretrain pretrain/ (3)" in summary
+    assert "finetune finetune/ (12)" in summary
 
 
 def test_table3_is_made_of_the_cells_metrics(pipeline_run):

@@ -56,6 +56,40 @@ def test_preset_dry_runs(preset, trees, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_paper_preset_with_segmentation_teachers(trees, tmp_path):
+    """Self-training on Cityscapes (its train_extra pool) and the PSSL-fused column on top of the paper's DAG:
+    16 teacher jobs (2 inits x 8 pool parts), 2 x 2 students x 9 lrs, one fused pre-training per model."""
+    (trees[1] / "cityscapes/leftImg8bit/train_extra").mkdir(parents=True, exist_ok=True)
+    args = ("self_training={datasets: [cityscapes], models: [pspnet_resnet50d]}",  # more --config values
+            "finetune={inits: [imagenet, pssl, pssl-fused]}")
+    base, _ = plan(tmp_path, PAPER, trees)
+    counts, out = plan(tmp_path, PAPER, trees, *args)
+    assert counts["teacher_labels"] == 2 * 8 and counts["self_train"] == 2 * 2 * 9
+    assert counts["pretrain"] == base["pretrain"] + 3 and counts["finetune"] == base["finetune"] + 5 * 3 * 9
+    commands = [line.removeprefix("Shell command: ") for line in out.splitlines() if " -m pssl " in line]
+    teachers = [c for c in commands if "pssl teacher-labels" in c]
+    assert len(teachers) == 16 and all(f"{trees[1]}/cityscapes/leftImg8bit/train_extra" in c for c in teachers)
+    for flag in ("--parts 8 ", "--base-size 1024 ", "--window 864 ", "--scales 0.5 0.75 1.0 1.25 1.5 1.75 ",
+                 "--flip true ", "--confidence 0.0 ", "--tile 1024 "):
+        assert all(flag in c for c in teachers), flag
+    students = [c for c in commands if "pssl self-train" in c]
+    assert sum("--data pseudo " in c and "pool-7/pseudo.parquet" in c for c in students) == 2 * 9
+    assert sum("--data duplicate " in c for c in students) == 2 * 9
+    assert all("--multiplier 7 " in c and c.startswith("torchrun --standalone --nproc_per_node 4") for c in students)
+    fused = [c for c in commands if "pssl pretrain" in c and "--label-mode fused " in c]
+    assert len(fused) == 3 and all("/fused --head" in c for c in fused)
+
+
+def test_self_training_needs_a_pool(trees, tmp_path):
+    voc = run_snakemake(tmp_path, "-n", "--configfile", str(PAPER), *roots(trees),
+                        "self_training={datasets: [voc_aug], models: [pspnet_resnet50d]}", check=False)
+    assert voc.returncode != 0 and "self_training.pools.voc_aug is required" in voc.stderr
+    missing = run_snakemake(tmp_path, "-n", "--configfile", str(PAPER), *roots(trees),
+                            f"self_training={{datasets: [voc_aug], models: [pspnet_resnet50d], "
+                            f"pools: {{voc_aug: {tmp_path}/nowhere}}}}", check=False)
+    assert missing.returncode != 0 and "nowhere, is not a directory" in missing.stderr
+
+
 def demo_names() -> set[str]:
     zoo = [m if isinstance(m, str) else m["name"] for m in DEMO["zoo"]["models"] + DEMO["zoo"]["init_only"]]
     return set(zoo) | set(DEMO["pretrain"]["models"]) | {DEMO["demo"]["root"]}

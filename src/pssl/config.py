@@ -201,9 +201,16 @@ def check_data_roots(config: dict) -> None:
                               f"for loose unlabelled images set labelled: false")
     if config["imagenet_val_root"] and not Path(config["imagenet_val_root"]).is_dir():
         raise ConfigError(f"config key imagenet_val_root: {config['imagenet_val_root']} is not a directory")
-    for dataset, pool in (config["self_training"]["pools"] or {}).items():
-        if pool and not Path(pool).is_dir():
-            raise ConfigError(f"config key self_training.pools.{dataset}: {pool} is not a directory")
+    from pssl.data.pool import pool_dir
+    pools = config["self_training"]["pools"] or {}
+    for dataset in config["self_training"]["datasets"]:
+        root = config["finetune"]["datasets"][dataset]["root"] or config["downstream_root"]
+        if not (pools.get(dataset) or root):
+            continue  # the demo's pool, which a rule generates
+        pool = pool_dir(dataset, root or "", pools.get(dataset))
+        if not pool.is_dir():
+            key = f"self_training.pools.{dataset}" if pools.get(dataset) else "downstream_root"
+            raise ConfigError(f"config key {key}: the unlabelled pool of {dataset}, {pool}, is not a directory")
     for dataset, settings in config["finetune"]["datasets"].items():
         root = settings["root"] or config["downstream_root"]
         if not root:

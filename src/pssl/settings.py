@@ -201,12 +201,6 @@ def student_init(init: str, suffix: str) -> str:
     return f"{init}+{suffix}"
 
 
-def split_init(init: str) -> tuple[str, str | None]:
-    """imagenet+st -> (imagenet, st); pssl -> (pssl, None)."""
-    base, _, suffix = init.partition("+")
-    return base, suffix or None
-
-
 def pretrain_variant(config: dict, variant: str) -> dict:
     if variant == MAIN:
         return {}

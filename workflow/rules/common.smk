@@ -17,7 +17,6 @@ from pssl.settings import (
     pretrain_settings,
     pssl_init,
     settings_flags,
-    split_init,
     student_init,
     student_settings,
     teacher_settings,

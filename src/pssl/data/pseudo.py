@@ -5,7 +5,7 @@ deciles listed in ignore_deciles become ignore (-1). The augmentation (`transfor
 the S x S map with nearest neighbour straight into the crop, and fills padding as ignore (or, with pad_label
 background, as the background class).
 
-Label mode `fused` (PseudoSeg, pssl.train.fusion) yields `FusedViews` instead: a weak view (the geometry
+Label mode `fused` (PseudoSeg, pssl.train.fusion) yields fused views instead: a weak view (the geometry
 only), a strong view of the same crop (+ blur, PseudoSeg's colour jitter and one mean-filled CutOut square),
 the prior's strength s warped bilinearly with the same geometry, the image's class, and the pixels the loss
 counts (not padding, ignored deciles or CutOut).

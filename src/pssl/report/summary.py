@@ -6,8 +6,8 @@ from pathlib import Path
 
 STAGE_OUTPUTS = (("index", "index.parquet"), ("shards", "shards/shard-*.parquet"), ("zoo", "zoo/*.pt"),
                  ("explain", "explain/shard-*.zarr"), ("labels", "labels/shard-*.parquet"),
-                 ("pretrain", "pretrain/*/final.pt"), ("finetune", "finetune/*/*/*/metrics.json"),
-                 ("report", "report/table3.md"))
+                 ("pretrain", "pretrain/*/*/final.pt"), ("finetune", "finetune/*/*/*/seed*/metrics.json"),
+                 ("self-training", "pseudo/*/*/*/seed*/pool-*/pseudo.parquet"), ("report", "report/table3.md"))
 
 
 def summarize(results: str | Path) -> str:

@@ -13,13 +13,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from pssl.data.downstream import IGNORE, SegmentationSet
-from pssl.data.transforms import CropAugment, augment
+from pssl.data.downstream import SegmentationSet
+from pssl.data.transforms import augment
 from pssl.selftrain.teacher import CENTROID_COLUMNS
 from pssl.tables import read_table
+from pssl.train.finetune import FinetuneDataset
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +56,24 @@ class PseudoPool:
         return klass, int(image), (float(y), float(x))
 
 
-class StudentDataset(torch.utils.data.Dataset):
+class StudentDataset(FinetuneDataset):
     """Indices [0, n) are the real set; [n, (1 + k) n) pseudo samples (or, without a pool, the real set again)."""
 
     def __init__(self, real: SegmentationSet, pool: PseudoPool | None, multiplier: int, crop: int, base_size: int,
                  seed: int):
-        self.real, self.pool, self.multiplier, self.seed, self.epoch = real, pool, multiplier, seed, 0
-        self.transform = CropAugment(crop, mask_fill=IGNORE, base_size=base_size, heavy=False, long_side=True)
+        super().__init__(real, crop, base_size, seed)
+        self.pool, self.multiplier = pool, multiplier
         log.info(f"student set: {len(real)} real + {multiplier} x {len(real)} "
                  + (f"pseudo samples per epoch (class-uniform over {len(pool.classes)} classes, {len(pool.images)} "
                     f"pool images)" if pool else "duplicated real samples per epoch (control)"))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
-        return len(self.real) * (1 + self.multiplier)
+        return len(self.data) * (1 + self.multiplier)
 
     def __getitem__(self, i: int):
-        n = len(self.real)
+        n = len(self.data)
         if i < n or self.pool is None:
-            rgb, labels = self.real.read(i % n)
-            return augment(self.transform, rgb, labels, self.seed, self.epoch, i)
+            return self.real_sample(i % n, i)
         _, image, centre = self.pool.draw(np.random.default_rng([self.seed, self.epoch, i]))
         path, label_path = self.pool.images[image]
         labels = np.asarray(Image.open(label_path))

@@ -30,7 +30,6 @@ from pssl.eval.evaluate import evaluate, label_notes
 from pssl.io import atomic_file
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
-from pssl.selftrain.student import PseudoPool, StudentDataset
 from pssl.settings import FinetuneSettings, StudentSettings, TrainSettings
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import remove_checkpoints
@@ -53,8 +52,12 @@ class FinetuneDataset(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int):
-        rgb, labels = self.data.read(i)
-        return augment(self.transform, rgb, labels, self.seed, self.epoch, i)
+        return self.real_sample(i, i)
+
+    def real_sample(self, image: int, index: int):
+        """Training image `image`, augmented as sample `index` of the epoch."""
+        rgb, labels = self.data.read(image)
+        return augment(self.transform, rgb, labels, self.seed, self.epoch, index)
 
 
 def training_set(train_set: SegmentationSet, settings: FinetuneSettings, train: TrainSettings,
@@ -64,6 +67,7 @@ def training_set(train_set: SegmentationSet, settings: FinetuneSettings, train: 
     if (student.data == "pseudo") != bool(pseudo):
         raise ValueError(f"a student with data {student.data!r} needs "
                          + ("the teacher's pseudo.parquet tables" if student.data == "pseudo" else "no pseudo labels"))
+    from pssl.selftrain.student import PseudoPool, StudentDataset  # a FinetuneDataset subclass
     pool = PseudoPool(pseudo, train_set.name) if pseudo else None
     return StudentDataset(train_set, pool, student.multiplier, settings.crop, settings.base_size, train.seed)
 

@@ -157,7 +157,7 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path, info: DistInfo,
         ignore_index: int, time_limit: TimeLimit | None = None, fusion: Fusion | None = None) -> nn.Module:
     """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W); with `fusion`,
-    pssl.data.pseudo.FusedViews); return it. `weight`: the loss's class weights.
+    the fused views of pssl.data.pseudo); return it. `weight`: the loss's class weights.
 
     With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
     out_dir = Path(out_dir)

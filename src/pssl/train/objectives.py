@@ -42,9 +42,10 @@ class HardLabels:
 
 @dataclass
 class FusedLabels:
-    """Batches of pssl.data.pseudo.FusedViews: the model's prediction on the weak view (no gradient) fused with
-    the explanation prior and sharpened (PseudoSeg eq. 4, METHODS.md) is the soft target of the strong view;
-    CutOut and padding are excluded; each pixel weighs sum_c y_c w_c (eq. 3's w_bg on the soft label)."""
+    """Batches of fused views (pssl.data.pseudo: weak, strong, strength, label, valid): the model's prediction
+    on the weak view (no gradient) fused with the explanation prior and sharpened (PseudoSeg eq. 4,
+    METHODS.md) is the soft target of the strong view; CutOut and padding are excluded; each pixel weighs
+    sum_c y_c w_c (eq. 3's w_bg on the soft label)."""
     weight: torch.Tensor
     aux_weight: float
     background: int
