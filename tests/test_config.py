@@ -182,10 +182,18 @@ def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_pa
     ade = {"dataset": "ade20k", "model": "deeplabv3_resnest50d", "init": "pssl", "seed": "0", "lr": "0.01"}
     world = paper["finetune"]["gpus_per_node"] * paper["finetune"]["nodes"]
     assert runtime_minutes(paper, "finetune", ade) == train_minutes(paper, 20_210, 180, 480, world)
+    # self-training: Cityscapes' 19,998 pool images in 8 parts x 12 views (6 scales x flip) at base 1024, one
+    # forward at 3 x 6,000 images/min: 2499.75 x 12 x 16 / 18,000 = 26.66 -> 15 + 1.5 x 26.66 = 54.996 -> 55;
+    # a student with k = 7: 8 x the 2,975 training images per epoch
+    city = {"dataset": "cityscapes", "model": "pspnet_resnet50d", "init": "pssl", "seed": "0"}
+    assert runtime_minutes(paper, "teacher_labels", {**city, "part": "3"}) == 55
+    assert runtime_minutes(paper, "self_train", {**city, "data": "st", "lr": "0.01"}) == \
+        train_minutes(paper, 8 * 2975, 100, 864, world)
     with pytest.raises(ValueError, match="no runtime estimate for rule 'report'"):
         runtime_minutes(paper, "report", {})
     for rel, seconds in (("explain_shard/shard-00003.tsv", 600.0),
-                         ("finetune/ade20k/deeplabv3_resnest50d/pssl/seed0/lr0.01.tsv", 1200.0)):
+                         ("finetune/ade20k/deeplabv3_resnest50d/pssl/seed0/lr0.01.tsv", 1200.0),
+                         ("self_train/cityscapes/pspnet_resnet50d/pssl+st/seed0/lr0.01.tsv", 3000.0)):
         path = tmp_path / "benchmarks" / rel
         path.parent.mkdir(parents=True)
         path.write_text("s\th:m:s\tmax_rss\n" f"{seconds}\t0:10:00\t100\n")
@@ -194,3 +202,4 @@ def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_pa
                                      "estimated_min": 79, "estimate_over_measured": 7.9}
     assert rows["finetune"]["job"] == "dataset=ade20k,model=deeplabv3_resnest50d,init=pssl,seed=0,lr=0.01"
     assert rows["finetune"]["estimated_min"] == runtime_minutes(paper, "finetune", ade)
+    assert rows["self_train"]["job"] == "dataset=cityscapes,model=pspnet_resnet50d,init=pssl,data=st,seed=0,lr=0.01"

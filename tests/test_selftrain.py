@@ -348,8 +348,9 @@ def test_fused_views_share_the_geometry_and_exclude_cutout(tmp_path, model_votes
     from pssl.data.pseudo import PSEUDO_IGNORE, PseudoLabelDataset
 
     stores, labels = one_image_store(tmp_path, model_votes)
-    data = PseudoLabelDataset(stores, labels, 3, 32, fused=True, fusion_prior="auto", cutout=0.25)
-    assert data.prior == ("models" if model_votes else "deciles")
+    prior = "models" if model_votes else "deciles"
+    data = PseudoLabelDataset(stores, labels, 3, 32, fused=True, fusion_prior=prior, cutout=0.25)
+    assert data.prior == prior
     on_object = []
     for epoch in range(6):
         data.set_epoch(epoch)
@@ -379,7 +380,8 @@ def test_fused_pretraining_trains_and_records_its_labels(tmp_path):
     from pssl.train.pretrain import pretrain
 
     stores, labels = one_image_store(tmp_path, model_votes=True)
-    settings = PretrainSettings(crop=32, label_mode="fused", fusion_gamma=0.3, fusion_temperature=0.7)
+    settings = PretrainSettings(crop=32, label_mode="fused", fusion_gamma=0.3, fusion_temperature=0.7,
+                                fusion_prior="models")
     train = TrainSettings(epochs=2, batch_size=2, lr=0.01, milestone=1, checkpoint_every=5, precision="fp32")
     # one image: the pseudo-labelled set repeats it so a batch of 2 exists
     final = pretrain(stores * 2, labels * 2, tmp_path / "out", head="pspnet", backbone="test_resnet",
@@ -389,3 +391,23 @@ def test_fused_pretraining_trains_and_records_its_labels(tmp_path):
     assert config["fusion"] == {"gamma": 0.3, "temperature": 0.7, "prior": "models", "cutout": 0.5}
     losses = pd.read_csv(tmp_path / "out/log.csv")["loss"]
     assert len(losses) == 2 and np.isfinite(losses).all()
+
+
+def test_fusion_settings_touch_only_fused_pretrainings():
+    """The fusion keys of the pretrain section do not change a hard-label job's settings (nor rerun it)."""
+    import yaml
+
+    from conftest import TINY
+    from pssl.settings import pretrain_settings
+    config = yaml.safe_load(TINY.read_text())
+    tuned = {**config, "pretrain": {**config["pretrain"], "fusion_gamma": 0.3, "fusion_prior": "models"}}
+    assert pretrain_settings(tuned, "main") == pretrain_settings(config, "main")
+    fused = pretrain_settings(tuned, "fused")[0]
+    assert (fused.label_mode, fused.fusion_gamma, fused.fusion_prior) == ("fused", 0.3, "models")
+
+
+def test_the_model_vote_prior_needs_per_model_deciles(tmp_path):
+    from pssl.data.pseudo import PseudoLabelDataset
+    stores, labels = one_image_store(tmp_path, model_votes=False)
+    with pytest.raises(ValueError, match="keep_model_deciles true"):
+        PseudoLabelDataset(stores, labels, 3, 32, fused=True, fusion_prior="models")

@@ -113,9 +113,9 @@ class PretrainSettings:
                               "labels on the strong view", ("hard", "fused"))
     fusion_gamma: float = setting(0.5, "fused: weight of the model's prediction (1 - gamma: the prior)")
     fusion_temperature: float = setting(0.5, "fused: sharpening temperature T")
-    fusion_prior: str = setting("auto", "fused: prior from the ensemble deciles (D/9), from the fraction of "
-                                "models whose own decile is 9 (models), or auto: models where the store keeps "
-                                "them", ("auto", "deciles", "models"))
+    fusion_prior: str = setting("deciles", "fused: prior s from the ensemble deciles (D/9), or the fraction of "
+                                "models whose own decile is 9 (models; needs keep_model_deciles)",
+                                ("deciles", "models"))
     cutout: float = setting(0.5, "fused: side of the strong view's CutOut square as a fraction of the crop (0: none)")
 
 
@@ -180,12 +180,21 @@ def label_settings(config: dict) -> LabelSettings:
 MAIN = "main"  # the pre-training of the pretrain section itself (Table 3); other names: pretrain_variants
 
 
+FUSION_FIELDS = ("fusion_gamma", "fusion_temperature", "fusion_prior", "cutout")
+
+
 def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettings, TrainSettings]:
-    """The pretrain section's settings, with a named variant's overrides (`pretrain_variants`) on top."""
+    """The pretrain section's settings, with a named variant's overrides (`pretrain_variants`) on top. With
+    hard labels the fusion settings do not apply and stay at their defaults, so tuning them reruns only the
+    fused pre-trainings."""
     labels = config["labels"]
     values = {"decile_threshold": labels["decile_threshold"], "ignore_deciles": labels["ignore_deciles"],
               **config["pretrain"], **pretrain_variant(config, variant)}
-    return pick(PretrainSettings, values), pick(TrainSettings, values, seed=config["seed"])
+    settings = pick(PretrainSettings, values)
+    if settings.label_mode == "hard":
+        defaults = {f.name: f.default for f in dataclasses.fields(PretrainSettings) if f.name in FUSION_FIELDS}
+        settings = dataclasses.replace(settings, **defaults)
+    return settings, pick(TrainSettings, values, seed=config["seed"])
 
 
 def pssl_init(variant: str) -> str:

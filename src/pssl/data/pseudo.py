@@ -36,12 +36,10 @@ def prior_strength(deciles: np.ndarray, model_deciles: np.ndarray | None = None)
     return deciles.astype(np.float32) / 9.0
 
 
-def resolve_prior(prior: str, groups) -> str:
-    """auto -> models where every store keeps per-model deciles, else deciles."""
-    kept = all("model_deciles" in g for g in groups)
-    if prior == "models" and not kept:
+def check_prior(prior: str, groups) -> str:
+    if prior == "models" and not all("model_deciles" in g for g in groups):
         raise ValueError("fusion_prior models needs per-model deciles: explain with keep_model_deciles true")
-    return ("models" if kept else "deciles") if prior == "auto" else prior
+    return prior
 
 
 def label_map(deciles: np.ndarray, label: int, background: int, threshold: int = 9,
@@ -75,7 +73,7 @@ def nested_subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
 class PseudoLabelDataset(torch.utils.data.Dataset):
     def __init__(self, stores: list[str], labels: list[str], num_classes: int, crop: int,
                  decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), seed: int = 0,
-                 pad_label: str = "ignore", images: int = 0, fused: bool = False, fusion_prior: str = "auto",
+                 pad_label: str = "ignore", images: int = 0, fused: bool = False, fusion_prior: str = "deciles",
                  cutout: float = 0.5):
         self.background = num_classes  # class K: the segmentation head has K + 1 outputs
         self.threshold, self.ignore_deciles, self.seed = decile_threshold, tuple(ignore_deciles), seed
@@ -112,7 +110,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self.root = Path(roots.pop())
         self.skipped = skipped
         self._groups = None  # opened lazily, per worker process
-        self.prior = resolve_prior(fusion_prior, self.groups()) if fused else None
+        self.prior = check_prior(fusion_prior, self.groups()) if fused else None
         self._groups = None
         log.info("pseudo-labelled set: %d images used%s, skipped %s", len(self.samples),
                  f" (the first {images} of a fixed random order)" if images else "", skipped)
