@@ -2,6 +2,7 @@
 device layout, and evaluation split across ranks (the first cluster run's checks that need no GPU)."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -206,6 +207,40 @@ def test_training_near_its_limit_checkpoints_and_the_rerun_ends_with_the_same_we
     resumed = run(tmp_path / "limited").state_dict()  # the requeued job: same command, resumes at step 4
     for key, value in reference.items():
         assert torch.equal(value, resumed[key]), key
+
+
+@pytest.mark.parametrize("changed", ["lr", "job"])
+def test_a_checkpoint_of_other_settings_is_discarded_not_resumed(tmp_path, caplog, changed):
+    """A rerun after a config change (Snakemake reruns the job; its old checkpoints are still there) trains
+    anew: it ends with the weights of a fresh run of the new settings, not the finished old run's."""
+    from ddp_worker import SyntheticSegmentation
+    from pssl.models.segmenter import build_segmenter
+    from pssl.settings import TrainSettings
+    from pssl.train.checkpoint import latest_checkpoint
+    from pssl.train.loop import fit
+    from pssl.train.losses import class_weights
+
+    def run(out, lr, prior, time_limit=None):
+        torch.manual_seed(0)
+        model = build_segmenter("pspnet", "test_resnet", 3)
+        params = TrainSettings(epochs=2, batch_size=4, lr=lr, checkpoint_every=1000, seed=0)
+        return fit(model, SyntheticSegmentation(n=16), class_weights(3, 2, 0.1), params, out,
+                   DistInfo(0, 1, 0, CPU), ignore_index=-1, time_limit=time_limit,
+                   job={"pretrain": {"fusion_prior": prior, "crop": 32}}).state_dict()
+
+    new = {"lr": (0.05, "deciles"), "job": (0.02, "models")}[changed]
+    reference = run(tmp_path / "reference", *new)
+    with pytest.raises(Requeued):
+        run(tmp_path / "rerun", 0.02, "deciles", ExpiringAfter(steps=3))  # the old settings, stopped at step 4
+    run(tmp_path / "rerun", 0.02, "deciles")  # ... and finished: its last checkpoint is the final step
+    assert latest_checkpoint(tmp_path / "rerun").name == "ckpt-000000008.pt"
+    with caplog.at_level(logging.WARNING, logger="pssl"):
+        rerun = run(tmp_path / "rerun", *new)
+    assert f"({'train.lr' if changed == 'lr' else 'pretrain.fusion_prior'}): training anew" in caplog.text
+    for key, value in reference.items():
+        assert torch.equal(value, rerun[key]), key
+    same = run(tmp_path / "rerun", *new)  # the same settings again resume (here: at the end, nothing to do)
+    assert all(torch.equal(value, same[key]) for key, value in reference.items())
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

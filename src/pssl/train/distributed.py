@@ -88,6 +88,11 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        dist.barrier(device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     """Every rank's `obj`, in rank order (on every rank)."""
     if info.world == 1:

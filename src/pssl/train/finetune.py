@@ -98,8 +98,11 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
                  f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "
                  f"{info.world} process(es), {allocation()}")
     weight = class_weights(train_set.num_classes, None, 1.0)
+    job = {"dataset": dataset, "model": f"{head}-{backbone}", "init": init, "init_from": init_from,
+           "crop": settings.crop, "base_size": settings.base_size, "student": asdict(student) if student else None,
+           "pseudo": [str(x) for x in pseudo]}
     model = fit(model, training_set(train_set, settings, train, student, list(pseudo)), weight, train, out_dir, info,
-                ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min))
+                ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min), job=job)
     precision = precision_for(info.device, train.precision)
     results = {split: evaluate(model, data, info, settings, precision) for split, data in eval_sets.items()}
     notes = label_notes([train_set, *eval_sets.values()], info)

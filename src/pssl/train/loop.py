@@ -24,17 +24,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pssl.device import precision_for
 from pssl.progress import Progress
-from pssl.settings import TrainSettings
+from pssl.settings import TrainSettings, output_identity
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     rank_rng_state,
+    remove_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from pssl.train.distributed import DistInfo, all_reduce_sum, gather_objects
+from pssl.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from pssl.train.objectives import FusedLabels, HardLabels
 from pssl.train.schedules import lr_multiplier
 
@@ -64,6 +65,7 @@ class Trainer:
     out_dir: Path
     steps_per_epoch: int
     total_steps: int
+    identity: dict              # what a checkpoint must match to be resumed (fit's `job`)
     step: int = 0
 
 
@@ -113,7 +115,7 @@ def save(t: Trainer, epoch: int, log_csv: TrainingLog) -> None:
                                             "scheduler": t.scheduler.state_dict(),
                                             "scaler": t.scaler.state_dict() if t.scaler.is_enabled() else None,
                                             "epoch": epoch, "step": t.step, "config": asdict(t.settings),
-                                            "precision": t.precision, "rng": rng})
+                                            "precision": t.precision, "rng": rng, "identity": t.identity})
 
 
 def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progress: Progress | None,
@@ -154,11 +156,27 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
     return False
 
 
+def changed_keys(saved: dict, current: dict) -> str:
+    """The settings that differ between two job identities, e.g. "pretrain.fusion_prior"."""
+    keys = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            keys.append(key)
+    return ", ".join(keys) or "no identity recorded"
+
+
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path, info: DistInfo,
-        ignore_index: int, time_limit: TimeLimit | None = None, fusion: Fusion | None = None) -> nn.Module:
+        ignore_index: int, time_limit: TimeLimit | None = None, fusion: Fusion | None = None,
+        job: dict | None = None) -> nn.Module:
     """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W); with `fusion`,
     the fused views of pssl.data.pseudo); return it. `weight`: the loss's class weights.
 
+    `job`: what else decides the result (data, model, init, the stage's settings). A checkpoint resumes only
+    a job of the same identity (this and p's output settings); one left by other settings is discarded, so a
+    rerun after a config change trains anew instead of finishing the old run.
     With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,11 +206,20 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     weight = weight.to(dev)
     objective = HardLabels(weight, ignore_index, p.aux_weight) if fusion is None else \
         FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature)
+    identity = {"train": output_identity(p), **(job or {})}
     t = Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir, steps_per_epoch,
-                total_steps)
+                total_steps, identity)
     resume = latest_checkpoint(out_dir)
-    if resume is not None:
-        state = load_checkpoint(resume)
+    state = load_checkpoint(resume) if resume is not None else None
+    if state is not None and state.get("identity") != identity:
+        if info.main:
+            log.warning("%s was written with other settings (%s): training anew", resume.name,
+                        changed_keys(state.get("identity") or {}, identity))
+        barrier(info)  # every rank has read the stale checkpoint before the primary removes it
+        if info.main:
+            remove_checkpoints(out_dir)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
