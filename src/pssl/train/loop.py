@@ -158,6 +158,8 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
 
 def changed_keys(saved: dict, current: dict) -> str:
     """The settings that differ between two job identities, e.g. "pretrain.fusion_prior"."""
+    if not saved:
+        return "it records none: an older release"
     keys = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
@@ -165,7 +167,7 @@ def changed_keys(saved: dict, current: dict) -> str:
             keys += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
             keys.append(key)
-    return ", ".join(keys) or "no identity recorded"
+    return ", ".join(keys)
 
 
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path, info: DistInfo,
