@@ -1,6 +1,6 @@
 """Training run used by test_pretrain.py: launched as one process, or under torchrun with several ranks.
 
-    python tests/ddp_worker.py OUT.pt CKPT_DIR [--epochs N]
+    python tests/ddp_worker.py OUT.pt CKPT_DIR [--epochs N] [--fused]
 
 A real PSPNet on a small synthetic segmentation set; dropout off and BatchNorm frozen so that N ranks with a
 global batch B compute exactly what one process with batch B computes (SyncBatchNorm has no CPU path).
@@ -15,7 +15,7 @@ from pssl.cli import configure_logging
 from pssl.models.segmenter import build_segmenter
 from pssl.settings import TrainSettings
 from pssl.train.distributed import init_distributed, shutdown
-from pssl.train.loop import fit
+from pssl.train.loop import Fusion, fit
 from pssl.train.losses import class_weights
 
 
@@ -42,12 +42,25 @@ class SyntheticSegmentation(torch.utils.data.Dataset):
         return image, mask
 
 
+class SyntheticFusedViews(SyntheticSegmentation):
+    """The same scenes as PseudoSeg's fused views (pssl.data.pseudo): a prior 0.8 on the square's class 1
+    (0.2 elsewhere), the strong view darkened, the ignored band excluded. Contrast varies 8x between images,
+    so each rank's share of a batch has its own logit scale: the fusion's RMS must span the global batch."""
+
+    def __getitem__(self, i):
+        image, mask = super().__getitem__(i)
+        image = (image - 0.5) * (4.0 if i % 3 == 0 else 0.5) + 0.5
+        return {"weak": image, "strong": image * 0.8, "strength": torch.where(mask == 1, 0.8, 0.2),
+                "label": torch.tensor(1), "valid": (mask != -1).float()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("ckpt_dir")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--fused", action="store_true", help="PseudoSeg's fused soft labels instead of label maps")
     args = p.parse_args()
     configure_logging()
     torch.set_num_threads(1)
@@ -59,8 +72,9 @@ def main() -> None:
             m.p = 0.0
     params = TrainSettings(epochs=args.epochs, batch_size=4, lr=0.02, schedule="step", milestone=1,
                            checkpoint_every=args.checkpoint_every, freeze_bn=True, seed=0)
-    model = fit(model, SyntheticSegmentation(), class_weights(3, 2, 0.1), params, args.ckpt_dir, info,
-                ignore_index=-1)
+    data = SyntheticFusedViews() if args.fused else SyntheticSegmentation()
+    model = fit(model, data, class_weights(3, 2, 0.1), params, args.ckpt_dir, info, ignore_index=-1,
+                fusion=Fusion(background=2, gamma=0.5, temperature=0.5) if args.fused else None)
     if info.main:
         torch.save(model.state_dict(), args.out)
     del model

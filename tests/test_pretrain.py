@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,12 +129,17 @@ def run_worker(out, ckpt, nproc=1, extra=()):
     return subprocess.run(cmd, env=snakemake_env(), capture_output=True, text=True, timeout=600)
 
 
-def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
-    single = run_worker(tmp_path / "one.pt", tmp_path / "one")
+@pytest.mark.parametrize("labels", ["hard", "fused"])
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, labels):
+    """Label maps (eq. 3) and PseudoSeg's fused soft labels (whose logit RMS spans the global batch)."""
+    extra = ["--fused"] if labels == "fused" else []
+    single = run_worker(tmp_path / "one.pt", tmp_path / "one", extra=extra)
     assert single.returncode == 0, single.stdout + single.stderr
-    double = run_worker(tmp_path / "two.pt", tmp_path / "two", nproc=2)
+    double = run_worker(tmp_path / "two.pt", tmp_path / "two", nproc=2, extra=extra)
     assert double.returncode == 0, double.stdout[-3000:] + double.stderr[-3000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    logged = [pd.read_csv(tmp_path / run / "log.csv")["loss"] for run in ("one", "two")]
+    assert np.allclose(logged[0], logged[1], rtol=1e-4), "log.csv: the global batch's loss on any ranks"
     start = build_segmenter("pspnet", "resnet10t", 3).state_dict()
     moved = 0
     for k in a:

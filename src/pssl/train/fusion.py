@@ -25,9 +25,11 @@ def prior_channels(strength: torch.Tensor, labels: torch.Tensor, num_outputs: in
     return prior
 
 
-def fuse(logits: torch.Tensor, prior: torch.Tensor, gamma: float, temperature: float) -> torch.Tensor:
-    """Soft labels (B, C, H, W) from decoder logits and a prior (both (B, C, H, W))."""
-    r = torch.sqrt(logits.float().pow(2).mean() + 1e-8)
+def fuse(logits: torch.Tensor, prior: torch.Tensor, gamma: float, temperature: float,
+         rms: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft labels (B, C, H, W) from decoder logits and a prior (both (B, C, H, W)). `rms`: r when the batch
+    is wider than `logits` (a rank's share of a DDP batch); by default r of `logits`."""
+    r = torch.sqrt(logits.float().pow(2).mean() + 1e-8) if rms is None else rms
     p = gamma * torch.softmax(logits.float() / r, dim=1) + (1.0 - gamma) * prior
     sharpened = p.clamp_min(0).pow(1.0 / temperature)
     return sharpened / sharpened.sum(dim=1, keepdim=True).clamp_min(1e-12)

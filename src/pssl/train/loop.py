@@ -131,9 +131,10 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
         started = time.perf_counter()
         loss_sum, weight_sum, images = t.objective(t.net, batch, dev, t.precision)
         # Normalise by the global batch's weight sum; DDP's gradient averaging then equals one big batch.
-        # Rank 0's time-limit verdict travels in the same all-reduce, so every rank stops at this step.
+        # Rank 0's time-limit verdict and every rank's loss (for the log) travel in the same all-reduce.
         expiring = float(info.main and time_limit is not None and time_limit.expiring())
-        sums = all_reduce_sum(torch.stack([weight_sum.detach(), weight_sum.new_tensor(expiring)]), info)
+        sums = all_reduce_sum(torch.stack([weight_sum.detach(), weight_sum.new_tensor(expiring),
+                                           loss_sum.detach().to(weight_sum.dtype)]), info)
         global_weight, stop = sums[0].clamp_min(1e-12), bool(sums[1] > 0)
         loss = loss_sum / global_weight * info.world
         t.optimizer.zero_grad(set_to_none=True)
@@ -145,8 +146,9 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
         if info.main:
             rate = images * info.world / (time.perf_counter() - started)
             lr = t.optimizer.param_groups[0]["lr"]
-            log_csv.row(t.step, epoch, f"{loss.item() / info.world:.5f}", f"{lr:.6g}", f"{rate:.2f}")
-            progress.update(epoch=epoch + 1, loss=loss.item() / info.world, lr=lr)
+            global_loss = float(sums[2] / global_weight)  # the whole batch's loss, whatever the ranks
+            log_csv.row(t.step, epoch, f"{global_loss:.5f}", f"{lr:.6g}", f"{rate:.2f}")
+            progress.update(epoch=epoch + 1, loss=global_loss, lr=lr)
         if time_limit is not None:
             time_limit.advance()
         if t.step % p.checkpoint_every == 0 or t.step % t.steps_per_epoch == 0 or stop:
@@ -207,7 +209,7 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     weight = weight.to(dev)
     objective = HardLabels(weight, ignore_index, p.aux_weight) if fusion is None else \
-        FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature)
+        FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature, info)
     identity = {"train": output_identity(p), **(job or {})}
     t = Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir, steps_per_epoch,
                 total_steps, identity)

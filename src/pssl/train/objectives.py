@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pssl.device import autocast
+from pssl.train.distributed import DistInfo, all_reduce_sum
 from pssl.train.fusion import fuse, prior_channels, soft_ce_sums
 from pssl.train.losses import weighted_ce_sums
 
@@ -19,6 +20,12 @@ from pssl.train.losses import weighted_ce_sums
 def to_device(images: torch.Tensor, dev: torch.device) -> torch.Tensor:
     images = images.to(dev, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if dev.type == "cuda" else images
+
+
+def global_rms(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """sqrt(mean(x^2) + 1e-8) over every rank's `x`: what one process holding the whole batch computes."""
+    sums = all_reduce_sum(torch.stack([x.float().pow(2).sum(), x.new_tensor(float(x.numel()))]), info)
+    return torch.sqrt(sums[0] / sums[1] + 1e-8)
 
 
 @dataclass
@@ -45,18 +52,20 @@ class FusedLabels:
     """Batches of fused views (pssl.data.pseudo: weak, strong, strength, label, valid): the model's prediction
     on the weak view (no gradient) fused with the explanation prior and sharpened (PseudoSeg eq. 4,
     METHODS.md) is the soft target of the strong view; CutOut and padding are excluded; each pixel weighs
-    sum_c y_c w_c (eq. 3's w_bg on the soft label)."""
+    sum_c y_c w_c (eq. 3's w_bg on the soft label). The logits' RMS r spans the global batch, so N ranks
+    compute the targets of one process with the whole batch."""
     weight: torch.Tensor
     aux_weight: float
     background: int
     gamma: float
     temperature: float
+    info: DistInfo
 
     def targets(self, net, batch, dev: torch.device, precision: str) -> torch.Tensor:
         with torch.no_grad(), autocast(dev, precision):
             logits = net(to_device(batch["weak"], dev))["out"].float()
         prior = prior_channels(batch["strength"].to(dev), batch["label"].to(dev), logits.shape[1], self.background)
-        return fuse(logits, prior, self.gamma, self.temperature)
+        return fuse(logits, prior, self.gamma, self.temperature, rms=global_rms(logits, self.info))
 
     def __call__(self, net, batch, dev: torch.device, precision: str):
         target = self.targets(net, batch, dev, precision)
