@@ -72,6 +72,7 @@ def test_paper_preset_with_segmentation_teachers(trees, tmp_path):
     for flag in ("--parts 8 ", "--base-size 1024 ", "--window 864 ", "--scales 0.5 0.75 1.0 1.25 1.5 1.75 ",
                  "--flip true ", "--confidence 0.0 ", "--tile 1024 "):
         assert all(flag in c for c in teachers), flag
+    assert not any("--crop " in c or "--eval-split " in c for c in teachers)  # geometry of evaluation only
     students = [c for c in commands if "pssl self-train" in c]
     assert sum("--data pseudo " in c and "pool-7/pseudo.parquet" in c for c in students) == 2 * 9
     assert sum("--data duplicate " in c for c in students) == 2 * 9

@@ -265,7 +265,7 @@ def test_killed_teacher_inference_resumes_to_identical_labels(teacher, tiny_demo
             (pool / f"{k}_{Path(relpath).name}").write_bytes((source / relpath).read_bytes())
     cmd = [sys.executable, "-m", "pssl", "teacher-labels", "--selected", str(teacher / "metrics.json"), "--runs",
            str(teacher / "lr0.01/metrics.json"), "--dataset", "cityscapes", "--pool", str(pool), "--device", "cpu",
-           "--threads", "1", "--crop", "32", "--base-size", "64", "--window", "64", "--scales", "1.0", "1.5",
+           "--threads", "1", "--base-size", "64", "--window", "64", "--scales", "1.0", "1.5",
            "--flip", "true"]
     reference = subprocess.run([*cmd, "--out-dir", str(tmp_path / "reference")], env=snakemake_env(),
                                capture_output=True, text=True)

@@ -12,6 +12,7 @@ from pssl import __version__
 from pssl.allocator import keep_freed_memory
 from pssl.models.catalog import HEAD_NAMES
 from pssl.settings import (
+    EVAL_GEOMETRY,
     DemoSettings,
     ExplainSettings,
     FinetuneSettings,
@@ -345,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label the first N pool images of a fixed random order (0: all; default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="seed of that order (default: %(default)s)")
     add_long_job_flags(s, distributed=False)
-    add_settings_flags(s, FinetuneSettings)
+    add_settings_flags(s, FinetuneSettings, fields=EVAL_GEOMETRY)
     add_settings_flags(s, TeacherSettings)
     s.set_defaults(func=_teacher_labels)
 

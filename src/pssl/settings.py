@@ -131,6 +131,10 @@ class FinetuneSettings:
     flip: bool = setting(False, "evaluation also on the horizontally flipped image")
 
 
+# What a teacher takes from its dataset's FinetuneSettings: the evaluation geometry, not the training crop.
+EVAL_GEOMETRY = ("base_size", "window", "scales", "flip")
+
+
 @dataclass(frozen=True)
 class TeacherSettings:
     """Teacher inference on an unlabelled pool (self-training); the geometry is the dataset's evaluation's."""
@@ -249,8 +253,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def settings_flags(*settings) -> str:
-    """Settings objects as `pssl` flags: every field, e.g. "--n-samples 8 --keep-model-deciles true"."""
+def settings_flags(*settings, fields: tuple[str, ...] | None = None) -> str:
+    """Settings objects as `pssl` flags: every field (or those named in `fields`), e.g. "--n-samples 8
+    --keep-model-deciles true"."""
     def text(value) -> str:
         if isinstance(value, bool):
             return str(value).lower()
@@ -258,7 +263,7 @@ def settings_flags(*settings) -> str:
             return " ".join(map(str, value))
         return "none" if value is None else str(value)
     return " ".join(f"{flag(f.name)} {text(getattr(s, f.name))}".rstrip()
-                    for s in settings for f in dataclasses.fields(s))
+                    for s in settings for f in dataclasses.fields(s) if fields is None or f.name in fields)
 
 
 def parse_bool(value: str) -> bool:
@@ -280,11 +285,14 @@ def int_or_auto(value: str) -> int | str:
     return int(value)
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One --flag per field of `cls` (snake_case -> kebab-case), typed by its annotation, with its help."""
+def add_settings_flags(parser: argparse.ArgumentParser, cls, fields: tuple[str, ...] | None = None) -> None:
+    """One --flag per field of `cls` (or per field named in `fields`; snake_case -> kebab-case), typed by its
+    annotation, with its help."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} (pssl.settings)")
     for f in dataclasses.fields(cls):
+        if fields is not None and f.name not in fields:
+            continue
         kind, meta = hints[f.name], f.metadata
         options = {"default": f.default, "help": meta["help"] + " (default: %(default)s)"}
         if meta["choices"]:
@@ -303,8 +311,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def settings_from_args(cls, args: argparse.Namespace):
+    """`cls` from the parsed flags; fields without a flag (add_settings_flags' `fields`) keep their defaults."""
     return cls(**{f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
-                  for f in dataclasses.fields(cls)})
+                  for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
 def output_identity(settings) -> dict:

@@ -8,6 +8,7 @@ from pssl.config import imagenet_root, zoo_specs
 from pssl.data.pool import DEMO_TRUTH, pool_dir
 from pssl.models.catalog import model_title
 from pssl.settings import (
+    EVAL_GEOMETRY,
     MAIN,
     STUDENT_DATA,
     demo_settings,
