@@ -236,7 +236,7 @@ def test_a_checkpoint_of_other_settings_is_discarded_not_resumed(tmp_path, caplo
     assert latest_checkpoint(tmp_path / "rerun").name == "ckpt-000000008.pt"
     with caplog.at_level(logging.WARNING, logger="pssl"):
         rerun = run(tmp_path / "rerun", *new)
-    assert f"({'train.lr' if changed == 'lr' else 'pretrain.fusion_prior'}): training anew" in caplog.text
+    assert f"(changed: {'train.lr' if changed == 'lr' else 'pretrain.fusion_prior'}): training anew" in caplog.text
     for key, value in reference.items():
         assert torch.equal(value, rerun[key]), key
     same = run(tmp_path / "rerun", *new)  # the same settings again resume (here: at the end, nothing to do)

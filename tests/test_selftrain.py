@@ -2,6 +2,7 @@
 fused pre-training labels; each formula against an independent computation, the jobs killed and resumed."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -391,6 +392,40 @@ def test_fused_pretraining_trains_and_records_its_labels(tmp_path):
     assert config["fusion"] == {"gamma": 0.3, "temperature": 0.7, "prior": "models", "cutout": 0.5}
     losses = pd.read_csv(tmp_path / "out/log.csv")["loss"]
     assert len(losses) == 2 and np.isfinite(losses).all()
+
+
+def test_pretraining_resumes_its_inputs_checkpoint_and_retrains_when_a_store_is_rewritten(tmp_path, caplog):
+    """Pre-training keeps its checkpoints; a rerun on the same inputs resumes (here: at its end), a rerun after
+    explain rewrote a store trains anew (a rewrite with the same deciles: the same weights as the first run)."""
+    import shutil
+
+    from pssl.io import fingerprint
+    from pssl.settings import PretrainSettings
+    from pssl.train.pretrain import pretrain
+
+    stores, labels = one_image_store(tmp_path, model_votes=False)
+    train = TrainSettings(epochs=2, batch_size=2, lr=0.01, milestone=1, checkpoint_every=5, precision="fp32")
+
+    def run():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pssl"):
+            final = pretrain(stores * 2, labels * 2, tmp_path / "out", head="pspnet", backbone="test_resnet",
+                             backbone_init=None, settings=PretrainSettings(crop=32), train=train, device="cpu")
+        return torch.load(final, weights_only=False)["model"]
+
+    first, store_print, label_print = run(), fingerprint(stores[0]), fingerprint(labels[0])
+    again = run()
+    assert "resuming from ckpt-000000002.pt at step 2/2" in caplog.text and "training anew" not in caplog.text
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    shutil.copy(labels[0], tmp_path / "moved.parquet")
+    assert fingerprint(tmp_path / "moved.parquet") == label_print and fingerprint(stores[0]) == store_print
+    shutil.rmtree(stores[0])
+    time.sleep(0.01)  # a later modification time, as any rerun of explain has
+    one_image_store(tmp_path, model_votes=False)
+    assert fingerprint(stores[0]) != store_print
+    rewritten = run()
+    assert "belongs to another job (changed: stores): training anew" in caplog.text
+    assert all(torch.equal(first[k], rewritten[k]) for k in first)
 
 
 def test_fusion_settings_touch_only_fused_pretrainings():

@@ -1,7 +1,9 @@
-"""Atomic outputs: write to a hidden sibling, rename on success, so no half-written output looks complete."""
+"""Atomic outputs: write to a hidden sibling, rename on success, so no half-written output looks complete;
+and fingerprints of inputs (what a resumable job checks before it continues)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -41,3 +43,20 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, so a copied or moved input keeps its fingerprint. A directory (a zarr store,
+    gigabytes at the paper's size) is fingerprinted by every file's relative path, size and modification time
+    instead of its bytes: any rewrite changes it; a copy that does not keep modification times does too."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,7 +13,6 @@ settings in its metadata) and centroids.parquet (image, class, y, x, pixels).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +29,7 @@ from pssl.data.images import UnreadableImage, load_rgb
 from pssl.data.pool import list_pool, pool_part
 from pssl.device import allocation, autocast, precision_for, resolve_device
 from pssl.eval.inference import probabilities
-from pssl.io import atomic_file
+from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
 from pssl.progress import Progress
 from pssl.selftrain.centroids import class_centroids
@@ -59,14 +58,6 @@ def load_finetuned(path: str | Path, device: torch.device) -> tuple[torch.nn.Mod
     model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
     model.load_state_dict(record["model"])
     return model.eval().to(device), cfg
-
-
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pseudo_label(model, rgb: np.ndarray, num_classes: int, geometry: FinetuneSettings, confidence: float,
@@ -102,7 +93,7 @@ def label_pool(teacher: str, dataset: str, pool: str, out_dir: str | Path, *, ge
     model, cfg = load_finetuned(teacher, dev)
     if cfg["dataset"] != dataset:
         raise ValueError(f"{teacher} was fine-tuned on {cfg['dataset']}, not {dataset}")
-    identity = {"teacher": file_digest(teacher), "dataset": dataset, "pool": str(Path(pool).resolve()),
+    identity = {"teacher": fingerprint(teacher), "dataset": dataset, "pool": str(Path(pool).resolve()),
                 "images": relpaths, "geometry": asdict(geometry), "settings": asdict(settings)}
     start_or_resume(out_dir, identity)
     precision = precision_for(dev, "auto", training=False)
@@ -139,7 +130,8 @@ def label_pool(teacher: str, dataset: str, pool: str, out_dir: str | Path, *, ge
                 time_limit.requeue_and_wait()  # the written PNGs are the saved state
     table = pd.DataFrame(rows)
     meta = {"dataset": dataset, "classes": cfg["classes"], "num_classes": cfg["num_classes"],
-            "pool": str(Path(pool).resolve()), "teacher": str(teacher), "part": part, "parts": parts,
+            "pool": str(Path(pool).resolve()), "teacher": str(teacher), "teacher_sha256": identity["teacher"],
+            "part": part, "parts": parts,
             "geometry": asdict(geometry), "settings": asdict(settings), "precision": precision}
     write_table(pd.DataFrame(centroids, columns=CENTROID_COLUMNS), out_dir / "centroids.parquet", meta)
     write_table(table, out_dir / "pseudo.parquet", meta)

@@ -27,7 +27,7 @@ from pssl.data.downstream import IGNORE, SegmentationSet
 from pssl.data.transforms import CropAugment, augment
 from pssl.device import allocation, precision_for
 from pssl.eval.evaluate import evaluate, label_notes
-from pssl.io import atomic_file
+from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
 from pssl.settings import FinetuneSettings, StudentSettings, TrainSettings
@@ -98,9 +98,9 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
                  f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "
                  f"{info.world} process(es), {allocation()}")
     weight = class_weights(train_set.num_classes, None, 1.0)
-    job = {"dataset": dataset, "model": f"{head}-{backbone}", "init": init, "init_from": init_from,
-           "crop": settings.crop, "base_size": settings.base_size, "student": asdict(student) if student else None,
-           "pseudo": [str(x) for x in pseudo]}
+    job = {"dataset": dataset, "model": f"{head}-{backbone}", "init": init,
+           "init_from": init_from and fingerprint(init_from), "crop": settings.crop, "base_size": settings.base_size,
+           "student": asdict(student) if student else None, "pseudo": [fingerprint(x) for x in pseudo]}
     model = fit(model, training_set(train_set, settings, train, student, list(pseudo)), weight, train, out_dir, info,
                 ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min), job=job)
     precision = precision_for(info.device, train.precision)

@@ -161,7 +161,7 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
 def changed_keys(saved: dict, current: dict) -> str:
     """The settings that differ between two job identities, e.g. "pretrain.fusion_prior"."""
     if not saved:
-        return "it records none: an older release"
+        return "nothing recorded: an older release"
     keys = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
@@ -178,9 +178,10 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W); with `fusion`,
     the fused views of pssl.data.pseudo); return it. `weight`: the loss's class weights.
 
-    `job`: what else decides the result (data, model, init, the stage's settings). A checkpoint resumes only
-    a job of the same identity (this and p's output settings); one left by other settings is discarded, so a
-    rerun after a config change trains anew instead of finishing the old run.
+    `job`: what else decides the result (model, the stage's settings, the fingerprints of the data and init
+    files). A checkpoint resumes only a job of the same identity (this and p's output settings); one left by
+    other settings or inputs is discarded, so a rerun after a change upstream trains anew instead of
+    finishing the old run.
     With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,7 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     state = load_checkpoint(resume) if resume is not None else None
     if state is not None and state.get("identity") != identity:
         if info.main:
-            log.warning("%s was written with other settings (%s): training anew", resume.name,
+            log.warning("%s belongs to another job (changed: %s): training anew", resume.name,
                         changed_keys(state.get("identity") or {}, identity))
         barrier(info)  # every rank has read the stale checkpoint before the primary removes it
         if info.main:

@@ -15,7 +15,7 @@ import torch
 
 from pssl.data.pseudo import PSEUDO_IGNORE, PseudoLabelDataset
 from pssl.device import allocation, precision_for
-from pssl.io import atomic_file
+from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from
 from pssl.settings import PretrainSettings, TrainSettings, output_identity
@@ -48,8 +48,9 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
                  f"{info.world} process(es) on {info.device}, {allocation()}")
     weight = class_weights(num_classes + 1, background=num_classes, w_bg=s.w_bg)
     fusion = Fusion(num_classes, s.fusion_gamma, s.fusion_temperature) if fused else None
-    job = {"model": f"{head}-{backbone}", "backbone_init": backbone_init, "stores": [str(x) for x in stores],
-           "labels": [str(x) for x in labels], "pretrain": output_identity(s)}
+    job = {"model": f"{head}-{backbone}", "backbone_init": backbone_init and fingerprint(backbone_init),
+           "stores": [fingerprint(x) for x in stores], "labels": [fingerprint(x) for x in labels],
+           "pretrain": output_identity(s)}
     model = fit(model, dataset, weight, train, out_dir, info, ignore_index=PSEUDO_IGNORE,
                 time_limit=TimeLimit(requeue_margin_min), fusion=fusion, job=job)
     final = out_dir / "final.pt"
