@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_eval_pretrain)
 
     for command, text in (("finetune", "fine-tune on a downstream dataset and evaluate it"),
-                          ("self-train", "train a self-training student (real set + the teacher's pseudo-labelled "
-                                         "pool, or the duplicated control) and evaluate it like a fine-tune cell")):
+                          ("self-train", ("train a self-training student (real set + the teacher's pseudo-labelled "
+                                          "pool, or the duplicated control) and evaluate it like a fine-tune cell"))):
         s = sub.add_parser(command, parents=[compute], help=text)
         s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset")
         s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")

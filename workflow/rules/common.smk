@@ -200,6 +200,13 @@ def pool_root(dataset):
     return str(pool_dir(dataset, dataset_root(dataset), (SELF_TRAINING["pools"] or {}).get(dataset)))
 
 
+def teacher_flags(wildcards):
+    """A teacher's settings: its dataset's evaluation geometry (base size, window, scales, flip) and the
+    teacher's own (confidence, tile)."""
+    geometry = finetune_settings(config, wildcards.dataset, wildcards.model)[0]
+    return f"{settings_flags(geometry, fields=EVAL_GEOMETRY)} {settings_flags(teacher_settings(config))}"
+
+
 def teacher_tables(wildcards):
     """All parts of the pool labelled by the teacher cell the student's init and seed name."""
     w = wildcards

@@ -21,9 +21,7 @@ rule teacher_labels:
         images=SELF_TRAINING["pool_images"],
         seed=config["seed"],
         out_dir=lambda wc, output: os.path.dirname(output.table),
-        # the dataset's evaluation geometry (scales, flip, base size, window) and the teacher's settings
-        settings=lambda wc: settings_flags(finetune_settings(config, wc.dataset, wc.model)[0], fields=EVAL_GEOMETRY)
-        + " " + settings_flags(teacher_settings(config)),
+        settings=teacher_flags,
         device=config["device"],
     threads: config["threads"]
     resources:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pssl.train.distributed import DistInfo, all_reduce_sum
+
 
 def prior_channels(strength: torch.Tensor, labels: torch.Tensor, num_outputs: int, background: int) -> torch.Tensor:
     """(B, C, H, W) prior: `strength` (B, H, W) on each image's class `labels` (B,), 1 - strength on background."""
@@ -25,11 +27,20 @@ def prior_channels(strength: torch.Tensor, labels: torch.Tensor, num_outputs: in
     return prior
 
 
+def logit_rms(logits: torch.Tensor, info: DistInfo | None = None) -> torch.Tensor:
+    """r = sqrt(mean(P^2) + 1e-8) over the batch; with `info` (DDP), over every rank's share of it, as one
+    process holding the whole batch computes it."""
+    sums = torch.stack([logits.float().pow(2).sum(), logits.new_tensor(float(logits.numel()))])
+    if info is not None:
+        sums = all_reduce_sum(sums, info)
+    return torch.sqrt(sums[0] / sums[1] + 1e-8)
+
+
 def fuse(logits: torch.Tensor, prior: torch.Tensor, gamma: float, temperature: float,
          rms: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft labels (B, C, H, W) from decoder logits and a prior (both (B, C, H, W)). `rms`: r when the batch
-    is wider than `logits` (a rank's share of a DDP batch); by default r of `logits`."""
-    r = torch.sqrt(logits.float().pow(2).mean() + 1e-8) if rms is None else rms
+    """Soft labels (B, C, H, W) from decoder logits and a prior (both (B, C, H, W)). `rms`: r of the whole
+    batch when `logits` are one rank's share (logit_rms with DistInfo); by default r of `logits`."""
+    r = logit_rms(logits) if rms is None else rms
     p = gamma * torch.softmax(logits.float() / r, dim=1) + (1.0 - gamma) * prior
     sharpened = p.clamp_min(0).pow(1.0 / temperature)
     return sharpened / sharpened.sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -12,20 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from pssl.device import autocast
-from pssl.train.distributed import DistInfo, all_reduce_sum
-from pssl.train.fusion import fuse, prior_channels, soft_ce_sums
+from pssl.train.distributed import DistInfo
+from pssl.train.fusion import fuse, logit_rms, prior_channels, soft_ce_sums
 from pssl.train.losses import weighted_ce_sums
 
 
 def to_device(images: torch.Tensor, dev: torch.device) -> torch.Tensor:
     images = images.to(dev, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if dev.type == "cuda" else images
-
-
-def global_rms(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """sqrt(mean(x^2) + 1e-8) over every rank's `x`: what one process holding the whole batch computes."""
-    sums = all_reduce_sum(torch.stack([x.float().pow(2).sum(), x.new_tensor(float(x.numel()))]), info)
-    return torch.sqrt(sums[0] / sums[1] + 1e-8)
 
 
 @dataclass
@@ -65,7 +59,7 @@ class FusedLabels:
         with torch.no_grad(), autocast(dev, precision):
             logits = net(to_device(batch["weak"], dev))["out"].float()
         prior = prior_channels(batch["strength"].to(dev), batch["label"].to(dev), logits.shape[1], self.background)
-        return fuse(logits, prior, self.gamma, self.temperature, rms=global_rms(logits, self.info))
+        return fuse(logits, prior, self.gamma, self.temperature, rms=logit_rms(logits, self.info))
 
     def __call__(self, net, batch, dev: torch.device, precision: str):
         target = self.targets(net, batch, dev, precision)
