@@ -174,16 +174,21 @@ PARAMS = ExplainSettings(image_size=32, n_samples=3, noise_level=0.15, batch_siz
                          keep_model_deciles=True, seed=0)
 
 
+# The tiny demo's classes as the tiny zoo's outputs, in another order than the index's (and with one class
+# the demo lacks), so an output index is never an index position by accident.
+ZOO_CLASSES = [["n90000002", "n90000000", "n90000009", "n90000001"], ["n90000001", "n90000002", "n90000000"]]
+
+
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
     """Two tiny randomly initialised timm classifiers saved through the real zoo format."""
     import timm
     out = tmp_path_factory.mktemp("zoo")
     paths = []
-    for arch in ("test_efficientnet", "test_convnext"):
+    for arch, classes in zip(("test_efficientnet", "test_convnext"), ZOO_CLASSES):
         torch.manual_seed(0)
-        save_classifier(out / f"{arch}.pt", ClassifierSpec(arch, arch), timm.create_model(arch, num_classes=3),
-                        3, "train")
+        save_classifier(out / f"{arch}.pt", ClassifierSpec(arch, arch),
+                        timm.create_model(arch, num_classes=len(classes)), classes, "train")
         paths.append(str(out / f"{arch}.pt"))
     return paths
 
@@ -232,7 +237,7 @@ def test_store_contract_and_determinism(demo_shard, tiny_zoo, tmp_path):
 
 
 def test_bad_images_get_a_status_and_a_reason(tiny_zoo, tmp_path):
-    root = tmp_path / "train" / "n01"
+    root = tmp_path / "train" / "n90000001"
     root.mkdir(parents=True)
     rgb = (np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(root / "good.JPEG")
@@ -363,13 +368,23 @@ def test_inspect_and_show(demo_shard, tiny_zoo, tmp_path):
     text = subprocess.run([sys.executable, "-m", "pssl", "inspect", str(out)], env=env, capture_output=True,
                           text=True, check=True).stdout
     for needle in ("deciles", "(18, 32, 32)", "uint8", "Zstd", "per image", "'done': 18", "decile histogram",
-                   "smoothgrad"):
+                   "smoothgrad", "classes        3 (n90000000 .. n90000002)", "stability      D9 IoU"):
         assert needle in text, needle
     png = tmp_path / "show.png"
     subprocess.run([sys.executable, "-m", "pssl", "show", str(out), "--index", "3", "--out", str(png),
                     "--model-deciles"], env=env, check=True, capture_output=True)
     img = Image.open(png)
     assert img.format == "PNG" and img.width > 3 * 32 * 3
+
+
+def test_every_store_records_the_labels_stability_between_two_noise_draws(demo_shard, tiny_zoo, tmp_path):
+    explain_shard(demo_shard, tiny_zoo, tmp_path / "noisy.zarr", PARAMS)
+    explain_shard(demo_shard, tiny_zoo, tmp_path / "still.zarr", ExplainSettings(**{**PARAMS.__dict__,
+                                                                                  "noise_level": 0.0}))
+    noisy, still = (store.open_store(tmp_path / f"{n}.zarr").attrs["stability"] for n in ("noisy", "still"))
+    assert noisy["images"] == still["images"] == PARAMS.batch_size  # the first batch, at most 8 images
+    assert still["d9_iou"] == 1.0 and still["decile_agreement"] == 1.0  # no noise: the two draws are one
+    assert 0.0 < noisy["d9_iou"] < 1.0
 
 
 # ---- quality formulas against hand counts ---------------------------------------------------------------------

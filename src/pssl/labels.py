@@ -6,6 +6,10 @@ Policies (labels.policy):
   teacher  the teacher's top-1 (for unlabelled data)
   agree    the dataset's class, kept only if it is among the teacher's top-k (drops noisy labels)
 labels.min_conf drops images whose teacher confidence (top-1 probability) is below it, under every policy.
+
+Class numbers in the table index its metadata's `classes` (pssl.classes): the index's classes under gt and
+agree, the zoo's under teacher. The teacher's probabilities are its softmax over all its outputs, read at
+those classes by name (a subset's probabilities need not sum to 1), so top-1 and top-k are among them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pandas as pd
 import torch
 
 from pssl import store
+from pssl.classes import columns, remap, run_space
 from pssl.data.shard_images import ShardBatches
 from pssl.device import allocation, resolve_device
 from pssl.models.zoo import ensemble_softmax, load_classifier
@@ -58,9 +63,13 @@ def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[st
         raise ValueError(f"{explain_store} does not hold the images of {shard}")
     size = group["deciles"].shape[1]
     status = group["status"][:]
-    classifiers = [load_classifier(p, dev)[0] for p in zoo_paths]
+    loaded = [load_classifier(p, dev) for p in zoo_paths]
+    classes = run_space(meta["classes"], [record for _, record in loaded], use_labels=policy != "teacher")
+    classifiers = [model for model, _ in loaded]
+    cols = [torch.from_numpy(columns(classes, record["classes"], f"classifier {record['name']!r}")).to(dev)
+            for _, record in loaded]
     n = len(frame)
-    probs = np.zeros((n, classifiers[0].model.num_classes), dtype=np.float32)
+    probs = np.zeros((n, len(classes)), dtype=np.float32)
     loader = torch.utils.data.DataLoader(
         ShardBatches(Path(meta["root"]), frame["relpath"].tolist(), batch_size, size,
                      list(range(-(-n // batch_size)))), batch_size=None, num_workers=settings.num_workers)
@@ -68,17 +77,19 @@ def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[st
         for start, stop, images, _, reasons in loader:
             ok = np.array([j not in reasons for j in range(stop - start)])
             if ok.any():
-                probs[start:stop][ok] = ensemble_softmax(classifiers, images.to(dev).float() / 255).cpu().numpy()
+                probs[start:stop][ok] = ensemble_softmax(classifiers, images.to(dev).float() / 255, cols).cpu().numpy()
             progress.update(stop - start)
     done = status == store.DONE
     deciles = group["deciles"]
     fg = np.array([float((deciles[i] >= settings.decile_threshold).mean()) if done[i] else 0.0 for i in range(n)])
-    gt = frame["class_idx"].to_numpy().astype(np.int64)
+    gt = frame["class_idx"].to_numpy().astype(np.int64)  # the index's classes
+    if policy == "teacher":  # the table numbers the zoo's classes; a label the zoo does not know is no label
+        gt = remap(gt, meta["classes"], classes, None)
     label, keep = apply_policy(gt, probs, done, policy, top_k, min_conf)
     table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "gt_class": gt,
                           "teacher_class": probs.argmax(1).astype(np.int64), "teacher_conf": probs.max(1),
                           "label": label.astype(np.int64), "keep": keep, "fg_fraction": fg})
-    write_table(table, out, {**meta, "num_classes": int(probs.shape[1]), "policy": policy, "top_k": top_k,
+    write_table(table, out, {**meta, "classes": classes, "num_classes": len(classes), "policy": policy, "top_k": top_k,
                              "min_conf": min_conf, "decile_threshold": settings.decile_threshold,
                              "teacher": [Path(p).stem for p in zoo_paths]})
     labelled = gt >= 0

@@ -3,9 +3,12 @@
 Arrays (N images, S = explanation resolution, M models):
   deciles        uint8 (N, S, S)  0..9, one image per chunk, sharded, compressed
   model_deciles  uint8 (N, M, S, S)  optional (keep_model_deciles)
-  image_id int64 (N,), orig_hw int32 (N, 2), class_idx int16 (N,), target int16 (N,) (class explained)
+  image_id int64 (N,), orig_hw int32 (N, 2)
+  class_idx      int16 (N,)  the image's label: a position in the shard table's `classes` (-1: unlabelled)
+  target         int16 (N,)  the class explained: a position in attrs["classes"] (pssl.classes)
   status         uint8 (N,)  0 = not yet, 1 = done, 2 = unreadable input (reason in attrs["unreadable"])
-Attrs: format_version, models, smoothgrad parameters, config_hash, timing, unreadable.
+Attrs: format_version, models, classes, smoothgrad parameters, config_hash, timing, unreadable, and the
+labels' stability (D9 IoU of two noise draws, pssl.explain.run).
 
 Every array names its dimensions (image, model, y, x, hw) and the decile arrays list image_id and class_idx
 as their coordinates, so `xarray.open_zarr(store)` gives a Dataset with named dimensions and the image ids
@@ -117,6 +120,12 @@ def describe(path: str | os.PathLike) -> str:
         frac = hist / hist.sum()
         lines.append("  decile histogram (first 1000 done): " + " ".join(f"{d}:{f:.3f}" for d, f in enumerate(frac)))
     attrs = dict(group.attrs)
+    classes = attrs.pop("classes", [])  # 1000 names: summarised, not listed
+    lines.append(f"  classes        {len(classes)}" + (f" ({classes[0]} .. {classes[-1]}), what target numbers"
+                                                       if classes else " (an older store: none named)"))
+    if "stability" in attrs:
+        lines.append(f"  stability      D9 IoU {attrs['stability']['d9_iou']} between two noise draws on "
+                     f"{attrs['stability']['images']} images (how far sampling alone moves the labels)")
     lines.append("  attrs:")
     lines += [f"    {k}: {json.dumps(v)}" for k, v in sorted(attrs.items())]
     return "\n".join(lines)

@@ -30,6 +30,11 @@ def read_table(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), meta
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """The pipeline metadata of a table, from its footer alone."""
+    return json.loads((pq.read_schema(path).metadata or {}).get(META_KEY, b"{}"))
+
+
 def count_rows(path: str | os.PathLike) -> int:
     """Rows of a parquet table, from its footer alone (the workflow sizes SLURM runtimes with it)."""
     return pq.ParquetFile(path).metadata.num_rows

@@ -3,7 +3,9 @@
 A pre-trained *segmentation* model is used as a classifier: its softmax over the K + 1 outputs is averaged
 over every pixel of the image, the background channel is dropped, and the argmax over the K classes is the
 prediction (background excluded: an image's class is never "background"). A zoo classifier (the ImageNet-init
-row) predicts directly. Each image is resized so its shorter side is `size` and centre-cropped to size x size
+row) predicts directly. Every model is scored on the index's classes, found by name among its outputs
+(pssl.classes): a model pre-trained on an ImageNet subset and a 1000-class classifier are both asked "which of
+these classes", and a class a model does not know stops the job before any image is read. Each image is resized so its shorter side is `size` and centre-cropped to size x size
 (`size`: the pre-training crop for a segmentation model, the explain resolution S for a zoo classifier).
 
 Validation layouts: class folders (`<root>/<wnid>/*.JPEG`, as after the usual valprep script), or flat files
@@ -23,11 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pssl.classes import ClassSpaceError, columns, record_classes
 from pssl.data.images import UnreadableImage, load_rgb
 from pssl.device import resolve_device
 from pssl.io import atomic_file
 from pssl.progress import Progress
-from pssl.tables import read_table
+from pssl.tables import read_meta
 
 log = logging.getLogger(__name__)
 SOLUTION = "LOC_val_solution.csv"
@@ -65,18 +68,22 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return resized[top:top + size, left:left + size]
 
 
-def load_model(path: str | Path, device: torch.device, classifier_size: int) -> tuple[torch.nn.Module, str, int]:
-    """(model, kind, input size): a pre-trained segmentation model (at its pre-training crop) or a zoo
-    classifier (at `classifier_size`)."""
+def load_model(path: str | Path, device: torch.device, classifier_size: int
+               ) -> tuple[torch.nn.Module, str, int, list[str]]:
+    """(model, kind, input size, classes of its outputs): a pre-trained segmentation model (at its pre-training
+    crop; its classes without the background) or a zoo classifier (at `classifier_size`)."""
     record = torch.load(path, map_location="cpu", weights_only=False)
     if record.get("kind") == "pssl-pretrain":
         from pssl.models.segmenter import build_segmenter
         cfg = record["config"]
+        if "classes" not in cfg:
+            raise ClassSpaceError(f"{path} names no classes (pre-trained by an older version): pre-train it again")
         model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
         model.load_state_dict(record["model"])
-        return model.eval().to(device), "segmenter", cfg["crop"]
+        return model.eval().to(device), "segmenter", cfg["crop"], cfg["classes"]
     from pssl.models.zoo import load_classifier
-    return load_classifier(path, device)[0], "classifier", classifier_size
+    model, zoo_record = load_classifier(path, device)
+    return model, "classifier", classifier_size, record_classes(zoo_record)
 
 
 @torch.no_grad()
@@ -91,8 +98,9 @@ def class_scores(model: torch.nn.Module, kind: str, x: torch.Tensor) -> torch.Te
 def evaluate_classification(model_path: str, index: str, root: str, out: str, classifier_size: int = 224,
                             device: str = "auto", batch_size: int = 32) -> dict:
     dev = resolve_device(device)
-    classes = read_table(index)[1]["classes"]
-    model, kind, size = load_model(model_path, dev, classifier_size)
+    classes = read_meta(index)["classes"]
+    model, kind, size, model_classes = load_model(model_path, dev, classifier_size)
+    cols = torch.from_numpy(columns(classes, model_classes, str(model_path))).to(dev)
     items = val_images(root, classes)
     if not items:
         raise ValueError(f"{root}: no validation image of the index's {len(classes)} classes")
@@ -109,7 +117,7 @@ def evaluate_classification(model_path: str, index: str, root: str, out: str, cl
                     unreadable[str(path)] = str(e)
             if pixels:
                 x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div(255.0).to(dev)
-                top = class_scores(model, kind, x).topk(min(5, len(classes)), dim=1).indices.cpu()
+                top = class_scores(model, kind, x)[:, cols].topk(min(5, len(classes)), dim=1).indices.cpu()
                 truth = torch.tensor(labels)[:, None]
                 hits1 += int((top[:, :1] == truth).sum())
                 hits5 += int((top == truth).any(dim=1).sum())
@@ -119,6 +127,7 @@ def evaluate_classification(model_path: str, index: str, root: str, out: str, cl
               "prediction": "per-pixel softmax averaged over the image, background excluded, argmax"
               if kind == "segmenter" else "softmax argmax",
               "images": done, "unreadable": unreadable, "classes": len(classes),
+              "class_space": f"the index's {len(classes)} classes, by name among the model's {len(model_classes)}",
               "top1": hits1 / max(done, 1), "top5": hits5 / max(done, 1)}
     with atomic_file(out) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,6 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from pssl import store
+from pssl.classes import columns
 from pssl.io import atomic_file
 from pssl.tables import read_table
 
@@ -104,7 +105,8 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
         ids, status, deciles, targets = group["image_id"][:], group["status"][:], group["deciles"][:], \
             group["target"][:]
         per_model = group["model_deciles"] if "model_deciles" in group else None
-        items += [(int(ids[i]), deciles[i], int(targets[i]), None if per_model is None else per_model[i])
+        classes = group.attrs["classes"]  # items carry the explained class by name (pssl.classes)
+        items += [(int(ids[i]), deciles[i], classes[targets[i]], None if per_model is None else per_model[i])
                   for i in np.flatnonzero(status == store.DONE)]
     size = items[0][1].shape[0]
 
@@ -133,14 +135,14 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
             if fusion:
                 strength = torch.from_numpy(np.stack([prior_strength(d, m if fusion["prior"] == "models" else None)
                                                       for _, d, _, m in batch])).to(dev)
-                labels = torch.tensor([t for _, _, t, _ in batch], device=dev)
+                labels = torch.from_numpy(columns([t for _, _, t, _ in batch], cfg["classes"], ckpt)).to(dev)
                 prior = prior_channels(strength, labels, logits.shape[1], cfg["background"])
                 fused = fuse(logits, prior, fusion["gamma"], fusion["temperature"]).argmax(1).cpu().numpy()
                 rows += [(f"{name}: its fused labels", *foreground_scores(f != cfg["background"], mask))
                          for f, mask in zip(fused, masks[start:start + 32])]
                 if shown is None:
-                    shown = (name, images[start:start + 4], batch[:4], fused[:4], masks[start:start + 4],
-                             cfg["background"])
+                    shown = (name, images[start:start + 4], batch[:4], labels[:4].tolist(), fused[:4],
+                             masks[start:start + 4], cfg["background"])
     table = pd.DataFrame(rows, columns=["source", "pixel_acc", "fg_iou"]).groupby("source", sort=False).agg(
         images=("pixel_acc", "size"), pixel_acc=("pixel_acc", "mean"), fg_iou=("fg_iou", "mean")).reset_index()
     with atomic_file(out) as tmp:
@@ -153,14 +155,15 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     return table
 
 
-def fused_figure(name: str, images, items, fused: np.ndarray, masks: list[np.ndarray], background: int,
-                 out: str) -> None:
-    """image | D9 label | fused label | hidden object, for a few images (classes in colour, background grey)."""
+def fused_figure(name: str, images, items, labels: list[int], fused: np.ndarray, masks: list[np.ndarray],
+                 background: int, out: str) -> None:
+    """image | D9 label | fused label | hidden object, for a few images (classes in colour, background grey);
+    `labels`: each image's class among the model's outputs."""
     from pssl.report.label_figure import label_rows_figure
 
     rows = []
-    for rgb, (_, deciles, target, _), f, mask in zip(images, items, fused, masks):
-        rows.append((f"class {target}", rgb.permute(1, 2, 0).numpy(),
+    for rgb, (_, deciles, wnid, _), target, f, mask in zip(images, items, labels, fused, masks):
+        rows.append((wnid, rgb.permute(1, 2, 0).numpy(),
                      [("D9 label", np.where(deciles == 9, target, background)), ("fused label", f),
                       ("hidden object", np.where(mask, target, background))]))
     label_rows_figure(rows, background + 1, -1, out,

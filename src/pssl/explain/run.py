@@ -1,5 +1,10 @@
 """The explain job for one shard: decode, SmoothGrad every classifier, ensemble, deciles, store.
 
+Class identity (pssl.classes): the target of every image is a class of the run's space, written into the
+store's attrs `classes`; each classifier explains its own output of that class, found by name, so a tree of
+any ImageNet subset explains the right classes, and a class some classifier does not know stops the job
+before any work.
+
 Resumable: rows are written batch by batch into `.<name>.partial` beside the output; a rerun with the same
 parameters continues at the first unfinished batch and the finished store is renamed into place. Batches
 sit at fixed positions of the shard and each one seeds the noise from (seed, first image id), so a resumed
@@ -8,7 +13,8 @@ store is identical to an uninterrupted one.
 Speed, decided once per store on its first images and recorded in its attrs (a resumed job reuses them):
 the sample chunk of every model (`chunking`, for `sample_chunk: auto`), and with `precision: auto` on
 hardware with native bf16 whether bf16 is used: only if the ensemble's D9 mask in bf16 matches fp32's with
-identical noise at IoU >= 0.98 (CLARIFICATIONS.md). Models and inputs are channels_last on every device, and
+identical noise at IoU >= 0.98 (CLARIFICATIONS.md). The labels' own stability is measured on the same images
+and recorded (`stability`: D9 IoU of two fp32 runs with different noise), a quality figure of the store. Models and inputs are channels_last on every device, and
 each model's input layer stays fp32 (`prepare_classifier`).
 """
 
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from pssl import store
+from pssl.classes import columns, run_space
 from pssl.data.shard_images import ShardBatches
 from pssl.device import allocation, native_bf16, resolve_device
 from pssl.explain.chunking import resolve_chunks
@@ -39,10 +46,11 @@ from pssl.time_limit import TimeLimit
 log = logging.getLogger(__name__)
 
 
-def config_hash(settings: ExplainSettings, zoo_records: list[dict], zoo_paths: list[str]) -> str:
-    """What decides the store's content: parameters, and each classifier's identity and file size."""
+def config_hash(settings: ExplainSettings, zoo_records: list[dict], zoo_paths: list[str], classes: list[str]) -> str:
+    """What decides the store's content: parameters, each classifier's identity and file size, the classes."""
     ident = [(r["name"], r["arch"], Path(p).stat().st_size) for r, p in zip(zoo_records, zoo_paths)]
-    return hashlib.sha256(json.dumps([output_identity(settings), ident], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([output_identity(settings), ident, classes], sort_keys=True).encode()
+                          ).hexdigest()[:16]
 
 
 def noise_seed(seed: int, first_image_id: int) -> int:
@@ -51,11 +59,11 @@ def noise_seed(seed: int, first_image_id: int) -> int:
 
 def explain_targets(scorers: list[TargetScore], images: torch.Tensor, class_idx: torch.Tensor,
                     mode: str) -> torch.Tensor:
-    """One target per image for every model: the label ('class'), or the zoo's top-1 ('top1', and for
-    unlabelled rows, class_idx -1)."""
+    """One target per image, a class of the run's space (the scorers' columns): the label ('class'), or the
+    zoo's top-1 ('top1', and for unlabelled rows, class_idx -1)."""
     if mode == "class" and bool((class_idx >= 0).all()):
         return class_idx
-    predicted = ensemble_softmax([s.classifier for s in scorers], images).argmax(dim=1)
+    predicted = ensemble_softmax([s.classifier for s in scorers], images, [s.columns for s in scorers]).argmax(dim=1)
     return predicted if mode == "top1" else torch.where(class_idx < 0, predicted, class_idx)
 
 
@@ -91,24 +99,42 @@ def d9_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((nine_a & nine_b).sum()) / max(int((nine_a | nine_b).sum()), 1)
 
 
+def explain_seeded(scorers: list[TargetScore], images: torch.Tensor, targets: torch.Tensor,
+                   settings: ExplainSettings, chunks: list[int], seed: int, bf16: bool = False) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return explain_batch(scorers, images, targets, settings, bf16, chunks)[0]
+
+
 def check_bf16(scorers: list[TargetScore], images: torch.Tensor, targets: torch.Tensor, settings: ExplainSettings,
                chunks: list[int], seed: int) -> dict:
     """Explain `images` in fp32 and in bf16 with identical noise; bf16 passes if the D9 IoU is >= 0.98."""
-    deciles = {}
-    for bf16 in (False, True):
-        torch.manual_seed(seed)
-        deciles[bf16] = explain_batch(scorers, images, targets, settings, bf16, chunks)[0]
-    iou = d9_iou(deciles[False], deciles[True])
+    fp32, bf16 = (explain_seeded(scorers, images, targets, settings, chunks, seed, bf16) for bf16 in (False, True))
+    iou = d9_iou(fp32, bf16)
     return {"images": images.shape[0], "d9_iou": round(iou, 4), "min_d9_iou": BF16_MIN_D9_IOU,
-            "decile_agreement": round(float((deciles[False] == deciles[True]).float().mean()), 4),
+            "decile_agreement": round(float((fp32 == bf16).float().mean()), 4),
             "passed": iou >= BF16_MIN_D9_IOU}
+
+
+STABILITY_IMAGES = 8  # two extra explanations of this many images per store: a figure, not a benchmark
+
+
+def measure_stability(scorers: list[TargetScore], images: torch.Tensor, targets: torch.Tensor,
+                      settings: ExplainSettings, chunks: list[int], seeds: tuple[int, int], bf16: bool) -> dict:
+    """D9 IoU of two explanations of the same images with different noise: how far SmoothGrad's sampling alone
+    moves the pseudo labels (at the store's own precision and samples)."""
+    images, targets = images[:STABILITY_IMAGES], targets[:STABILITY_IMAGES]
+    a, b = (explain_seeded(scorers, images, targets, settings, chunks, seed, bf16) for seed in seeds)
+    return {"images": images.shape[0], "d9_iou": round(d9_iou(a, b), 4),
+            "decile_agreement": round(float((a == b).float().mean()), 4)}
 
 
 def decide_speed(scorers: list[TargetScore], names: list[str], images: torch.Tensor, class_idx: torch.Tensor,
                  settings: ExplainSettings, seed: int, known: dict) -> dict:
-    """Precision and per-model chunks for this store: `known` (a resumed store's attrs) or decided on `images`."""
+    """Precision and per-model chunks for this store, and the labels' stability: `known` (a resumed store's
+    attrs) or decided and measured on `images`."""
+    keys = ("precision_used", "precision_check", "sample_chunks", "stability")
     if "precision_used" in known and "sample_chunks" in known:
-        return {k: known[k] for k in ("precision_used", "precision_check", "sample_chunks") if k in known}
+        return {k: known[k] for k in keys if k in known}
     dev = images.device
     targets = explain_targets(scorers, images, class_idx, settings.target)
     budget = settings.memory_budget_gb
@@ -127,6 +153,11 @@ def decide_speed(scorers: list[TargetScore], names: list[str], images: torch.Ten
         decision["precision_check"] = check
         if check["passed"]:
             decision.update(precision_used="bf16", sample_chunks=resolve(True))
+    decision["stability"] = measure_stability(
+        scorers, images, targets, settings, [decision["sample_chunks"][n]["chunk"] for n in names],
+        (seed, seed + 1), decision["precision_used"] == "bf16")
+    log.info(f"label stability: D9 IoU {decision['stability']['d9_iou']} between two noise draws on "
+             f"{decision['stability']['images']} images")
     return decision
 
 
@@ -153,12 +184,13 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
     dev = resolve_device(device)
     frame, meta = read_table(shard)
     root = Path(meta["root"])
-    scorers, records = [], []
-    for path in zoo_paths:
-        model, record = load_classifier(path, dev)
-        scorers.append(TargetScore(prepare_classifier(model), settings.output))
-        records.append(record)
-    digest = config_hash(settings, records, zoo_paths)
+    loaded = [load_classifier(path, dev) for path in zoo_paths]
+    records = [record for _, record in loaded]
+    classes = run_space(meta["classes"], records, use_labels=settings.target == "class")
+    scorers = [TargetScore(prepare_classifier(model), settings.output,
+                           columns(classes, record["classes"], f"classifier {record['name']!r}")).to(dev)
+               for model, record in loaded]
+    digest = config_hash(settings, records, zoo_paths, classes)
     partial = out.with_name(f".{out.name}.partial")
     group = None
     if partial.exists():
@@ -173,7 +205,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
     if group is None:
         shutil.rmtree(partial, ignore_errors=True)
         attrs = {"models": [{"name": r["name"], "arch": r["arch"], "source": r["source"]} for r in records],
-                 "smoothgrad": output_identity(settings), "config_hash": digest,
+                 "classes": classes, "smoothgrad": output_identity(settings), "config_hash": digest,
                  "explained_output": "softmax probability of the target class" if settings.output == "prob"
                  else "logit of the target class",
                  # InterpretDL resizes the short side to 224 and keeps the aspect ratio; squashing keeps one

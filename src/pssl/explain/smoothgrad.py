@@ -20,17 +20,21 @@ from pssl.explain.deciles import minmax_normalize
 
 
 class TargetScore(nn.Module):
-    """The explained output of a [0, 1]-input classifier: softmax probabilities (paper) or logits."""
+    """The explained output of a [0, 1]-input classifier on the run's classes: softmax probabilities (paper;
+    the softmax spans all the classifier's outputs) or logits, column k being the classifier's output for the
+    run's class k (`columns`, pssl.classes.columns; None: the classifier's own outputs are the run's classes)."""
 
-    def __init__(self, classifier: nn.Module, output: str = "prob"):
+    def __init__(self, classifier: nn.Module, output: str = "prob", columns: torch.Tensor | None = None):
         super().__init__()
         if output not in ("prob", "logit"):
             raise ValueError(f"explain output must be 'prob' or 'logit', got {output!r}")
         self.classifier, self.output = classifier, output
+        self.register_buffer("columns", None if columns is None else torch.as_tensor(columns, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(x).float()
-        return logits.softmax(dim=1) if self.output == "prob" else logits
+        scores = logits.softmax(dim=1) if self.output == "prob" else logits
+        return scores if self.columns is None else scores[:, self.columns]
 
 
 class FullPrecision(nn.Module):

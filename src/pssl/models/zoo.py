@@ -2,9 +2,10 @@
 
 Each zoo entry is saved as `zoo/<name>.pt` in one format whatever its source, so the explain stage loads
 every classifier the same way:
-  {"name", "arch", "kwargs", "num_classes", "mean", "std", "source", "state_dict"}
-Sources: `timm` (pretrained ImageNet weights from timm's cache; no network on compute nodes) and
-`train` (trained from scratch on the indexed classification set: the demo).
+  {"name", "arch", "kwargs", "num_classes", "classes", "mean", "std", "source", "state_dict"}
+`classes` names the outputs in order (pssl.classes). Sources: `timm` (pretrained ImageNet weights from timm's
+cache; no network on compute nodes) and `train` (trained from scratch on the indexed classification set: the
+demo).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pssl.classes import timm_classes
 from pssl.data.images import UnreadableImage, load_square
 from pssl.device import resolve_device
 from pssl.io import atomic_file
@@ -67,17 +69,21 @@ def _data_config(model: nn.Module) -> tuple[list[float], list[float]]:
     return list(cfg["mean"]), list(cfg["std"])
 
 
-def save_classifier(path, spec: ClassifierSpec, model: nn.Module, num_classes: int, source: str) -> None:
+def save_classifier(path, spec: ClassifierSpec, model: nn.Module, classes: list[str], source: str) -> None:
+    """`classes`: the wnid of each output, in order."""
+    if len(classes) != model.num_classes:
+        raise ValueError(f"{spec.name}: {len(classes)} class names for {model.num_classes} outputs")
     mean, std = _data_config(model)
     with atomic_file(path) as tmp:
-        torch.save({"name": spec.name, "arch": spec.arch, "kwargs": spec.kwargs, "num_classes": num_classes,
-                    "mean": mean, "std": std, "source": source, "state_dict": model.state_dict()}, tmp)
+        torch.save({"name": spec.name, "arch": spec.arch, "kwargs": spec.kwargs, "num_classes": len(classes),
+                    "classes": list(classes), "mean": mean, "std": std, "source": source,
+                    "state_dict": model.state_dict()}, tmp)
 
 
 def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Normalized, dict]:
     """A frozen, eval-mode classifier taking [0, 1] pixels, and its zoo record (without weights)."""
     import timm
-    record = torch.load(path, map_location="cpu", weights_only=False)
+    record = torch.load(path, map_location="cpu", weights_only=True)  # plain data: never runs code from a file
     model = timm.create_model(record["arch"], pretrained=False, num_classes=record["num_classes"],
                               **record["kwargs"])
     model.load_state_dict(record.pop("state_dict"))
@@ -88,9 +94,13 @@ def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Normalize
 
 
 @torch.no_grad()
-def ensemble_softmax(classifiers: list[nn.Module], images: torch.Tensor) -> torch.Tensor:
-    """Mean softmax of [0, 1]-input classifiers on clean images: the zoo as one teacher. (B, K)."""
-    return torch.stack([c(images).float().softmax(dim=1) for c in classifiers]).mean(0)
+def ensemble_softmax(classifiers: list[nn.Module], images: torch.Tensor,
+                     columns: list[torch.Tensor | None]) -> torch.Tensor:
+    """Mean softmax of [0, 1]-input classifiers on clean images, on the run's K classes: the zoo as one
+    teacher. Each classifier's softmax spans all its outputs; `columns[i]` picks its outputs of the K classes
+    (pssl.classes.columns; None: all, in order), so classifiers with other class lists agree by name. (B, K)."""
+    probs = [c(images).float().softmax(dim=1) for c in classifiers]
+    return torch.stack([p if cols is None else p[:, cols] for p, cols in zip(probs, columns)]).mean(0)
 
 
 def weights_missing_message(arch: str, cache_dir) -> str:
@@ -115,14 +125,16 @@ def zoo_from_timm(spec: ClassifierSpec, out, cache_dir: str | None) -> dict:
         model = timm.create_model(spec.arch, pretrained=True, cache_dir=cache_dir, **spec.kwargs)
     except Exception as e:  # timm raises several kinds (OSError, LocalEntryNotFoundError, RuntimeError)
         raise RuntimeError(weights_missing_message(spec.arch, cache_dir) + f" (timm said: {e})") from None
-    save_classifier(out, spec, model, model.num_classes, "timm")
-    record = {"name": spec.name, "arch": spec.arch, "source": "timm", "num_classes": model.num_classes}
+    classes = timm_classes(model)
+    save_classifier(out, spec, model, classes, "timm")
+    record = {"name": spec.name, "arch": spec.arch, "source": "timm", "num_classes": len(classes),
+              "classes": f"{len(classes)} wnids, {classes[0]} .. {classes[-1]} (timm's ImageNet metadata)"}
     Path(out).with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def load_labelled_images(index_path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """All labelled, readable images of the index at image_size^2: (uint8 N x 3 x S x S, labels, K)."""
+def load_labelled_images(index_path, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """All labelled, readable images of the index at image_size^2: (uint8 N x 3 x S x S, labels, classes)."""
     frame, meta = read_table(index_path)
     frame = frame[frame["class_idx"] >= 0]
     images, labels = [], []
@@ -133,7 +145,7 @@ def load_labelled_images(index_path, image_size: int) -> tuple[torch.Tensor, tor
             continue  # the explain stage records unreadable files; training just skips them
         images.append(torch.from_numpy(rgb).permute(2, 0, 1))
         labels.append(int(label))
-    return torch.stack(images), torch.tensor(labels), len(meta["classes"])
+    return torch.stack(images), torch.tensor(labels), list(meta["classes"])
 
 
 def split_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +189,8 @@ def zoo_from_scratch(spec: ClassifierSpec, index_path, out, settings: ZooSetting
     start = time.monotonic()
     epochs, batch_size, lr, seed = settings.epochs, settings.batch_size, settings.lr, settings.seed
     image_size = spec.image_size or settings.image_size
-    images, labels, num_classes = load_labelled_images(index_path, image_size)
+    images, labels, classes = load_labelled_images(index_path, image_size)
+    num_classes = len(classes)
     train_idx, held_idx = split_holdout(labels, settings.holdout, seed)
     torch.manual_seed(seed)
     net = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, **spec.kwargs)
@@ -206,7 +219,7 @@ def zoo_from_scratch(spec: ClassifierSpec, index_path, out, settings: ZooSetting
         log.info(f"{spec.name}: epoch {epoch + 1}/{epochs} loss {total / len(order):.3f}, "
                  f"{time.monotonic() - start:.1f} s")
     acc = accuracy(model, images[held_idx], labels[held_idx], dev)
-    save_classifier(out, spec, net.cpu(), num_classes, "train")
+    save_classifier(out, spec, net.cpu(), classes, "train")
     record = {"name": spec.name, "arch": spec.arch, "kwargs": spec.kwargs, "source": "train",
               "num_classes": num_classes, "image_size": image_size, "epochs": epochs,
               "train_images": len(train_idx), "heldout_images": len(held_idx), "heldout_accuracy": acc,

@@ -16,7 +16,7 @@ from pssl.eval.classify import load_model
 from pssl.eval.inference import predict
 from pssl.io import atomic_file
 from pssl.report.figures import class_names
-from pssl.tables import read_table
+from pssl.tables import read_meta
 
 BACKGROUND = (0.25, 0.25, 0.25)
 
@@ -37,11 +37,10 @@ def figure3(model_path: str, dataset: str, root: str, index: str, out: str | Pat
     from matplotlib.patches import Patch
 
     dev = resolve_device(device)
-    model, kind, _ = load_model(model_path, dev, 0)
+    model, kind, _, wnids = load_model(model_path, dev, 0)  # the classes it was pre-trained on
     if kind != "segmenter":
         raise ValueError(f"{model_path}: Figure 3 needs a pre-trained segmentation model (pretrain/.../final.pt)")
-    meta = read_table(index)[1]
-    wnids, names = meta["classes"], class_names(meta["root"])
+    names = class_names(read_meta(index)["root"])  # only for the short names beside the wnids
     labels = [names.get(w, w) for w in wnids]
     colours = np.vstack([class_colours(len(wnids)), BACKGROUND])
     data = SegmentationSet(dataset, root, "val")

@@ -69,7 +69,8 @@ def read_image(group, row: int, with_models: bool = False) -> StoredImage:
     frame, meta = shard_table(group.attrs["shard_table"])
     rgb = load_rgb(Path(meta["root"]) / frame["relpath"].iloc[row])
     target = int(group["target"][row])
-    wnid = meta["classes"][target] if 0 <= target < len(meta.get("classes", [])) else f"class {target}"
+    classes = group.attrs.get("classes", [])  # what `target` numbers (pssl.classes)
+    wnid = classes[target] if 0 <= target < len(classes) else f"class {target}"
     name = class_names(meta["root"]).get(wnid, wnid)
     models = []
     if with_models and "model_deciles" in group:

@@ -2,7 +2,8 @@
 the D9 label maps (eq. 3) or, with label_mode fused, on PseudoSeg's fused soft labels (pssl.train.fusion).
 
 Runs as one process, under torchrun (one node) or under srun (one task per GPU across nodes); see
-pssl.train.distributed. Output: <out_dir>/final.pt = {"model", "config", "kind": "pssl-pretrain"}.
+pssl.train.distributed. Output: <out_dir>/final.pt = {"model", "config", "kind": "pssl-pretrain"}; the config's
+`classes` names output k < K (the label tables' classes, pssl.classes), output K is background.
 """
 
 from __future__ import annotations
@@ -19,13 +20,25 @@ from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from
 from pssl.settings import PretrainSettings, TrainSettings, output_identity
-from pssl.tables import read_table
+from pssl.tables import read_meta
 from pssl.time_limit import TimeLimit
 from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import Fusion, fit
 from pssl.train.losses import class_weights
 
 log = logging.getLogger(__name__)
+
+
+def label_classes(labels: list[str]) -> list[str]:
+    """The pre-training class space: the label tables' `classes`, the same in every table."""
+    classes = read_meta(labels[0]).get("classes")
+    if not classes:
+        raise ValueError(f"{labels[0]} names no classes (written by an older version): rerun the label jobs")
+    for path in labels[1:]:
+        if read_meta(path).get("classes") != classes:
+            raise ValueError(f"{path} numbers other classes than {labels[0]}: the label tables of one "
+                             f"pre-training must share one class space (rerun the label jobs)")
+    return classes
 
 
 def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head: str, backbone: str,
@@ -35,7 +48,8 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     out_dir = Path(out_dir)
     s = settings
     torch.manual_seed(train.seed)
-    num_classes = read_table(labels[0])[1]["num_classes"]  # K: the teacher's (= classifiers') classes
+    classes = label_classes(labels)
+    num_classes = len(classes)  # K
     fused = s.label_mode == "fused"
     dataset = PseudoLabelDataset(stores, labels, num_classes, s.crop, s.decile_threshold, s.ignore_deciles,
                                  train.seed, s.pad_label, s.images, fused, s.fusion_prior, s.cutout)
@@ -56,6 +70,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     final = out_dir / "final.pt"
     if info.main:
         config = {"head": head, "backbone": backbone, "num_classes": num_classes + 1, "background": num_classes,
+                  "classes": classes,
                   "crop": s.crop, "pad_label": s.pad_label, "backbone_init": init, "w_bg": s.w_bg,
                   "decile_threshold": s.decile_threshold, "ignore_deciles": list(s.ignore_deciles),
                   "images": len(dataset), "label_mode": s.label_mode,
