@@ -40,6 +40,7 @@ include: "workflow/rules/explain.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/selftrain.smk"
+include: "workflow/rules/sanity.smk"
 
 
 rule all:

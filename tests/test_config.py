@@ -11,10 +11,13 @@ from snakemake.utils import update_config
 from conftest import REPO, run_snakemake
 from pssl.cluster import (
     explain_minutes,
+    indexed_images,
+    label_minutes,
     measured_vs_estimated,
     rows_or_bound,
     runtime_minutes,
     train_minutes,
+    work_minutes,
     zoo_minutes,
 )
 from pssl.config import ConfigError, check_config, check_data_roots, typed_cli_config, validate_config
@@ -160,6 +163,39 @@ def test_runtime_estimates_against_their_formulas():
     assert zoo_minutes(demo, 192) == 31          # 192 x 5 x (48/256)^2 / 6000 = 0.0056; + 30
     paper["cluster"]["runtime_scale"] = 2.5
     assert explain_minutes(paper) == 197         # 2.5 x 78.75 = 196.9
+
+
+def test_start_up_allowance_work_terms_and_the_slice_bound(tmp_path):
+    """cluster.startup_min is a training job's allowance (explain: half, labels: a third); work_minutes is
+    the rest of the estimate at scale 1; before the index exists, an imagenet_subset bounds the images."""
+    paper = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
+    paper["results"] = str(tmp_path)
+    paper["cluster"]["startup_min"] = 10
+    assert explain_minutes(paper) == 69          # 5 + 63.75
+    assert label_minutes(paper) == 69 // 5 + 3
+    assert train_minutes(paper, 1_281_167, 30, 256, 8) == 1212   # 10 + 1201.09
+    assert work_minutes(paper, "explain_shard", {"shard": "shard-00000"}) == pytest.approx(63.75)
+    assert work_minutes(paper, "label_shard", {"shard": "shard-00000"}) == pytest.approx(63.75 / 5)
+    assert work_minutes(paper, "pretrain", {"model": "pspnet_resnet50d", "variant": "main"}) == \
+        pytest.approx(1.5 * 1_281_167 * 30 / (6000 * 8))
+    assert work_minutes(paper, "zoo_model", {"classifier": "resnet50.a1_in1k"}) is None  # timm: a constant 20
+    assert indexed_images(paper) == 1_281_167
+    paper["imagenet_subset"] = {"classes": 100, "images_per_class": 50}
+    assert indexed_images(paper) == 5000
+    paper["imagenet_subset"] = {"classes": 100, "images_per_class": 0}
+    assert indexed_images(paper) == 130_000     # ImageNet's largest class: 1300 images
+
+
+def test_a_slice_of_more_classes_than_the_tree_has_is_refused(tmp_path):
+    cfg = demo_config()
+    for wnid in ("n01", "n02"):
+        (tmp_path / wnid).mkdir()
+    cfg["imagenet_root"] = str(tmp_path)
+    cfg["imagenet_subset"] = {"classes": 2, "images_per_class": 0}
+    check_data_roots(cfg)
+    cfg["imagenet_subset"]["classes"] = 3
+    with pytest.raises(ConfigError, match=f"imagenet_subset.classes: 3 classes asked for, {tmp_path} has 2 class"):
+        check_data_roots(cfg)
 
 
 def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_path):

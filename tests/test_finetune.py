@@ -170,22 +170,26 @@ def test_flip_and_scales_average_probabilities_mapped_back_to_the_image():
     assert torch.equal(predict(model, image, 4, scales=(0.5, 1.0)), (half + plain).argmax(1)[0])
 
 
-def test_pssl_init_loads_everything_but_the_class_layers(tmp_path):
+# pretrained classes 5: the class layers stay fresh even where the checkpoint's would fit
+@pytest.mark.parametrize(("pretrained_classes", "transfer"), [(11, "full"), (5, "full"), (11, "backbone")])
+def test_pssl_init_loads_everything_but_the_class_layers(tmp_path, pretrained_classes, transfer):
     torch.manual_seed(0)
-    pretrained = build_segmenter("pspnet", "test_resnet", 11)
+    pretrained = build_segmenter("pspnet", "test_resnet", pretrained_classes)
     path = tmp_path / "final.pt"
     torch.save({"model": pretrained.state_dict(), "config": {"head": "pspnet", "backbone": "test_resnet"}}, path)
     torch.manual_seed(1)
     model = build_segmenter("pspnet", "test_resnet", 5)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    init_from_pretrained(model, str(path))
+    init_from_pretrained(model, str(path), transfer)
     state, source = model.state_dict(), pretrained.state_dict()
     classifier = {"head.classifier.weight", "head.classifier.bias", "head.aux.2.weight", "head.aux.2.bias"}
     for k in state:
-        if k in classifier:
-            assert torch.equal(state[k], fresh[k]) and state[k].shape[0] == 5, k
+        if k in classifier or (transfer == "backbone" and k.startswith("head.")):
+            assert torch.equal(state[k], fresh[k]) and (k not in classifier or state[k].shape[0] == 5), k
         else:
+            assert k.startswith("backbone." if transfer == "backbone" else ""), k
             assert torch.equal(state[k], source[k]), k
+    assert any(k.startswith("head.") and k not in classifier for k in state)
     with pytest.raises(ValueError, match="not a deeplabv3"):
         init_from_pretrained(build_segmenter("deeplabv3", "test_resnet", 5), str(path))
 

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from pssl.data.imagenet import build_index, scan_imagenet
+from pssl.settings import IndexSettings
 from pssl.shards import list_shards, write_shards
 from pssl.tables import read_table
 
@@ -61,6 +62,28 @@ def test_index_of_demo_tree_with_metadata(tiny_demo, tmp_path):
     assert list(frame.columns) == ["image_id", "relpath", "wnid", "class_idx"]
     assert len(frame) == 18 and sorted(frame["class_idx"].unique()) == [0, 1, 2]
     assert meta["classes"] == sorted(frame["wnid"].unique()) and meta["root"].endswith("imagenet/train")
+
+
+def test_a_slice_spreads_its_classes_and_takes_the_first_images(tmp_path):
+    """imagenet_subset (the pilot): every n/classes-th sorted folder, the first images by file name, no loose
+    files; classes and positions are the slice's own, as for a tree of symlinks to the same files."""
+    root = make_tree(tmp_path / "train", [f"n{c:02d}/{c}_{i}.JPEG" for c in range(10) for i in range(4)] +
+                     ["loose.JPEG"])
+    frame, classes = scan_imagenet(root, subset=IndexSettings(classes=5, images_per_class=2))
+    assert classes == ["n00", "n02", "n04", "n06", "n08"]
+    assert frame["relpath"].tolist()[:4] == ["n00/0_0.JPEG", "n00/0_1.JPEG", "n02/2_0.JPEG", "n02/2_1.JPEG"]
+    assert len(frame) == 10 and frame["class_idx"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    capped, all_classes = scan_imagenet(root, subset=IndexSettings(images_per_class=1))
+    assert len(all_classes) == 10 and len(capped) == 11 and "loose.JPEG" in capped["relpath"].tolist()
+    assert scan_imagenet(root, subset=IndexSettings(classes=10))[0]["relpath"].tolist() == \
+        [r for r in scan_imagenet(root)[0]["relpath"] if r != "loose.JPEG"]  # all folders, no loose file
+    with pytest.raises(ValueError, match="asks for 11 classes, the tree has 10 class folders"):
+        scan_imagenet(root, subset=IndexSettings(classes=11))
+    build_index(root, tmp_path / "index.parquet", subset=IndexSettings(classes=5, images_per_class=2))
+    meta = read_table(tmp_path / "index.parquet")[1]
+    assert meta["classes"] == classes and meta["subset"] == {"classes": 5, "images_per_class": 2}
+    build_index(root, tmp_path / "whole.parquet")
+    assert "subset" not in read_table(tmp_path / "whole.parquet")[1]
 
 
 @pytest.mark.parametrize("n, size, expected", [(10, 3, [3, 3, 3, 1]), (9, 3, [3, 3, 3]), (2, 5, [2])])

@@ -11,9 +11,11 @@ import yaml
 from conftest import REPO, run_snakemake
 from paper_trees import fake_downstream, fake_imagenet
 from pssl.config import validate_config
+from pssl.tables import read_table
 
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))
 PAPER = REPO / "presets/paper.yaml"
+PILOT = REPO / "presets/pilot.yaml"
 DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
 ALL_SPLITS = {"camvid": ("train", "val", "test"), "voc_aug": ("train", "val"), "pascal_context": ("train", "val"),
               "ade20k": ("train", "val"), "cityscapes": ("train", "val")}
@@ -54,6 +56,100 @@ def test_preset_dry_runs(preset, trees, tmp_path):
     counts, out = plan(tmp_path, preset, trees)
     assert counts["finetune"] > 0 and counts["report"] == 1
     assert not (tmp_path / "results").exists()
+
+
+def gpu_minutes(dry_run: str) -> dict[str, list[int]]:
+    """Per rule, each planned job's runtime x GPUs (minutes) from a dry run's printed resources: what the
+    jobs would ask SLURM for (runtime: pssl.cluster.runtime_minutes)."""
+    jobs: dict[str, list[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:\n)", dry_run)[1:]:
+        rule = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block).group(1)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        values = dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {}
+        gpus = int(values.get("gpu", 0)) or int(values.get("gres", "gpu:0").split(":")[1]) * int(values.get("nodes", 1))
+        jobs.setdefault(rule, []).append(int(values.get("runtime", 0)) * gpus)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def pilot_tree(tmp_path_factory):
+    """1000 class folders of 50 empty images: every 10th folder's 50 are the pilot's slice."""
+    return fake_imagenet(tmp_path_factory.mktemp("pilot") / "train", 50)
+
+
+def test_pilot_plans_the_slice_within_two_gpu_hours(pilot_tree, trees, tmp_path):
+    """The pilot: 100 classes x 50 images (one paper-sized shard), 3 classifiers + PSPNet's init, one
+    pre-training, CamVid x 2 inits x 2 lrs, the sanity page; by the workflow's own runtime estimates at most
+    2 GPU-hours: explain 18 + labels 6 + pre-training 13 + 4 fine-tunes x 20 = 117 GPU-minutes."""
+    pilot = yaml.safe_load(PILOT.read_text())
+    args = ("--config", f"imagenet_root={pilot_tree}", f"downstream_root={trees[1]}")
+
+    def planned():
+        proc = run_snakemake(tmp_path, "-n", "-p", "--configfile", str(PILOT), *args)
+        stats = proc.stdout[proc.stdout.index("Job stats:"):]
+        return Counter({r: int(n) for r, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M) if r != "total"}), \
+            proc.stdout
+
+    common = dict(fill_weights_cache=1, zoo_model=4, pretrain=1, finetune=4, select_lr=2, table3=1, figure3=1,
+                  sanity=1, report=1, all=1)
+    counts, before = planned()
+    assert counts == Counter(index_images=1, shard_index=1, **common)
+    run_snakemake(tmp_path, "stage_shards", "--configfile", str(PILOT), *args)
+    index, meta = read_table(tmp_path / "results/pilot/index.parquet")
+    assert len(index) == 5000 and meta["classes"] == [f"n{c:08d}" for c in range(0, 1000, 10)]
+    counts, after = planned()
+    assert counts == Counter(explain_shard=1, label_shard=1, **common)
+
+    minutes = gpu_minutes(after)
+    assert gpu_minutes(before)["pretrain"] == minutes["pretrain"]  # the slice's size bounds it before indexing
+    per_rule = {rule: sum(jobs) for rule, jobs in minutes.items() if sum(jobs)}
+    assert per_rule == {"explain_shard": 18, "label_shard": 6, "pretrain": 13, "finetune": 4 * 20}
+    assert sum(per_rule.values()) <= 2 * 60
+    assert all(sum(jobs) == 0 for rule, jobs in minutes.items() if rule == "zoo_model")  # timm weights: CPU
+
+    commands = [line.removeprefix("Shell command: ") for line in after.splitlines() if " -m pssl " in line]
+    (index_cmd,) = [c for c in before.splitlines() if "pssl index" in c]
+    assert "--classes 100 --images-per-class 50" in index_cmd
+    (explain,) = [c for c in commands if "pssl explain" in c]
+    for flag in ("--image-size 224", "--n-samples 50", "--noise-level 0.1 ", "--target class"):
+        assert flag in explain
+    assert explain.count("results/pilot/zoo/") == len(pilot["zoo"]["models"]) == 3
+    (pretrain,) = [c for c in commands if "pssl pretrain" in c]
+    assert pretrain.startswith("python -m pssl pretrain") and "--epochs 2 " in pretrain and "--crop 256" in pretrain
+    finetune = [c for c in commands if "pssl finetune" in c]
+    assert sorted(re.search(r" --lr (\S+)", c).group(1) for c in finetune) == ["0.001", "0.001", "0.01", "0.01"]
+    assert all("--dataset camvid " in c and "--epochs 30 " in c and "--eval-split test" in c for c in finetune)
+    (sanity,) = [c for c in commands if "pssl sanity" in c]
+    assert "--stores results/pilot/explain/shard-00000.zarr" in sanity and "--min-stability-iou 0.3" in sanity
+    (report,) = [c for c in commands if "pssl report" in c]
+    assert "--sanity results/pilot/report/sanity.csv" in report
+
+
+def test_pilot_differs_from_the_paper_only_where_it_says_why():
+    """Every setting of the pilot that is not the paper's has a '# Pilot: <why>' comment right above it."""
+    paper, pilot = yaml.safe_load(PAPER.read_text()), yaml.safe_load(PILOT.read_text())
+    lines = PILOT.read_text().splitlines()
+
+    def line_of(key: tuple[str, ...]) -> int:
+        row = next(i for i, line in enumerate(lines) if line.startswith(f"{key[0]}:"))
+        if len(key) == 2:
+            row = next(i for i in range(row + 1, len(lines)) if re.match(rf"\s+{re.escape(key[1])}:", lines[i]))
+        return row
+
+    # top-level keys, and the keys of block sections one level down (flow mappings count as one value)
+    differing = []
+    for top, value in pilot.items():
+        block = isinstance(value, dict) and any(line == f"{top}:" for line in lines)
+        for key, v in (((top, k), v) for k, v in value.items()) if block else [((top,), value)]:
+            reference = paper[key[0]] if len(key) == 1 else paper[key[0]].get(key[1])
+            if v != reference:
+                differing.append(key)
+    assert {k[-1] for k in differing} >= {"results", "imagenet_subset", "models", "init_only", "epochs",
+                                         "gpus_per_node", "datasets", "lr_grid", "enabled", "startup_min"}
+    for key in differing:
+        row = line_of(key)
+        above = [line.strip() for line in lines[max(0, row - 4):row] if line.strip().startswith("#")]
+        assert any(c.startswith("# Pilot") for c in above), f"{'.'.join(key)}: no '# Pilot: why' comment above it"
 
 
 def test_paper_preset_with_segmentation_teachers(trees, tmp_path):

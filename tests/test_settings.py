@@ -11,23 +11,30 @@ from pssl.settings import (
     DemoSettings,
     ExplainSettings,
     FinetuneSettings,
+    IndexSettings,
     LabelSettings,
     PretrainSettings,
+    SanitySettings,
     TrainSettings,
     ZooSettings,
     demo_settings,
     explain_settings,
     finetune_settings,
+    index_settings,
     label_settings,
     pretrain_settings,
+    sanity_settings,
     settings_flags,
     settings_from_args,
     zoo_settings,
 )
 
-CONFIGS = {"demo": REPO / "config.yaml", "paper": REPO / "presets/paper.yaml", "tiny": TINY}
+CONFIGS = {"demo": REPO / "config.yaml", "paper": REPO / "presets/paper.yaml", "pilot": REPO / "presets/pilot.yaml",
+           "tiny": TINY}
 REQUIRED = {  # each command's arguments that are not settings
     "demo-data": "--out x",
+    "index": "--root r --out x",
+    "sanity": "--index i --config c --out x",
     "zoo": "--spec r --source train --out x",
     "explain": "--shard s --zoo z --out x",
     "label": "--shard s --store t --zoo z --out x",
@@ -45,7 +52,8 @@ def parsed(command: str, flags: str, *classes):
 def test_config_to_flags_to_cli_round_trip(name):
     """What the rules pass is exactly what the library receives, for every stage of every shipped config."""
     config = yaml.safe_load(CONFIGS[name].read_text())
-    stages = [("zoo", (zoo_settings(config),)), ("explain", (explain_settings(config),)),
+    stages = [("index", (index_settings(config),)), ("sanity", (sanity_settings(config),)),
+              ("zoo", (zoo_settings(config),)), ("explain", (explain_settings(config),)),
               ("label", (label_settings(config),)), ("pretrain", pretrain_settings(config))]
     if config["demo"]["enabled"]:
         stages.append(("demo-data", (demo_settings(config),)))
@@ -70,7 +78,8 @@ def test_settings_carry_the_config_values():
 
 def test_cli_defaults_are_the_dataclass_defaults_and_documented():
     """Calling `pssl` by hand gets the settings classes' defaults, and --help shows each with its default."""
-    for command, classes in (("demo-data", (DemoSettings,)), ("zoo", (ZooSettings,)),
+    for command, classes in (("demo-data", (DemoSettings,)), ("index", (IndexSettings,)),
+                             ("sanity", (SanitySettings,)), ("zoo", (ZooSettings,)),
                              ("explain", (ExplainSettings,)), ("label", (LabelSettings,)),
                              ("pretrain", (PretrainSettings, TrainSettings)),
                              ("finetune", (FinetuneSettings, TrainSettings))):

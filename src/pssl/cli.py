@@ -10,14 +10,16 @@ import sys
 
 from pssl import __version__
 from pssl.allocator import keep_freed_memory
-from pssl.models.catalog import HEAD_NAMES
+from pssl.models.catalog import HEAD_NAMES, TRANSFERS
 from pssl.settings import (
     EVAL_GEOMETRY,
     DemoSettings,
     ExplainSettings,
     FinetuneSettings,
+    IndexSettings,
     LabelSettings,
     PretrainSettings,
+    SanitySettings,
     StudentSettings,
     TeacherSettings,
     TrainSettings,
@@ -53,7 +55,7 @@ def _demo_data(a):
 
 def _index(a):
     from pssl.data.imagenet import build_index
-    build_index(a.root, a.out, labelled=not a.unlabelled)
+    build_index(a.root, a.out, labelled=not a.unlabelled, subset=settings_from_args(IndexSettings, a))
 
 
 def _shard(a):
@@ -114,7 +116,8 @@ def _pretrain(a):
     set_threads(a.threads)
     pretrain(a.stores, a.labels, a.out_dir, head=a.head, backbone=a.backbone, backbone_init=a.backbone_init,
              settings=settings_from_args(PretrainSettings, a), train=settings_from_args(TrainSettings, a),
-             device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min)
+             device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min,
+             masks_root=a.masks_root)
 
 
 def _eval_pretrain(a):
@@ -137,7 +140,7 @@ def _finetune(a):
     finetune(a.dataset, a.root, a.out_dir, head=a.head, backbone=a.backbone, init=a.init, init_from=a.init_from,
              settings=settings_from_args(FinetuneSettings, a), train=settings_from_args(TrainSettings, a),
              device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min,
-             student=student, pseudo=a.pseudo if student else ())
+             student=student, pseudo=a.pseudo if student else (), transfer=a.transfer)
 
 
 def _teacher_labels(a):
@@ -174,7 +177,16 @@ def _table3(a):
 
 def _report(a):
     from pssl.report.table3 import write_report
-    print(write_report(a.out, a.stores, a.quality, a.experiments, a.figure3))
+    print(write_report(a.out, a.stores, a.quality, a.experiments, a.figure3, a.sanity))
+
+
+def _sanity(a):
+    import yaml
+
+    from pssl.report.sanity import write_sanity
+    config = json.loads(a.config) if a.config.lstrip().startswith("{") else yaml.safe_load(open(a.config))
+    print(write_sanity(a.out, index=a.index, labels=a.labels, stores=a.stores, pretrained=a.pretrained,
+                       cells=a.cells, config=config, settings=settings_from_args(SanitySettings, a)))
 
 
 def _experiment_table(a):
@@ -229,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", required=True, help="directory holding <wnid>/<image> folders")
     s.add_argument("--out", required=True, help="index.parquet to write")
     s.add_argument("--unlabelled", action="store_true", help="ignore class folders (class_idx -1)")
+    add_settings_flags(s, IndexSettings)
     s.set_defaults(func=_index)
 
     s = sub.add_parser("shard", help="split index.parquet into contiguous shards")
@@ -296,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
     s.add_argument("--backbone", required=True, help="timm name")
     s.add_argument("--backbone-init", default=None, help="zoo/<name>.pt of the backbone's architecture")
+    s.add_argument("--masks-root", default=None,
+                   help="label source oracle: object masks as <root>/<wnid>/<image stem>.png")
     add_long_job_flags(s, distributed=True)
     add_settings_flags(s, PretrainSettings)
     add_settings_flags(s, TrainSettings)
@@ -323,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--init", required=True, choices=["imagenet", "pssl"],
                        help="imagenet: backbone from the zoo classifier; pssl: the pre-trained model")
         s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
+        s.add_argument("--transfer", default="full", choices=TRANSFERS,
+                       help="init pssl: all but the per-class layers (full, the paper's) or the backbone alone")
         s.add_argument("--out-dir", required=True,
                        help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
         add_long_job_flags(s, distributed=True)
@@ -399,7 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quality", nargs="*", default=[], help="quality CSV tables to append (demo)")
     s.add_argument("--experiments", nargs="*", default=[], help="experiment tables to include (<name>.csv)")
     s.add_argument("--figure3", default=None, help="Figure 3's PNG, to show on the page")
+    s.add_argument("--sanity", nargs="?", const=None, default=None,
+                   help="sanity.csv (pssl sanity): its checks open the page")
     s.set_defaults(func=_report)
+
+    s = sub.add_parser("sanity", help="the sanity page: each check's expected range, measured value and pass / "
+                                      "fail / missing (a pilot run's verdict before the paper run)")
+    s.add_argument("--index", required=True, help="index.parquet (the classes class_idx numbers)")
+    s.add_argument("--labels", nargs="*", default=[], help="labels/<shard>.parquet (zoo top-1)")
+    s.add_argument("--stores", nargs="*", default=[], help="explain/<shard>.zarr (targets, D9 stability)")
+    s.add_argument("--pretrained", nargs="*", default=[],
+                   help="pretrain/<model>/<variant>/final.pt (its log.csv beside it: loss falling)")
+    s.add_argument("--cells", nargs="*", default=[],
+                   help="finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json (mIoU above chance)")
+    s.add_argument("--config", required=True,
+                   help="the run's config, as JSON text or a YAML file (its results folder's benchmarks/ and "
+                        "runtime estimates)")
+    s.add_argument("--out", required=True, help="sanity.csv to write (sanity.html beside it)")
+    add_settings_flags(s, SanitySettings)
+    s.set_defaults(func=_sanity)
 
     s = sub.add_parser("experiment-table", help="one experiment's table (Tables 1, 2, 4, ablations): each "
                                                 "pre-training variant's fine-tune cells, over seeds")
@@ -470,6 +505,10 @@ EXAMPLES = {
     "select-lr": "--runs ft/lr0.01/metrics.json ft/lr0.02/metrics.json --out ft/metrics.json",
     "table3": "--cells results/finetune/*/*/*/seed*/metrics.json --out results/report",
     "report": "--out results/report --stores results/explain/*.zarr --experiments results/report/experiments/*.csv",
+    "sanity": "--index results/pilot/index.parquet --labels results/pilot/labels/*.parquet --stores "
+              "results/pilot/explain/*.zarr --pretrained results/pilot/pretrain/*/main/final.pt --cells "
+              "results/pilot/finetune/*/*/*/seed*/metrics.json --config presets/pilot.yaml "
+              "--out results/pilot/report/sanity.csv",
     "experiment-table": "--name table2 --title 'Table 2' --cells results/finetune/voc_aug/dlv3/*/seed*/metrics.json "
                         "--variants '{\"50k\": {\"images\": 50000}, \"main\": null}' --datasets voc_aug "
                         "--imagenet true "

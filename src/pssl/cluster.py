@@ -96,24 +96,47 @@ def job_resources(config: dict, memory: str, cpus: int = 1, gpus: int = 0, layou
             **({"slurm_account": c["account"]} if c["account"] else {})}
 
 
-def explain_minutes(config: dict) -> int:
+# Each estimate is runtime_scale x (a start-up allowance + a term that grows with the job's work) + 1 minute.
+# cluster.startup_min is a training job's allowance (start-up, evaluation, margin); explain and teacher jobs
+# get half of it, label jobs a third (the paper preset's 30: 30, 15 and 10 minutes).
+TRAIN_MARGIN = 1.5  # training and teacher work terms carry this factor; explain's does not
+
+
+def scaled(config: dict, minutes: float) -> int:
+    return int(config["cluster"]["runtime_scale"] * minutes) + 1
+
+
+def startup(config: dict, share: float = 1.0) -> float:
+    return config["cluster"]["startup_min"] * share
+
+
+def explain_work(config: dict) -> float:
+    """Minutes of one shard's SmoothGrad passes at the assumed throughput."""
     e = config["explain"]
     passes = config["shard_size"] * len(config["zoo"]["models"]) * (e["n_samples"] + 1) * (e["image_size"] / 224) ** 2
-    return int(config["cluster"]["runtime_scale"] * (15 + passes / EXPLAIN_FWD_BWD_PER_MIN)) + 1
+    return passes / EXPLAIN_FWD_BWD_PER_MIN
+
+
+def explain_minutes(config: dict) -> int:
+    return scaled(config, startup(config, 1 / 2) + explain_work(config))
 
 
 def label_minutes(config: dict) -> int:
     """One shard through the teacher: one forward pass per model instead of explain's n_samples + 1 with
     gradients; a fifth of explain's estimate plus start-up."""
-    return explain_minutes(config) // 5 + 10
+    return explain_minutes(config) // 5 + int(startup(config, 1 / 3))
+
+
+def train_work(images: float, epochs: int, crop: int, gpus: int) -> float:
+    """The size term of a training estimate: minutes at the assumed throughput, with the margin."""
+    return TRAIN_MARGIN * images * epochs * (crop / 256) ** 2 / (TRAIN_IMAGES_PER_MIN * gpus)
 
 
 def train_minutes(config: dict, images: int, epochs: int, crop: int, gpus: int) -> int:
-    work = images * epochs * (crop / 256) ** 2 / (TRAIN_IMAGES_PER_MIN * gpus)
-    return int(config["cluster"]["runtime_scale"] * (30 + 1.5 * work)) + 1
+    return scaled(config, startup(config) + train_work(images, epochs, crop, gpus))
 
 
-def teacher_minutes(config: dict, dataset: str, model: str) -> int:
+def teacher_work(config: dict, dataset: str, model: str) -> float:
     """One part of a pool through the teacher: every evaluation view (scales x flip) of every image, a
     forward pass at about 3x the training rate, at the evaluation's base size."""
     from pssl.data.downstream import DATASETS
@@ -122,8 +145,11 @@ def teacher_minutes(config: dict, dataset: str, model: str) -> int:
     st = config["self_training"]
     images = (st["pool_images"] or DATASETS[dataset].pool_size or POOL_IMAGES) / st["pool_shards"]
     views = len(geometry.scales) * (2 if geometry.flip else 1)
-    work = images * views * (geometry.base_size / 256) ** 2 / (3 * TRAIN_IMAGES_PER_MIN)
-    return int(config["cluster"]["runtime_scale"] * (15 + 1.5 * work)) + 1
+    return TRAIN_MARGIN * images * views * (geometry.base_size / 256) ** 2 / (3 * TRAIN_IMAGES_PER_MIN)
+
+
+def teacher_minutes(config: dict, dataset: str, model: str) -> int:
+    return scaled(config, startup(config, 1 / 2) + teacher_work(config, dataset, model))
 
 
 def zoo_minutes(config: dict, images: int) -> int:
@@ -134,37 +160,78 @@ def zoo_minutes(config: dict, images: int) -> int:
     return train_minutes(config, images, t["epochs"], t["image_size"], 1)
 
 
+IMAGENET_CLASSES = 1000
+IMAGENET_MAX_PER_CLASS = 1300  # ILSVRC-2012 train: 732 to 1300 images per class
+
+
+def subset_bound(config: dict) -> int:
+    """The most images the index can list: ImageNet's size, or the slice `imagenet_subset` asks for."""
+    s = config["imagenet_subset"]
+    return min(IMAGENET_TRAIN_IMAGES, (s["classes"] or IMAGENET_CLASSES) * (s["images_per_class"] or
+                                                                           IMAGENET_MAX_PER_CLASS))
+
+
 def indexed_images(config: dict) -> int:
-    """Images of the pre-training set: the index's rows (the shards partition it), else ImageNet's size.
-    Reads only a file that exists when the DAG is built, never a job's output, so dry runs of a partly
-    finished pipeline work."""
-    return rows_or_bound([str(Path(config["results"]) / "index.parquet")], IMAGENET_TRAIN_IMAGES)
+    """Images of the pre-training set: the index's rows (the shards partition it), else ImageNet's size (or
+    the slice's). Reads only a file that exists when the DAG is built, never a job's output, so dry runs of a
+    partly finished pipeline work."""
+    return rows_or_bound([str(Path(config["results"]) / "index.parquet")], subset_bound(config))
+
+
+def training_job(config: dict, rule: str, wildcards: dict) -> tuple[float, int, int, int]:
+    """(images per epoch, epochs, crop, GPUs) of one job of a training rule."""
+    from pssl.data.downstream import DATASETS
+    from pssl.settings import MAIN, finetune_settings, pretrain_settings
+    if rule == "zoo_model":
+        t = config["zoo"]["train"]
+        return indexed_images(config), t["epochs"], t["image_size"], 1
+    if rule == "pretrain":
+        settings, train = pretrain_settings(config, wildcards.get("variant", MAIN))
+        images = indexed_images(config)
+        images = min(settings.images, images) if settings.images else images
+        return images, train.epochs, settings.crop, train_layout(config, "pretrain").world
+    # finetune, self_train (a student's epoch: the real set + k x as many samples)
+    geometry, train = finetune_settings(config, wildcards["dataset"], wildcards["model"])
+    epoch = DATASETS[wildcards["dataset"]].train_images
+    if rule == "self_train":
+        epoch *= 1 + config["self_training"]["multiplier"]
+    return epoch, train.epochs, geometry.crop, train_layout(config, "finetune").world
+
+
+TRAINING_RULES = ("pretrain", "finetune", "self_train")
 
 
 def runtime_minutes(config: dict, rule: str, wildcards: dict) -> int:
     """The SLURM runtime estimate of one job of a heavy rule (what the rules request, what `pssl runtimes`
     compares with the measured benchmark files)."""
-    from pssl.data.downstream import DATASETS
-    from pssl.settings import MAIN, finetune_settings, pretrain_settings
     if rule == "zoo_model":
         return zoo_minutes(config, indexed_images(config))
     if rule == "explain_shard":
         return explain_minutes(config)
     if rule == "label_shard":
         return label_minutes(config)
-    if rule == "pretrain":
-        settings, train = pretrain_settings(config, wildcards.get("variant", MAIN))
-        images = indexed_images(config)
-        images = min(settings.images, images) if settings.images else images
-        return train_minutes(config, images, train.epochs, settings.crop, train_layout(config, "pretrain").world)
-    if rule in ("finetune", "self_train"):  # a student's epoch: the real set + k x as many samples
-        geometry, train = finetune_settings(config, wildcards["dataset"], wildcards["model"])
-        epoch = DATASETS[wildcards["dataset"]].train_images
-        if rule == "self_train":
-            epoch *= 1 + config["self_training"]["multiplier"]
-        return train_minutes(config, epoch, train.epochs, geometry.crop, train_layout(config, "finetune").world)
+    if rule in TRAINING_RULES:
+        return train_minutes(config, *training_job(config, rule, wildcards))
     if rule == "teacher_labels":
         return teacher_minutes(config, wildcards["dataset"], wildcards["model"])
+    raise ValueError(f"no runtime estimate for rule {rule!r}; heavy rules: {', '.join(BENCHMARKS)}")
+
+
+def work_minutes(config: dict, rule: str, wildcards: dict) -> float | None:
+    """The part of a job's estimate that grows with its work, in minutes at runtime_scale 1 (no start-up
+    allowance); None where the estimate is a constant (loading timm weights). A measured time over this is
+    the runtime_scale at which paper-sized jobs, where this part dominates, would be estimated right (an
+    upper bound: the measured time includes the start-up)."""
+    if rule == "zoo_model":
+        return None if config["zoo"]["source"] == "timm" else train_work(*training_job(config, rule, wildcards))
+    if rule == "explain_shard":
+        return explain_work(config)
+    if rule == "label_shard":
+        return explain_work(config) / 5
+    if rule in TRAINING_RULES:
+        return train_work(*training_job(config, rule, wildcards))
+    if rule == "teacher_labels":
+        return teacher_work(config, wildcards["dataset"], wildcards["model"])
     raise ValueError(f"no runtime estimate for rule {rule!r}; heavy rules: {', '.join(BENCHMARKS)}")
 
 
@@ -195,13 +262,14 @@ def benchmark_path(config: dict, rule: str) -> str:
     return str(Path(config["results"]) / "benchmarks" / BENCHMARKS[rule])
 
 
-def measured_vs_estimated(config: dict) -> list[dict]:
-    """Every benchmark file under <results>/benchmarks next to the runtime the workflow requested for it."""
+def benchmark_runs(results: str | Path) -> list[tuple[str, dict, float]]:
+    """(rule, wildcards, measured minutes) of every benchmark file under <results>/benchmarks (the longest
+    repeat of a file with several)."""
     import csv
     import re
 
-    rows = []
-    root = Path(config["results"]) / "benchmarks"
+    runs = []
+    root = Path(results) / "benchmarks"
     for rule, pattern in BENCHMARKS.items():
         regex = re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(pattern)) + "$")
         for path in sorted(root.glob(re.sub(r"\{\w+\}", "*", pattern))):
@@ -210,9 +278,17 @@ def measured_vs_estimated(config: dict) -> list[dict]:
                 continue
             with open(path, newline="") as f:
                 seconds = [float(r["s"]) for r in csv.DictReader(f, delimiter="\t")]
-            measured = max(seconds) / 60
-            estimated = runtime_minutes(config, rule, match.groupdict())
-            rows.append({"rule": rule, "job": ",".join(f"{k}={v}" for k, v in match.groupdict().items()),
-                         "measured_min": round(measured, 2), "estimated_min": estimated,
-                         "estimate_over_measured": round(estimated / measured, 1) if measured else float("inf")})
+            if seconds:
+                runs.append((rule, match.groupdict(), max(seconds) / 60))
+    return runs
+
+
+def measured_vs_estimated(config: dict) -> list[dict]:
+    """Every benchmark file under <results>/benchmarks next to the runtime the workflow requested for it."""
+    rows = []
+    for rule, wildcards, measured in benchmark_runs(config["results"]):
+        estimated = runtime_minutes(config, rule, wildcards)
+        rows.append({"rule": rule, "job": ",".join(f"{k}={v}" for k, v in wildcards.items()),
+                     "measured_min": round(measured, 2), "estimated_min": estimated,
+                     "estimate_over_measured": round(estimated / measured, 1) if measured else float("inf")})
     return rows

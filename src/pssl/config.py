@@ -121,11 +121,19 @@ def check_experiments(config: dict) -> None:
 
 
 def check_init(config: dict, key: str, init: str) -> None:
-    """pssl-<variant> names a pre-training variant."""
+    """pssl-<variant> names a pre-training variant; an oracle variant has masks to learn from."""
+    from pssl.settings import init_transfer
+    init = init_transfer(init)[0]
     variant = init.removeprefix("pssl-")
     if init.startswith("pssl-") and variant not in config["pretrain_variants"]:
         raise ConfigError(f"config key {key}: {init!r} names no pre-training variant {variant!r} (pretrain_variants: "
                           f"{', '.join(config['pretrain_variants']) or 'none'})")
+    overrides = (config["pretrain_variants"].get(variant) or {}) if init.startswith("pssl-") else {}
+    source = overrides.get("label_source", config["pretrain"]["label_source"])
+    if source == "oracle" and not (config["imagenet_masks_root"] or config["demo"]["enabled"]):
+        raise ConfigError(f"config key imagenet_masks_root is required: {key} {init!r} pre-trains on the true "
+                          f"object masks (label_source oracle); pass a folder of <wnid>/<image stem>.png masks "
+                          f"(e.g. ImageNet-S)")
 
 
 def check_self_training(config: dict) -> None:
@@ -199,6 +207,13 @@ def check_data_roots(config: dict) -> None:
         if not entries or (config["labelled"] and not any(e.is_dir() for e in entries)):
             raise ConfigError(f"config key imagenet_root: {root} has no class folders (<wnid>/<image>); "
                               f"for loose unlabelled images set labelled: false")
+        folders = sum(e.is_dir() and not e.name.startswith(".") for e in entries)
+        wanted = config["imagenet_subset"]["classes"]
+        if wanted > folders:
+            raise ConfigError(f"config key imagenet_subset.classes: {wanted} classes asked for, {root} has "
+                              f"{folders} class folders")
+    if config["imagenet_masks_root"] and not Path(config["imagenet_masks_root"]).is_dir():
+        raise ConfigError(f"config key imagenet_masks_root: {config['imagenet_masks_root']} is not a directory")
     if config["imagenet_val_root"] and not Path(config["imagenet_val_root"]).is_dir():
         raise ConfigError(f"config key imagenet_val_root: {config['imagenet_val_root']} is not a directory")
     from pssl.data.pool import pool_dir

@@ -36,6 +36,15 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class IndexSettings:
+    """Which images of the tree the index lists (config: imagenet_subset): the whole tree, or a slice of it
+    for a pilot run. The slice is what indexing a tree of symlinks to the same files would give."""
+    classes: int = setting(0, "index this many class folders, evenly spread over the sorted folders (every "
+                              "n/classes-th: 100 of ImageNet's 1000 is every 10th; 0: all)")
+    images_per_class: int = setting(0, "index the first N images of each class folder in file-name order (0: all)")
+
+
+@dataclass(frozen=True)
 class ZooSettings:
     """Training a classifier from scratch (zoo.source: train)."""
     image_size: int = setting(48, "input size S (images resized to S x S)")
@@ -117,6 +126,10 @@ class PretrainSettings:
                                 "models whose own decile is 9 (models; needs keep_model_deciles)",
                                 ("deciles", "models"))
     cutout: float = setting(0.5, "fused: side of the strong view's CutOut square as a fraction of the crop (0: none)")
+    label_source: str = setting("deciles", "the label maps' foreground: the image's own explanation (deciles, the "
+                                "method) or a control: its true object mask (oracle, from imagenet_masks_root), "
+                                "another image's region (shuffled), a centred ellipse of its region's area (centre)",
+                                ("deciles", "oracle", "shuffled", "centre"))
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,17 @@ class FinetuneSettings:
                               ("val", "test"))
     scales: tuple[float, ...] = setting((1.0,), "evaluation scales, relative to base_size")
     flip: bool = setting(False, "evaluation also on the horizontally flipped image")
+
+
+@dataclass(frozen=True)
+class SanitySettings:
+    """The floors of the sanity page (pssl.report.sanity), e.g. of a pilot run before the paper run."""
+    min_zoo_top1: float = setting(0.7, "the zoo ensemble's top-1 must agree with the label on more than this "
+                                       "fraction of the labelled images it explains")
+    min_stability_iou: float = setting(0.3, "mean D9 IoU of two SmoothGrad noise draws on a store's first "
+                                            "images must exceed this (real classifiers, 50 samples: about 0.43)")
+    min_miou_over_chance: float = setting(5.0, "every fine-tuned cell's mIoU must exceed chance by this many "
+                                               "points (chance: 100 / (2K - 1) for K classes, a uniform guess)")
 
 
 # What a teacher takes from its dataset's FinetuneSettings: the evaluation geometry, not the training crop.
@@ -169,6 +193,14 @@ def demo_settings(config: dict) -> DemoSettings:
     return pick(DemoSettings, config["demo"], seed=config["seed"])
 
 
+def index_settings(config: dict) -> IndexSettings:
+    return pick(IndexSettings, config["imagenet_subset"])
+
+
+def sanity_settings(config: dict) -> SanitySettings:
+    return pick(SanitySettings, config["sanity"])
+
+
 def zoo_settings(config: dict) -> ZooSettings:
     return pick(ZooSettings, config["zoo"]["train"], seed=config["seed"])
 
@@ -204,6 +236,14 @@ def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettin
 def pssl_init(variant: str) -> str:
     """The fine-tune init name of a pre-training variant: pssl (main) or pssl-<variant>."""
     return "pssl" if variant == MAIN else f"pssl-{variant}"
+
+
+BACKBONE_ONLY = "~backbone"  # init suffix: a PSSL init's backbone alone, with a fresh head (a control)
+
+
+def init_transfer(init: str) -> tuple[str, str]:
+    """(the init without its transfer suffix, what it transfers): pssl~backbone -> (pssl, backbone)."""
+    return (init.removesuffix(BACKBONE_ONLY), "backbone") if init.endswith(BACKBONE_ONLY) else (init, "full")
 
 
 STUDENT_DATA = {"st": "pseudo", "dup": "duplicate"}  # init suffix -> StudentSettings.data

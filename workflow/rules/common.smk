@@ -8,15 +8,19 @@ from pssl.config import imagenet_root, zoo_specs
 from pssl.data.pool import DEMO_TRUTH, pool_dir
 from pssl.models.catalog import model_title
 from pssl.settings import (
+    BACKBONE_ONLY,
     EVAL_GEOMETRY,
     MAIN,
     STUDENT_DATA,
     demo_settings,
     explain_settings,
     finetune_settings,
+    index_settings,
+    init_transfer,
     label_settings,
     pretrain_settings,
     pssl_init,
+    sanity_settings,
     settings_flags,
     student_init,
     student_settings,
@@ -31,6 +35,7 @@ shell.prefix(f"export PYTHONPATH={workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHON
 
 RESULTS = config["results"]
 DEMO_ROOT = config["demo"].get("root")  # required only when the demo is enabled
+DEMO_MASKS = f"{DEMO_ROOT}/imagenet/masks"  # the demo images' hidden object masks
 LOGS = f"{RESULTS}/logs"
 
 
@@ -59,7 +64,7 @@ SEEDS = FINETUNE["seeds"]
 VARIANTS = [MAIN, *config["pretrain_variants"]]  # main: the pretrain section itself (Table 3)
 EXPERIMENTS = config["experiments"]
 SELF_TRAINING = config["self_training"]
-BASE_INITS = ["imagenet", *map(pssl_init, VARIANTS)]
+BASE_INITS = ["imagenet", *map(pssl_init, VARIANTS), *(pssl_init(v) + BACKBONE_ONLY for v in VARIANTS)]
 STUDENT_INITS = [student_init(i, suffix) for i in BASE_INITS for suffix in STUDENT_DATA]
 POOL_PARTS = list(range(SELF_TRAINING["pool_shards"]))
 
@@ -70,7 +75,8 @@ def one_of(names):
 
 # Every wildcard has one meaning in every rule: {classifier} a zoo entry, {model} a segmentation model (a key
 # of pretrain.models), {variant} a pre-training variant (main or a key of pretrain_variants), {dataset} a
-# downstream dataset, {init} an initialisation (imagenet, pssl = the main pre-training, pssl-<variant>), {seed}
+# downstream dataset, {init} an initialisation (imagenet, pssl = the main pre-training, pssl-<variant>, and
+# either with ~backbone: its backbone alone), {seed}
 # a fine-tuning seed, {lr} a learning rate of the grid, {shard} a shard of the index, {experiment} an
 # experiment's name, {part} a part of an unlabelled pool, {data} a student's data (st: pseudo labels, dup: the
 # duplicated control). A self-training student's init is <init>+<data> (imagenet+st); the rules that train
@@ -125,8 +131,17 @@ FUSED_FIGURE = f"{RESULTS}/report/fused_labels.png"
 
 
 def init_variant(init):
-    """The pre-training variant a PSSL init starts from: pssl -> main, pssl-<variant> -> <variant>."""
+    """The pre-training variant a PSSL init starts from: pssl -> main, pssl-<variant> -> <variant> (with or
+    without ~backbone)."""
+    init = init_transfer(init)[0]
     return MAIN if init == "pssl" else init.removeprefix("pssl-")
+
+
+def masks_flag(wildcards):
+    """--masks-root for a variant pre-trained on the true object masks (the oracle control)."""
+    if pretrain_settings(config, wildcards.variant)[0].label_source != "oracle":
+        return ""
+    return f"--masks-root {config['imagenet_masks_root'] or DEMO_MASKS}"
 
 
 def backbone_init(wildcards):
@@ -284,6 +299,14 @@ def quality_tables(wildcards=None):
 def quality_pages():
     """The quality tables as the report writes them (HTML)."""
     return [f"{RESULTS}/report/{name}.html" for name in QUALITY] if config["demo"]["enabled"] else []
+
+
+SANITY = f"{RESULTS}/report/sanity.csv"
+
+
+def sanity_tables(wildcards=None):
+    """The sanity checks the report opens with, where sanity.enabled (the pilot)."""
+    return [SANITY] if config["sanity"]["enabled"] else []
 
 
 def final_outputs():

@@ -26,6 +26,7 @@ rule index_images:
     params:
         root=imagenet_root(config),
         unlabelled="" if config["labelled"] else "--unlabelled",
+        subset=settings_flags(index_settings(config)),
     resources:
         **CPU_JOB,
     conda:
@@ -33,7 +34,7 @@ rule index_images:
     log:
         f"{LOGS}/index_images.log",
     shell:
-        "python -m pssl index --root {params.root} --out {output} {params.unlabelled} > {log} 2>&1"
+        "python -m pssl index --root {params.root} --out {output} {params.unlabelled} {params.subset} > {log} 2>&1"
 
 
 checkpoint shard_index:

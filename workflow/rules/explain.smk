@@ -84,7 +84,7 @@ if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data on
         output:
             f"{RESULTS}/report/explain_quality.csv",
         params:
-            masks=f"{DEMO_ROOT}/imagenet/masks",
+            masks=DEMO_MASKS,
         resources:
             **CPU_JOB,
         conda:

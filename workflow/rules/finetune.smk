@@ -25,6 +25,7 @@ rule finetune:
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
         init_kind=lambda wc: "imagenet" if wc.init == "imagenet" else "pssl",
+        transfer=lambda wc: init_transfer(wc.init)[1],
         settings=finetune_flags,
         device=config["device"],
     threads: FINETUNE_LAYOUT.threads_per_rank
@@ -41,6 +42,7 @@ rule finetune:
     shell:
         "{params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
+        " --transfer {params.transfer}"
         " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
@@ -71,7 +73,7 @@ if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data on
             table=f"{RESULTS}/report/pretrain_quality.csv",
             figure=[FUSED_FIGURE] if fused_in_table3() else [],
         params:
-            masks=f"{DEMO_ROOT}/imagenet/masks",
+            masks=DEMO_MASKS,
             figure=lambda wc, output: f"--fused-figure {output.figure}" if output.figure else "",
             device=config["device"],
         resources:
@@ -207,6 +209,7 @@ rule report:
         stores=explain_stores,
         quality=quality_tables,
         experiments=report_experiments,
+        sanity=sanity_tables,
     output:
         gallery=report(f"{RESULTS}/report/pseudo_label_gallery.png", caption="../report/gallery.rst",
                        category="2. Pseudo labels"),
@@ -225,7 +228,7 @@ rule report:
         f"{LOGS}/report.log",
     shell:
         "python -m pssl report --out {params.out} --stores {input.stores} --quality {input.quality}"
-        " --figure3 {input.figure3}"
+        " --figure3 {input.figure3} --sanity {input.sanity}"
         " --experiments {input.experiments} > {log} 2>&1"
 
 

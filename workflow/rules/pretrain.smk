@@ -42,6 +42,7 @@ rule pretrain:
         init=lambda wc, input: f"--backbone-init {input.init}" if input.init else "",
         out_dir=lambda wc, output: os.path.dirname(output[0]),
         settings=lambda wc: settings_flags(*pretrain_settings(config, wc.variant)),
+        masks=masks_flag,
         device=config["device"],
     threads: PRETRAIN_LAYOUT.threads_per_rank
     resources:
@@ -56,7 +57,7 @@ rule pretrain:
         benchmark("pretrain")
     shell:
         "{params.launcher} -m pssl pretrain --stores {input.stores} --labels {input.labels}"
-        " --out-dir {params.out_dir} --head {params.head} --backbone {params.backbone} {params.init}"
+        " --out-dir {params.out_dir} --head {params.head} --backbone {params.backbone} {params.init} {params.masks}"
         " {params.settings} --device {params.device} --threads {threads}"
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 

@@ -59,6 +59,7 @@ rule self_train:
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
         init_kind=lambda wc: "imagenet" if wc.init == "imagenet" else "pssl",
+        transfer=lambda wc: init_transfer(wc.init)[1],
         settings=finetune_flags,
         student=lambda wc: settings_flags(student_settings(config, STUDENT_DATA[wc.data])),
         device=config["device"],
@@ -76,7 +77,7 @@ rule self_train:
     shell:
         "{params.launcher} -m pssl self-train --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
-        " --pseudo {input.pseudo} {params.student}"
+        " --transfer {params.transfer} --pseudo {input.pseudo} {params.student}"
         " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
+from pssl.settings import IndexSettings
 from pssl.tables import write_table
 
 log = logging.getLogger(__name__)
@@ -24,23 +26,37 @@ def _images_in(directory: str) -> list[str]:
             if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()]
 
 
-def scan_imagenet(root: str | os.PathLike, labelled: bool = True) -> tuple[pd.DataFrame, list[str]]:
+def spread(folders: list[str], n: int) -> list[str]:
+    """`n` of the sorted `folders`, evenly spread: folder i * len / n for i < n (100 of 1000: every 10th,
+    starting with the first); all of them for n = 0."""
+    if n > len(folders):
+        raise ValueError(f"imagenet_subset asks for {n} classes, the tree has {len(folders)} class folders")
+    return folders if not n else [folders[i * len(folders) // n] for i in range(n)]
+
+
+def scan_imagenet(root: str | os.PathLike, labelled: bool = True, subset: IndexSettings = IndexSettings()
+                  ) -> tuple[pd.DataFrame, list[str]]:
     """Return (index frame, sorted class list) for `root`/<wnid>/<image> (and loose images in `root`).
 
-    Loose images directly under `root`, and every image when `labelled` is false, get class_idx -1.
+    Loose images directly under `root`, and every image when `labelled` is false, get class_idx -1. A `subset`
+    (a pilot's slice) keeps `classes` folders evenly spread over the sorted ones and the first
+    `images_per_class` images of each by file name, without loose images: the index a tree of symlinks to
+    those files would give, its classes the chosen folders.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image root {str(root)!r} is not a directory")
-    class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    class_dirs = spread(sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
+                        subset.classes)
+    cap = subset.images_per_class or None
     relpaths, wnids = [], []
     for wnid in class_dirs:
-        names = _images_in(os.path.join(root, wnid))
+        names = sorted(_images_in(os.path.join(root, wnid)))[:cap]
         if not names:
             log.warning("class folder %s holds no images", wnid)
         relpaths += [f"{wnid}/{n}" for n in names]
         wnids += [wnid] * len(names)
-    loose = _images_in(str(root))
+    loose = [] if subset.classes else sorted(_images_in(str(root)))[:cap]
     relpaths += loose
     wnids += [""] * len(loose)
     if not relpaths:
@@ -52,9 +68,13 @@ def scan_imagenet(root: str | os.PathLike, labelled: bool = True) -> tuple[pd.Da
     return frame.reset_index(drop=True), class_dirs if labelled else []
 
 
-def build_index(root: str | os.PathLike, out: str | os.PathLike, labelled: bool = True) -> pd.DataFrame:
-    frame, classes = scan_imagenet(root, labelled)
-    write_table(frame, out, {"root": str(Path(root).resolve()), "classes": classes})
+def build_index(root: str | os.PathLike, out: str | os.PathLike, labelled: bool = True,
+                subset: IndexSettings = IndexSettings()) -> pd.DataFrame:
+    frame, classes = scan_imagenet(root, labelled, subset)
+    sliced = {"subset": asdict(subset)} if subset != IndexSettings() else {}
+    write_table(frame, out, {"root": str(Path(root).resolve()), "classes": classes, **sliced})
     n_labelled = int((frame["class_idx"] >= 0).sum())
-    log.info(f"indexed {len(frame)} images ({n_labelled} labelled, {len(classes)} classes) under {root} -> {out}")
+    log.info(f"indexed {len(frame)} images ({n_labelled} labelled, {len(classes)} classes) under {root}"
+             + (f" (slice: {subset.classes or 'all'} classes x {subset.images_per_class or 'all'} images)"
+                if sliced else "") + f" -> {out}")
     return frame

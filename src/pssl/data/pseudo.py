@@ -5,6 +5,10 @@ deciles listed in ignore_deciles become ignore (-1). The augmentation (`transfor
 the S x S map with nearest neighbour straight into the crop, and fills padding as ignore (or, with pad_label
 background, as the background class).
 
+Label source (pssl.data.label_sources): the foreground of a label map is the image's own D >= threshold region
+(the method) or a control's: its true object mask (oracle), another image's region (shuffled), or a centred
+ellipse of its region's area (centre). ignore_deciles apply to decile regions only (deciles, shuffled).
+
 Label mode `fused` (PseudoSeg, pssl.train.fusion) yields fused views instead: a weak view (the geometry
 only), a strong view of the same crop (+ blur, PseudoSeg's colour jitter and one mean-filled CutOut square),
 the prior's strength s warped bilinearly with the same geometry, the image's class, and the pixels the loss
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from pssl import store
+from pssl.data.label_sources import derangement, foreground, mask_path, read_object_mask
 from pssl.data.transforms import CropAugment, augment, sample_generator, to_tensor
 from pssl.tables import read_table
 
@@ -74,8 +79,13 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
     def __init__(self, stores: list[str], labels: list[str], num_classes: int, crop: int,
                  decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), seed: int = 0,
                  pad_label: str = "ignore", images: int = 0, fused: bool = False, fusion_prior: str = "deciles",
-                 cutout: float = 0.5):
+                 cutout: float = 0.5, label_source: str = "deciles", masks_root: str | None = None):
         self.background = num_classes  # class K: the segmentation head has K + 1 outputs
+        if label_source != "deciles" and fused:
+            raise ValueError(f"label_source {label_source} is a control of the hard label maps: use label_mode hard")
+        if label_source == "oracle" and not masks_root:
+            raise ValueError("label_source oracle needs the object masks: set imagenet_masks_root")
+        self.label_source, self.masks_root = label_source, masks_root
         self.threshold, self.ignore_deciles, self.seed = decile_threshold, tuple(ignore_deciles), seed
         if pad_label not in ("ignore", "background"):
             raise ValueError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
@@ -87,7 +97,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self.store_paths = list(stores)
         self.samples: list[Sample] = []
         roots = set()
-        skipped = {"not kept": 0, "not explained": 0}
+        skipped = {"not kept": 0, "not explained": 0, **({"no mask": 0} if label_source == "oracle" else {})}
         for s, (store_path, label_path) in enumerate(zip(stores, labels)):
             table, meta = read_table(label_path)
             group = store.open_store(store_path)
@@ -101,6 +111,8 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
                     skipped["not explained"] += 1
                 elif not keep:
                     skipped["not kept"] += 1
+                elif label_source == "oracle" and not mask_path(masks_root, relpath).is_file():
+                    skipped["no mask"] += 1
                 else:
                     self.samples.append(Sample(relpath, s, row, int(label)))
         if len(roots) != 1:
@@ -108,12 +120,13 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         if images:
             self.samples = nested_subset(self.samples, images, seed)
         self.root = Path(roots.pop())
+        self.partner = derangement(len(self.samples), seed) if label_source == "shuffled" else None
         self.skipped = skipped
         self._groups = None  # opened lazily, per worker process
         self.prior = check_prior(fusion_prior, self.groups()) if fused else None
         self._groups = None
-        log.info("pseudo-labelled set: %d images used%s, skipped %s", len(self.samples),
-                 f" (the first {images} of a fixed random order)" if images else "", skipped)
+        log.info("pseudo-labelled set: %d images used%s, labels from %s, skipped %s", len(self.samples),
+                 f" (the first {images} of a fixed random order)" if images else "", label_source, skipped)
         if not self.samples:
             raise ValueError("no pseudo-labelled image is usable (all dropped by the label policy or unexplained)")
 
@@ -128,11 +141,21 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
             self._groups = [store.open_store(p) for p in self.store_paths]
         return self._groups
 
+    def deciles(self, i: int) -> np.ndarray:
+        s = self.samples[i]
+        return self.groups()[s.store]["deciles"][s.row]
+
     def target(self, i: int) -> tuple[Path, np.ndarray]:
         """(image path, S x S label map) of sample i, before augmentation."""
         s = self.samples[i]
-        deciles = self.groups()[s.store]["deciles"][s.row]
-        return self.root / s.relpath, label_map(deciles, s.label, self.background, self.threshold, self.ignore_deciles)
+        path, deciles = self.root / s.relpath, self.deciles(i)
+        if self.label_source in ("deciles", "shuffled"):
+            region = deciles if self.label_source == "deciles" else self.deciles(int(self.partner[i]))
+            return path, label_map(region, s.label, self.background, self.threshold, self.ignore_deciles)
+        mask = read_object_mask(mask_path(self.masks_root, s.relpath), deciles.shape[0]) \
+            if self.label_source == "oracle" else None
+        fg = foreground(self.label_source, deciles, self.threshold, mask=mask)
+        return path, np.where(fg == 1, s.label, np.where(fg < 0, PSEUDO_IGNORE, self.background)).astype(np.int64)
 
     def strength(self, i: int) -> np.ndarray:
         """The fused mode's prior strength s (S x S) of sample i."""

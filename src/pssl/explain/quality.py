@@ -115,10 +115,14 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     images = torch.from_numpy(np.stack([load_square(Path(meta["root"]) / relpath[item[0]], size)[0]
                                         for item in items])).permute(0, 3, 1, 2)
     rows = [("D9 pseudo labels", *foreground_scores(item[1] == 9, mask)) for item, mask in zip(items, masks)]
-    shown = None
+    shown, sources = None, {"deciles"}
     for ckpt in checkpoints:
         record = torch.load(ckpt, map_location="cpu", weights_only=False)
         cfg = record["config"]
+        source = cfg.get("label_source", "deciles")
+        if source not in sources:  # a control's labels, scored once however many models learned from them
+            sources.add(source)
+            rows += control_label_scores(source, items, masks, cfg["decile_threshold"])
         model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
         model.load_state_dict(record["model"])
         model.eval().to(dev)
@@ -153,6 +157,20 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
             raise ValueError("a fused-labels figure needs a model pre-trained with label_mode fused")
         fused_figure(*shown, figure)
     return table
+
+
+def control_label_scores(source: str, items: list, masks: list[np.ndarray], threshold: int) -> list[tuple]:
+    """Foreground scores of a control's label maps (pssl.data.label_sources) on the same images: shuffled
+    pairs them by a derangement of their own (the run's pairing differs, its statistics do not), oracle is the
+    masks themselves."""
+    from pssl.data.label_sources import derangement, foreground
+    partner = derangement(len(items), 0) if source == "shuffled" else None
+    rows = []
+    for i, ((_, deciles, _, _), mask) in enumerate(zip(items, masks)):
+        fg = foreground(source, deciles, threshold, mask=mask.astype(np.int8),
+                        partner_deciles=None if partner is None else items[partner[i]][1])
+        rows.append((f"{source} labels (control)", *foreground_scores(fg == 1, mask)))
+    return rows
 
 
 def fused_figure(name: str, images, items, labels: list[int], fused: np.ndarray, masks: list[np.ndarray],

@@ -6,6 +6,8 @@ from __future__ import annotations
 # name -> the title tables and figures use. A new head adds its line here and its module in pssl/models/heads/.
 HEAD_TITLES = {"pspnet": "PSPNet", "deeplabv3": "DeepLabV3", "ocrnet": "OCRNet"}
 HEAD_NAMES = list(HEAD_TITLES)
+# What a PSSL init carries into fine-tuning: all but the per-class layers (the paper's), or the backbone alone.
+TRANSFERS = ("full", "backbone")
 
 HEAD_CLASSES: dict[str, type] = {}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pssl.models.catalog import TRANSFERS
 from pssl.models.segmenter import Segmenter
 
 
@@ -34,18 +35,25 @@ def init_backbone_from(model, classifier_path: str | None) -> str:
     return f"{Path(classifier_path).name} ({loaded}/{expected} tensors)"
 
 
-def init_from_pretrained(model: Segmenter, checkpoint: str) -> str:
-    """Load a PSSL pre-trained model except its per-class layers, which stay freshly initialised."""
+def init_from_pretrained(model: Segmenter, checkpoint: str, transfer: str = "full") -> str:
+    """Load a PSSL pre-trained model into `model`: everything but its per-class layers (transfer full, the
+    paper's: backbone + segmentation module), or its backbone alone (transfer backbone: the head starts fresh,
+    as from an ImageNet classifier). The layers not loaded stay freshly initialised."""
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
     record = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = record["config"]
     if (cfg["head"], cfg["backbone"]) != (model.head_name, model.backbone_name):
         raise ValueError(f"{checkpoint} is a {cfg['head']}-{cfg['backbone']}, not a "
                          f"{model.head_name}-{model.backbone_name}")
-    fresh = {id(p) for layer in model.classifier_layers() for p in layer.parameters()}
-    skip = {name for name, p in model.named_parameters() if id(p) in fresh}
+    if transfer == "full":
+        fresh = {id(p) for layer in model.classifier_layers() for p in layer.parameters()}
+        skip = {name for name, p in model.named_parameters() if id(p) in fresh}
+    else:
+        skip = {name for name in model.state_dict() if not name.startswith("backbone.")}
     state = {k: v for k, v in record["model"].items() if k not in skip}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if set(missing) != skip or unexpected:
+    if set(missing) - skip or unexpected:  # what was not skipped must load, and nothing be left over
         raise ValueError(f"{checkpoint}: unexpected checkpoint layout (missing {sorted(set(missing) - skip)}, "
                          f"unexpected {unexpected})")
-    return f"{Path(checkpoint).parent.name} ({len(state)} tensors, {len(skip)} re-initialised)"
+    return f"{Path(checkpoint).parent.name} ({transfer}: {len(state)} tensors, {len(skip)} fresh)"

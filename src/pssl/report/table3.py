@@ -20,7 +20,9 @@ from pssl.data.downstream import DATASETS
 from pssl.io import atomic_file
 from pssl.report.figures import gallery
 from pssl.report.html import html_page, html_table
+from pssl.report.controls import write_controls
 from pssl.report.stats import mean_sd, paired_difference
+from pssl.settings import init_transfer
 
 
 def collect(cells: list[str]) -> pd.DataFrame:
@@ -41,9 +43,12 @@ DIFFERENCES = ("diff", "gain")  # column endings of paired differences: PSSL - I
 
 
 def init_title(init: str) -> str:
-    """imagenet -> ImageNet, pssl -> PSSL, pssl-fused -> PSSL-fused, imagenet+st -> ImageNet+ST, +dup -> +dup."""
+    """imagenet -> ImageNet, pssl -> PSSL, pssl-fused -> PSSL-fused, pssl~backbone -> PSSL backbone,
+    imagenet+st -> ImageNet+ST, +dup -> +dup."""
     base, _, suffix = init.partition("+")
+    base, transfer = init_transfer(base)
     title = {"imagenet": "ImageNet", "pssl": "PSSL"}.get(base, "PSSL-" + base.removeprefix("pssl-"))
+    title += " backbone" if transfer == "backbone" else ""
     return title + {"": "", "st": "+ST", "dup": "+dup"}.get(suffix, "+" + suffix)
 
 
@@ -233,7 +238,11 @@ def write_table3(cell_files: list[str], out_dir: str, model_titles: dict[str, st
     with atomic_file(out / "table3.html") as tmp:
         tmp.write_text(html_page(TABLE3_CAPTION, body))
     gain_figure(table, out / "table3_gains.png")
-    return md
+    controls = write_controls(cells, out, model_titles)
+    if controls is None:
+        for stale in ("controls.csv", "controls.md", "controls.png", "controls.svg"):
+            (out / stale).unlink(missing_ok=True)
+    return md + ("\n" + controls if controls else "")
 
 
 def table_from_files(csv: Path) -> tuple[str, str]:
@@ -244,13 +253,23 @@ def table_from_files(csv: Path) -> tuple[str, str]:
 
 
 def write_report(out_dir: str, stores: list[str], quality_tables: list[str], experiment_tables: list[str] = (),
-                 figure3: str | None = None) -> str:
-    """The report around Table 3 (written by write_table3): the experiments' tables (`pssl experiment-table`),
-    each quality table as HTML, the pseudo-label gallery, report.md and index.html showing all of it; returns
-    the Markdown."""
+                 figure3: str | None = None, sanity: str | None = None) -> str:
+    """The report around Table 3 (written by write_table3): the sanity checks first when given (`pssl
+    sanity`), the experiments' tables (`pssl experiment-table`), each quality table as HTML, the pseudo-label
+    gallery, report.md and index.html showing all of it; returns the Markdown."""
     out = Path(out_dir)
     table3_html, md = table_from_files(out / "table3.csv")
+    sanity_html = ""
+    if sanity:
+        from pssl.report.sanity import sanity_section
+        sanity_html, sanity_md = sanity_section(sanity)
+        sanity_html += f'\n<p class="note"><a href="{Path(sanity).name}">{Path(sanity).name}</a></p>\n'
+        md = sanity_md + "\n" + md
     experiments_html = ""
+    if (out / "controls.csv").exists():  # written with Table 3 when a control ran
+        from pssl.report.controls import controls_section
+        experiments_html, text = controls_section(out / "controls.csv")
+        md += "\n" + text
     for csv in map(Path, experiment_tables):
         body, text = table_from_files(csv)
         experiments_html += body + "\n"
@@ -282,7 +301,7 @@ def write_report(out_dir: str, stores: list[str], quality_tables: list[str], exp
     links = " · ".join(f'<a href="{f}">{f}</a>' for f in ("table3.csv", "report.md", "finetune_cells.csv",
                                                           "table3_gains.svg", "pseudo_label_gallery.pdf"))
     with atomic_file(out / "index.html") as tmp:
-        tmp.write_text(html_page("PSSL report", f"<h2>PSSL report</h2>\n{table3_html}\n{experiments_html}"
+        tmp.write_text(html_page("PSSL report", f"<h2>PSSL report</h2>\n{sanity_html}{table3_html}\n{experiments_html}"
                                                 f"{figures}\n{quality_html}\n<p class=\"note\">Files: {links}</p>"))
     return md
 

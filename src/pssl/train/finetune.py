@@ -1,7 +1,9 @@
 """Fine-tuning on a downstream dataset and evaluation on its evaluation split (Table 3 cells).
 
 init imagenet: backbone from the classification weights (zoo entry), head random: the conventional way.
-init pssl:     the whole pre-trained model; only the final per-class layers are re-initialised.
+init pssl:     the whole pre-trained model; only the final per-class layers are re-initialised (transfer full,
+               the paper's), or its backbone alone with a fresh head (transfer backbone: a control that tells
+               what the transferred segmentation module adds).
 
 The metrics are those of `eval_split` (the paper: CamVid's test split, val elsewhere); the learning rate of a
 grid is chosen on val (`selection` in metrics.json), so a test split never picks its own hyper-parameters.
@@ -75,7 +77,7 @@ def training_set(train_set: SegmentationSet, settings: FinetuneSettings, train: 
 def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbone: str, init: str,
              init_from: str | None, settings: FinetuneSettings, train: TrainSettings, device: str = "auto",
              expect_world: int | None = None, requeue_margin_min: float = 15.0,
-             student: StudentSettings | None = None, pseudo: list[str] = ()) -> dict:
+             student: StudentSettings | None = None, pseudo: list[str] = (), transfer: str = "full") -> dict:
     """Fine-tune `head`-`backbone` from `init` (`init_from`: the zoo classifier or the pre-trained model) on
     `dataset`'s train split (a `student`: with the pool of `pseudo` tables, or the duplicated control);
     evaluate on val and on `settings.eval_split`; write out_dir's outputs."""
@@ -90,7 +92,7 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
     if init == "imagenet":
         loaded = init_backbone_from(model, init_from)
     elif init == "pssl":
-        loaded = init_from_pretrained(model, init_from)
+        loaded = init_from_pretrained(model, init_from, transfer)
     else:
         raise ValueError(f"init must be 'imagenet' or 'pssl', got {init!r}")
     if info.main:
@@ -98,7 +100,7 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
                  f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "
                  f"{info.world} process(es), {allocation()}")
     weight = class_weights(train_set.num_classes, None, 1.0)
-    job = {"dataset": dataset, "model": f"{head}-{backbone}", "init": init,
+    job = {"dataset": dataset, "model": f"{head}-{backbone}", "init": init, "transfer": transfer,
            "init_from": init_from and fingerprint(init_from), "crop": settings.crop, "base_size": settings.base_size,
            "student": asdict(student) if student else None, "pseudo": [fingerprint(x) for x in pseudo]}
     model = fit(model, training_set(train_set, settings, train, student, list(pseudo)), weight, train, out_dir, info,

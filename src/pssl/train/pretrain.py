@@ -43,7 +43,9 @@ def label_classes(labels: list[str]) -> list[str]:
 
 def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head: str, backbone: str,
              backbone_init: str | None, settings: PretrainSettings, train: TrainSettings, device: str = "auto",
-             expect_world: int | None = None, requeue_margin_min: float = 15.0) -> Path:
+             expect_world: int | None = None, requeue_margin_min: float = 15.0, masks_root: str | None = None
+             ) -> Path:
+    """`masks_root`: the object masks of label_source oracle."""
     info = init_distributed(device, expect_world)
     out_dir = Path(out_dir)
     s = settings
@@ -52,19 +54,25 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     num_classes = len(classes)  # K
     fused = s.label_mode == "fused"
     dataset = PseudoLabelDataset(stores, labels, num_classes, s.crop, s.decile_threshold, s.ignore_deciles,
-                                 train.seed, s.pad_label, s.images, fused, s.fusion_prior, s.cutout)
+                                 train.seed, s.pad_label, s.images, fused, s.fusion_prior, s.cutout,
+                                 s.label_source, masks_root)
     model = build_segmenter(head, backbone, num_classes + 1)  # K classes + background
     init = init_backbone_from(model, backbone_init)
     if info.main:
-        labels_used = f"fused soft labels (gamma {s.fusion_gamma}, T {s.fusion_temperature}, prior " \
-                      f"{dataset.prior})" if fused else f"D>={s.decile_threshold} label maps"
+        if fused:
+            labels_used = f"fused soft labels (gamma {s.fusion_gamma}, T {s.fusion_temperature}, prior " \
+                          f"{dataset.prior})"
+        elif s.label_source == "deciles":
+            labels_used = f"D>={s.decile_threshold} label maps"
+        else:
+            labels_used = f"{s.label_source} label maps (a control)"
         log.info(f"pretrain {head}-{backbone}: {num_classes} + 1 classes, {labels_used}, backbone init {init}, "
                  f"{info.world} process(es) on {info.device}, {allocation()}")
     weight = class_weights(num_classes + 1, background=num_classes, w_bg=s.w_bg)
     fusion = Fusion(num_classes, s.fusion_gamma, s.fusion_temperature) if fused else None
     job = {"model": f"{head}-{backbone}", "backbone_init": backbone_init and fingerprint(backbone_init),
            "stores": [fingerprint(x) for x in stores], "labels": [fingerprint(x) for x in labels],
-           "pretrain": output_identity(s)}
+           "pretrain": output_identity(s), "masks": masks_root if s.label_source == "oracle" else None}
     model = fit(model, dataset, weight, train, out_dir, info, ignore_index=PSEUDO_IGNORE,
                 time_limit=TimeLimit(requeue_margin_min), fusion=fusion, job=job)
     final = out_dir / "final.pt"
@@ -73,7 +81,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
                   "classes": classes,
                   "crop": s.crop, "pad_label": s.pad_label, "backbone_init": init, "w_bg": s.w_bg,
                   "decile_threshold": s.decile_threshold, "ignore_deciles": list(s.ignore_deciles),
-                  "images": len(dataset), "label_mode": s.label_mode,
+                  "images": len(dataset), "label_mode": s.label_mode, "label_source": s.label_source,
                   **({"fusion": {"gamma": s.fusion_gamma, "temperature": s.fusion_temperature,
                                  "prior": dataset.prior, "cutout": s.cutout}} if fused else {}),
                   "train": asdict(train), "world_size": info.world,
