@@ -1,7 +1,10 @@
 """Why does a transferred segmentation module hurt on the demo? Fine-tunes one model on a few datasets from
 ImageNet init and from a pre-trained model under changes of one factor each (what is transferred, BatchNorm,
 the auxiliary branch, the backbone's lr, the fine-tuning length), with the DAG's own settings otherwise, over
-several seeds; prints and writes mIoU and the first step's loss per run.
+several seeds; prints and writes mIoU and the first step's loss per run. Also measures how many dimensions
+the head's features span before the classifier (participation ratio of their singular values) on downstream
+images, for a fresh head and for each pre-trained one: a head pre-trained on K + 1 classes that spans about
+K + 1 dimensions gives the fresh classifier less to work with than a random head does.
 
   python benchmarks/transfer_diagnosis.py --run /path/to/demo/clone --model pspnet_resnet10t \
       --datasets camvid cityscapes --seeds 0 1 2 --out transfer_diagnosis.csv
@@ -19,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
 from pssl.settings import finetune_settings
@@ -49,6 +53,45 @@ def run(config: dict, root: str, model: str, dataset: str, init: str, init_from:
     return {"miou": 100 * metrics["miou"], "first_loss": first_loss}
 
 
+@torch.no_grad()
+def feature_dimension(model, images: torch.Tensor) -> float:
+    """Participation ratio (sum s^2)^2 / sum s^4 of the centred features entering the main classifier."""
+    captured = {}
+    hook = model.head.classifier.register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
+    model.train()  # batch statistics, as fine-tuning sees the features
+    model(images)
+    hook.remove()
+    x = captured["x"]
+    features = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    power = torch.linalg.svdvals(features - features.mean(0)) ** 2
+    return float(power.sum() ** 2 / (power ** 2).sum())
+
+
+def head_dimensions(run_dir: Path, config: dict, model_name: str, dataset: str, variants: list[str]) -> dict:
+    from pssl.data.downstream import SegmentationSet
+    from pssl.models.segmenter import build_segmenter
+    from pssl.models.weights import init_backbone_from, init_from_pretrained
+    data = SegmentationSet(dataset, str(run_dir / config["demo"]["root"]), "train")
+    crop = config["finetune"]["datasets"][dataset]["crop"]
+    images = torch.stack([torch.nn.functional.interpolate(
+        torch.from_numpy(data.read(i)[0].copy()).permute(2, 0, 1)[None].float() / 255, size=(2 * crop, 2 * crop),
+        mode="bilinear")[0] for i in range(min(16, len(data)))])
+    spec = config["pretrain"]["models"][model_name]
+    result = {}
+    for variant in ["imagenet", *variants]:
+        torch.manual_seed(0)
+        model = build_segmenter(spec["head"], spec["backbone"], data.num_classes)
+        ckpt = run_dir / f"results/pretrain/{model_name}/{variant}/final.pt"
+        if variant == "imagenet":
+            init_backbone_from(model, str(run_dir / f"results/zoo/{spec['init']}.pt"))
+        elif ckpt.exists():
+            init_from_pretrained(model, str(ckpt))
+        else:
+            continue
+        result[variant] = round(feature_dimension(model, images), 1)
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a directory where the demo ran")
@@ -64,6 +107,8 @@ def main() -> None:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     root = str(run_dir / config["demo"]["root"])
     zoo = config["pretrain"]["models"][args.model]["init"]
+    print(f"head feature dimension (participation ratio, {args.datasets[0]} train images): "
+          f"{head_dimensions(run_dir, config, args.model, args.datasets[0], args.variants)}", flush=True)
     rows = []
     for dataset in args.datasets:
         for seed in args.seeds:

@@ -21,4 +21,6 @@ def summarize(results: str | Path) -> str:
     table = results / "report" / "table3.md"
     if not table.exists():
         return line
-    return f"{line}\nall tables and figures on one page: {results / 'report' / 'index.html'}\n\n{table.read_text()}"
+    controls = results / "report" / "controls.md"  # written with Table 3 when a control ran
+    return (f"{line}\nall tables and figures on one page: {results / 'report' / 'index.html'}\n\n{table.read_text()}"
+            + (f"\n{controls.read_text()}" if controls.exists() else ""))
