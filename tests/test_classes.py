@@ -53,6 +53,7 @@ def test_run_space_is_the_index_with_labels_and_the_zoo_without():
 def test_remap_by_name_keeps_no_class_and_drops_or_refuses_unknown_ones():
     assert remap(np.array([1, -1, 0, 2]), ["a", "b", "x"], ["x", "b", "a"], "t").tolist() == [1, -1, 2, 0]
     assert remap(np.array([2, 0]), ["a", "b", "y"], ["b", "a"], None).tolist() == [-1, 1]
+    assert remap(np.array([-1, -1]), [], ["b", "a"], None).tolist() == [-1, -1]  # an unlabelled index
     with pytest.raises(ClassSpaceError, match="class y"):
         remap(np.array([2]), ["a", "b", "y"], ["b", "a"], "t")
 

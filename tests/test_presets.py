@@ -316,11 +316,13 @@ def test_nested_command_line_values_are_typed_like_yaml(trees, tmp_path):
 
 
 def test_the_demo_plans_every_table3_cell(tmp_path):
-    """The demo config's fan-out: 5 datasets x 3 models x 2 inits fine-tune jobs and their selections, one
-    report (the e2e tests run two of the datasets for real)."""
+    """The demo config's fan-out: 5 datasets x 3 models x 3 inits (ImageNet, PSSL, the oracle control)
+    fine-tune jobs and their selections, one pre-training per model and variant, one report (the e2e tests
+    run two of the datasets for real)."""
     proc = run_snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
     counts = Counter({rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M)})
-    assert counts["finetune"] == counts["select_lr"] == 5 * 3 * 2 and counts["report"] == 1
+    assert counts["finetune"] == counts["select_lr"] == 5 * 3 * 3 and counts["report"] == 1
+    assert counts["pretrain"] == 3 * 2
 
 
 @pytest.mark.parametrize("target", ["stage_zoo", "stage_explain", "stage_pretrain", "stage_report"])

@@ -342,7 +342,7 @@ def one_image_store(tmp_path: Path, model_votes: bool) -> tuple[list[str], list[
                      unreadable={})
     labels = pd.DataFrame({"image_id": [0], "gt_class": [1], "teacher_class": [1], "teacher_conf": [1.0],
                            "label": [1], "keep": [True], "fg_fraction": [0.25]})
-    write_table(labels, tmp_path / "labels.parquet", {"root": str(tmp_path), "num_classes": 3})
+    write_table(labels, tmp_path / "labels.parquet", {"root": str(tmp_path), "classes": ["n0", "n1", "n2"], "num_classes": 3})
     return [str(tmp_path / "s.zarr")], [str(tmp_path / "labels.parquet")]
 
 

@@ -66,6 +66,8 @@ def remap(values: np.ndarray, source: list[str], target: list[str], owner: str |
     """Class numbers of `source` as numbers of `target` (negative values, "no class", stay as they are). A
     class `target` lacks stops here, named with `owner`; with owner None it becomes -1 (no class) instead."""
     values = np.asarray(values, dtype=np.int64)
+    if not (values >= 0).any():  # nothing to map (an unlabelled index has no classes at all)
+        return values
     position = {wnid: j for j, wnid in enumerate(target)}
     used = np.unique(values[values >= 0])
     if owner is not None:
