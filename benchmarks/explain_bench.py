@@ -11,7 +11,8 @@ Figures per path: images x models / s, kernel (sys) share of the CPU time, peak 
 FLOPs per noisy sample counted by torch.utils.flop_counter (forward + input-gradient backward) against the
 machine's matmul peak for the dtype, measured in the same process. Decile agreement with naive fp32 is
 measured under identical (zero) noise on 2 samples (CLARIFICATIONS.md: it tests the arithmetic, not the
-random numbers); bf16 against our fp32 with identical real noise (our noise does not depend on the chunk).
+random numbers); bf16 against our fp32 with identical real noise (our noise does not depend on the chunk), next
+to two fp32 runs with different noise: the precision gate's two figures (pssl.explain.run.precision_gate).
 
   python benchmarks/explain_bench.py --arch resnet50 efficientnet_b0 convnext_tiny --index results/index.parquet \\
       --images 4 --image-size 224 --n-samples 50 --batch-size 4 --threads 2
@@ -40,7 +41,7 @@ from pssl.data.images import load_square
 from pssl.device import resolve_device
 from pssl.explain.chunking import resolve_chunks
 from pssl.explain.deciles import to_deciles
-from pssl.explain.run import d9_iou, explain_batch
+from pssl.explain.run import d9_iou, explain_batch, precision_gate
 from pssl.explain.smoothgrad import TargetScore, prepare_classifier, saliency_map
 from pssl.models.zoo import Normalized, load_classifier
 from pssl.settings import ExplainSettings
@@ -113,12 +114,14 @@ def naive(scorers, images, targets, n_samples, noise_level) -> torch.Tensor:
     return to_deciles(ensemble / len(scorers))
 
 
-def ours(scorers, images, targets, params: ExplainSettings, bf16: bool, chunks: list[int]) -> torch.Tensor:
+def ours(scorers, images, targets, params: ExplainSettings, bf16: bool, chunks: list[int], draw: int = 0
+         ) -> torch.Tensor:
     out = []
     for i in range(0, images.shape[0], params.batch_size):
         x = images[i:i + params.batch_size].contiguous(memory_format=torch.channels_last)
-        torch.manual_seed(i)  # as the explain job: the noise of a batch is seeded by its position
-        out.append(explain_batch(scorers, x, targets[i:i + params.batch_size], params, bf16, chunks)[0])
+        torch.manual_seed(i + draw)  # as the explain job: the noise of a batch is seeded by its position
+        out.append(explain_batch(scorers, x, targets[i:i + params.batch_size], params, "bf16" if bf16 else "fp32",
+                                 chunks)[0])
     return torch.cat(out)
 
 
@@ -192,6 +195,9 @@ def run_path(args) -> dict:
     np.save(Path(args.save) / f"{args.path}-noisy.npy", deciles.cpu().numpy())
     if args.path != "pssl-bf16":  # identical zero noise, 2 samples: the arithmetic against naive fp32
         np.save(Path(args.save) / f"{args.path}-exact.npy", run(0.0, 2).cpu().numpy())
+    if args.path == "pssl-fp32":  # another noise draw: the method's own seed-to-seed deviation
+        other = ours(scorers, images, targets, params, False, chunks, draw=10_000)
+        np.save(Path(args.save) / "pssl-fp32-other.npy", other.cpu().numpy())
     return result
 
 
@@ -267,6 +273,11 @@ def report(results: dict, save: Path) -> None:
         fp32, bf16 = (torch.from_numpy(np.load(save / f"{p}-noisy.npy")) for p in ("pssl-fp32", "pssl-bf16"))
         print(f"bf16 vs fp32, identical real noise: D9 IoU {d9_iou(fp32, bf16):.4f}, decile agreement "
               f"{(fp32 == bf16).float().mean().item() * 100:.3f}%")
+        other = torch.from_numpy(np.load(save / "pssl-fp32-other.npy"))
+        gate = precision_gate(d9_iou(fp32, bf16), d9_iou(fp32, other))
+        print(f"fp32 vs fp32, another noise draw: D9 IoU {d9_iou(fp32, other):.4f}; the gate: bf16's deviation "
+              f"{gate['deviation_ratio']} of the noise's, {'passes' if gate['passed'] else 'refused'}; bf16 vs "
+              f"fp32 of the other draw: D9 IoU {d9_iou(bf16, other):.4f}")
 
 
 if __name__ == "__main__":

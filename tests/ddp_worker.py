@@ -74,7 +74,7 @@ def main() -> None:
                            checkpoint_every=args.checkpoint_every, freeze_bn=True, seed=0)
     data = SyntheticFusedViews() if args.fused else SyntheticSegmentation()
     model = fit(model, data, class_weights(3, 2, 0.1), params, args.ckpt_dir, info, ignore_index=-1,
-                fusion=Fusion(background=2, gamma=0.5, temperature=0.5) if args.fused else None)
+                fusion=Fusion(background=2, gamma=0.5, temperature=0.5, calibration="decoder") if args.fused else None)
     if info.main:
         torch.save(model.state_dict(), args.out)
     del model

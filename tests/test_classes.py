@@ -22,7 +22,7 @@ from pssl.explain.run import explain_shard, noise_seed, to_input
 from pssl.explain.smoothgrad import TargetScore, prepare_classifier, saliency_map, smoothgrad
 from pssl.labels import label_shard
 from pssl.models.zoo import ClassifierSpec, load_classifier, save_classifier
-from pssl.settings import ExplainSettings, LabelSettings, PretrainSettings, TrainSettings
+from pssl.settings import ClassifySettings, ExplainSettings, LabelSettings, PretrainSettings, TrainSettings
 from pssl.shards import write_shards
 from pssl.tables import read_table
 
@@ -163,7 +163,7 @@ def test_pretraining_figure3_and_top1_read_the_label_tables_classes(subset, zoo,
     assert (tmp_path / "figure3.png").stat().st_size > 0
     for model in (final, zoo[0]):  # a segmenter of the subset and a classifier of 4 classes: the subset's images
         result = evaluate_classification(str(model), str(work / "index.parquet"), str(tiny_demo / "imagenet/val"),
-                                         str(tmp_path / "top1.json"), classifier_size=32, device="cpu")
+                                         str(tmp_path / "top1.json"), ClassifySettings(37, 32), device="cpu")
         assert result["classes"] == 2 and result["images"] > 0
 
 

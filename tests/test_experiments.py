@@ -1,11 +1,13 @@
 """The paper's experiments as pre-training variants, and seeds to statistics (issue 14): the formulas against
 independent computations, the variants' settings, the nested subsets, and the tables."""
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
@@ -157,3 +159,138 @@ def test_a_segmenter_classifies_by_its_mean_pixel_softmax_without_background():
     scores = class_scores(Fixed(logits), "segmenter", torch.zeros(1, 3, 1, 2))
     softmax = np.exp(logits[0, :, 0].numpy()) / np.exp(logits[0, :, 0].numpy()).sum(0)
     assert np.allclose(scores[0].numpy(), softmax.mean(1)[:3]) and int(scores.argmax()) == 2
+
+
+# ---- Table 4: the 60-epoch row continues the 30-epoch model; one top-1 protocol (issue 29) -------------------
+
+def test_a_continuation_ends_where_the_uninterrupted_run_does(tmp_path):
+    """The paper's 60 epochs are the 30-epoch model "trained for another 30": from its final state (weights,
+    optimizer, schedule position, random streams), the continuation ends with the weights of one uninterrupted
+    run of all the epochs, and not with those of the shorter run."""
+    from ddp_worker import SyntheticSegmentation
+    from pssl.models.segmenter import build_segmenter
+    from pssl.settings import TrainSettings
+    from pssl.train.checkpoint import FINAL_STATE, keep_final_state
+    from pssl.train.distributed import DistInfo
+    from pssl.train.loop import fit
+    from pssl.train.losses import class_weights
+
+    def run(out, epochs, start=None):
+        torch.manual_seed(0)
+        model = build_segmenter("pspnet", "test_resnet", 3)
+        params = TrainSettings(epochs=epochs, batch_size=4, lr=0.02, milestone=1, checkpoint_every=1000, seed=0)
+        return fit(model, SyntheticSegmentation(n=8), class_weights(3, 2, 0.1), params, out,
+                   DistInfo(0, 1, 0, torch.device("cpu")), ignore_index=-1, start=start).state_dict()
+
+    reference = run(tmp_path / "two", 2)  # the step (milestone 1) falls between the two epochs
+    short = run(tmp_path / "one", 1)
+    state = keep_final_state(tmp_path / "one")
+    assert state.name == FINAL_STATE and not list((tmp_path / "one").glob("ckpt-*.pt"))
+    continued = run(tmp_path / "one-more", 2, start=state)
+    for key, value in reference.items():
+        assert torch.equal(value, continued[key]), key
+    assert any(v.is_floating_point() and not torch.equal(v, short[k]) for k, v in continued.items())
+    with pytest.raises(ValueError, match="not at an epoch end before this run's 2 steps"):
+        run(tmp_path / "no-more", 1, start=state)  # its epoch is already trained: nothing to continue
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"epochs4": {"epochs": 4, "continue_from": "epochs9"}}, "pretrain_variants.epochs4.continue_from: 'epochs9'"),
+    ({"epochs4": {"continue_from": "n48"}, "n48": {"continue_from": "epochs4"}},
+     "epochs4.continue_from: n48 -> epochs4 -> n48 continues itself"),
+])
+def test_a_continuation_names_a_pretraining_and_never_itself(variants, message):
+    assert pretrain_settings(DEMO, "epochs4")[0].continue_from == "main"  # the demo's Table 4, checked below
+    check_config(DEMO)
+    with pytest.raises(ConfigError, match=message):
+        check_config({**DEMO, "pretrain_variants": {**DEMO["pretrain_variants"], **variants}})
+
+
+def test_centre_crop_by_hand():
+    from pssl.eval.classify import centre_crop
+    rgb = np.arange(8 * 12 * 3, dtype=np.uint8).reshape(8, 12, 3)
+    # shorter side already 8: no resampling, the central 4 x 4 is rows 2..5, columns 4..7
+    assert np.array_equal(centre_crop(rgb, 8, 4), rgb[2:6, 4:8])
+    assert centre_crop(rgb, 4, 2).shape == (2, 2, 3)  # 8 x 12 -> 4 x 6 -> the central 2 x 2
+    with pytest.raises(ValueError, match="crop 5 is larger than the resized shorter side 4"):
+        centre_crop(rgb, 4, 5)
+
+
+def test_every_top1_row_reads_the_same_input(tmp_path, monkeypatch):
+    """A pre-trained segmenter (pre-trained at crop 24) and a zoo classifier are both read at the classify
+    setting's crop, 16 x 16 after the shorter side is resized to 20, and say so in their results."""
+    import timm
+    from PIL import Image
+
+    from pssl.data.imagenet import build_index
+    from pssl.eval import classify
+    from pssl.models.segmenter import build_segmenter
+    from pssl.models.zoo import ClassifierSpec, save_classifier
+    from pssl.settings import ClassifySettings
+
+    wnids = ["n01000001", "n01000002"]
+    for split, size in (("train", (30, 20)), ("val", (60, 40))):
+        for k, wnid in enumerate(wnids):
+            (tmp_path / split / wnid).mkdir(parents=True)
+            Image.new("RGB", size, (200 * k, 50, 100)).save(tmp_path / split / wnid / f"{wnid}_1.JPEG")
+    build_index(tmp_path / "train", tmp_path / "index.parquet")
+    torch.manual_seed(0)
+    save_classifier(tmp_path / "zoo.pt", ClassifierSpec("test_resnet", "test_resnet"),
+                    timm.create_model("test_resnet", num_classes=2), wnids, "train")
+    torch.save({"kind": "pssl-pretrain", "model": build_segmenter("pspnet", "test_resnet", 3).state_dict(),
+                "config": {"head": "pspnet", "backbone": "test_resnet", "num_classes": 3, "classes": wnids,
+                           "crop": 24}}, tmp_path / "final.pt")
+    seen = []
+    original = classify.class_scores
+    monkeypatch.setattr(classify, "class_scores", lambda model, kind, x: (seen.append((kind, tuple(x.shape))),
+                                                                          original(model, kind, x))[1])
+    settings = ClassifySettings(resize=20, crop=16)
+    results = [classify.evaluate_classification(str(tmp_path / m), str(tmp_path / "index.parquet"),
+                                                str(tmp_path / "val"), str(tmp_path / f"{m}.json"), settings,
+                                                device="cpu") for m in ("final.pt", "zoo.pt")]
+    assert seen == [("segmenter", (2, 3, 16, 16)), ("classifier", (2, 3, 16, 16))]
+    assert results[0]["input"] == results[1]["input"] == "shorter side 20, centre crop 16 x 16, single scale"
+
+
+def test_the_top1_column_takes_one_input_protocol(tmp_path):
+    from pssl.report.experiments import write_experiment
+    cells = []
+    for i, init in enumerate(("imagenet", "pssl")):
+        cell = tmp_path / "finetune/voc_aug/m" / init / "seed0/metrics.json"
+        cell.parent.mkdir(parents=True)
+        cell.write_text(json.dumps({"miou": 0.4 + i / 100, "pixel_acc": 0.5, "lr": 0.01, "eval": {"split": "val"}}))
+        cells.append(str(cell))
+    same = "shorter side 256, centre crop 224 x 224, single scale"
+    for init, size in (("imagenet", 224), ("pssl", 256)):
+        (tmp_path / "classify").mkdir(exist_ok=True)
+        (tmp_path / "classify" / f"{init}.json").write_text(json.dumps(
+            {"top1": 0.5, "input": same if size == 224 else "shorter side 256, centre crop 256 x 256"}))
+    classify = [str(tmp_path / "classify" / f"{i}.json") for i in ("imagenet", "pssl")]
+    with pytest.raises(ValueError, match="the top-1 column would compare 2 input protocols"):
+        write_experiment("t4", "Table 4", cells, {"main": None}, ["voc_aug"], True, tmp_path / "out", classify)
+    (tmp_path / "classify" / "pssl.json").write_text(json.dumps({"top1": 0.25, "input": same}))
+    write_experiment("t4", "Table 4", cells, {"main": None}, ["voc_aug"], True, tmp_path / "out", classify)
+    table = pd.read_csv(tmp_path / "out/t4.csv", index_col=0)
+    assert table["ImageNet val top-1 (%)"].tolist() == [50.0, 25.0]
+    assert f"every row's model on the same input ({same})" in (tmp_path / "out/t4.md").read_text()
+
+
+# ---- the paper preset: Tables 1 and 2's shorter schedule, Table 4's continuation ----------------------------
+
+def test_the_paper_preset_shortens_tables_1_and_2_and_continues_table_4():
+    text = (REPO / "presets/paper.yaml").read_text()
+    assert '"The experiment setups here are the same as those in Sect. 5, except that the\n# training epoch is less' \
+           ' here' in text  # the paper's words, quoted where the schedule is set
+    paper = yaml.safe_load(text)
+    main, _ = pretrain_settings(paper)
+    _, main_train = pretrain_settings(paper)
+    assert (main_train.epochs, main_train.milestone, main.continue_from) == (30, 20, None)
+    for table in ("table1", "table2"):
+        for variant in paper["experiments"][table]["variants"]:
+            _, train = pretrain_settings(paper, variant)
+            assert (train.epochs, train.milestone) == (15, 10), variant
+    longer, longer_train = pretrain_settings(paper, "epochs60")
+    assert longer.continue_from == "main" and (longer_train.epochs, longer_train.milestone) == (60, 20)
+    assert paper["classify"] == {"resize": 256, "crop": 224}
+    assert paper["figure3"] | {"model": None} == {"model": None, "dataset": "voc_aug", "images": 3,
+                                                  "contains": "person"}

@@ -13,6 +13,7 @@ from pssl.allocator import keep_freed_memory
 from pssl.models.catalog import HEAD_NAMES, TRANSFERS
 from pssl.settings import (
     EVAL_GEOMETRY,
+    ClassifySettings,
     DemoSettings,
     ExplainSettings,
     FinetuneSettings,
@@ -117,7 +118,7 @@ def _pretrain(a):
     pretrain(a.stores, a.labels, a.out_dir, head=a.head, backbone=a.backbone, backbone_init=a.backbone_init,
              settings=settings_from_args(PretrainSettings, a), train=settings_from_args(TrainSettings, a),
              device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min,
-             masks_root=a.masks_root)
+             masks_root=a.masks_root, continue_state=a.continue_state)
 
 
 def _eval_pretrain(a):
@@ -129,7 +130,8 @@ def _eval_classify(a):
     from pssl.device import set_threads
     from pssl.eval.classify import evaluate_classification
     set_threads(a.threads)
-    evaluate_classification(a.model, a.index, a.root, a.out, a.classifier_size, device=a.device)
+    evaluate_classification(a.model, a.index, a.root, a.out, settings_from_args(ClassifySettings, a),
+                            device=a.device)
 
 
 def _finetune(a):
@@ -162,7 +164,7 @@ def _figure3(a):
     from pssl.device import set_threads
     from pssl.report.figure3 import figure3
     set_threads(a.threads)
-    print(figure3(a.model, a.dataset, a.root, a.index, a.out, a.images, device=a.device))
+    print(figure3(a.model, a.dataset, a.root, a.index, a.out, a.images, a.contains, device=a.device))
 
 
 def _select_lr(a):
@@ -199,6 +201,18 @@ def _experiment_table(a):
 def _summary(a):
     from pssl.report.summary import summarize
     print(summarize(a.results))
+
+
+def _gpu_slots(a):
+    from pssl.gpu_slots import run_on_slots
+    if not a.argv:
+        raise ValueError("no command to run: pssl gpu-slots N -- COMMAND ...")
+    run_on_slots(a.gpus, a.argv)
+
+
+def _status(a):
+    from pssl.status import format_status, job_states
+    print(format_status(job_states(a.results, a.snakemake_logs)))
 
 
 def _runtimes(a):
@@ -311,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-init", default=None, help="zoo/<name>.pt of the backbone's architecture")
     s.add_argument("--masks-root", default=None,
                    help="label source oracle: object masks as <root>/<wnid>/<image stem>.png")
+    s.add_argument("--continue-state", default=None,
+                   help="with --continue-from: pretrain/<model>/<that variant>/state.pt, trained on to --epochs")
     add_long_job_flags(s, distributed=True)
     add_settings_flags(s, PretrainSettings)
     add_settings_flags(s, TrainSettings)
@@ -355,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--selected", required=True, help="the teacher cell's finetune/.../seed<N>/metrics.json")
     s.add_argument("--runs", nargs="+", required=True, help="the cell's lr runs: finetune/.../lr<lr>/metrics.json")
     s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset")
-    s.add_argument("--pool", required=True, help="folder of unlabelled images (searched recursively)")
+    s.add_argument("--pool", nargs="+", required=True,
+                   help="folder(s) of unlabelled images (each searched recursively)")
     s.add_argument("--out-dir", required=True, help="labels/, pseudo.parquet, centroids.parquet")
     s.add_argument("--part", type=int, default=0, help="this job's part of the pool (default: %(default)s)")
     s.add_argument("--parts", type=int, default=1, help="parts the pool is split into (default: %(default)s)")
@@ -384,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", required=True, help="index.parquet (its class list maps wnids to outputs)")
     s.add_argument("--root", required=True, help="ImageNet val: <wnid>/ folders, or flat files with "
                                                  "LOC_val_solution.csv in or beside it")
-    s.add_argument("--classifier-size", type=int, default=224, help="input size of a zoo classifier")
-    s.add_argument("--out", required=True, help="JSON with top1, top5, images, unreadable")
+    s.add_argument("--out", required=True, help="JSON with top1, top5, images, unreadable, the input protocol")
+    add_settings_flags(s, ClassifySettings)
     s.set_defaults(func=_eval_classify)
 
     s = sub.add_parser("figure3", parents=[compute], help="Figure 3: a pre-trained model segmenting a downstream "
@@ -394,7 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset (its val split)")
     s.add_argument("--root", required=True, help="the dataset's root (its standard layout)")
     s.add_argument("--index", required=True, help="index.parquet (class list and names)")
-    s.add_argument("--images", type=int, default=6, help="val images, spread over the split")
+    s.add_argument("--images", type=int, default=3, help="the first N val images (default: %(default)s)")
+    s.add_argument("--contains", default=None,
+                   help="and the first val image showing this class of the dataset, e.g. person (the paper's "
+                        "fourth row; none if one of the first N shows it)")
     s.add_argument("--out", required=True, help="PNG (a PDF is written beside it)")
     s.set_defaults(func=_figure3)
 
@@ -457,6 +477,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default=None, help="results directory (default: the config's)")
     s.set_defaults(func=_runtimes)
 
+    s = sub.add_parser("gpu-slots", help="run a command on N GPUs of this machine that no other job holds "
+                                         "(the GPU rules' prefix; waits while fewer are free)",
+                       description="The pool: a SLURM job's own GPUs; else PSSL_GPU_SLOTS (comma-separated ids); "
+                                   "else the CUDA_VISIBLE_DEVICES the run started with; else every GPU nvidia-smi "
+                                   "lists. Locks in PSSL_GPU_LOCK_DIR (default /tmp/pssl-gpu-slots).")
+    s.add_argument("gpus", type=int, help="GPUs the command takes: its ranks on this node (0: it sees none)")
+    s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments")
+    s.set_defaults(func=_gpu_slots)
+
+    s = sub.add_parser("status", help="per stage: jobs done, running and failed, with the last line of each "
+                                      "running or failed job's log")
+    s.add_argument("--results", default="results", help="results directory (default: %(default)s)")
+    s.add_argument("--snakemake-logs", default=".snakemake/log",
+                   help="Snakemake's log folder, or one of its logs (default: %(default)s)")
+    s.set_defaults(func=_status)
+
     s = sub.add_parser("summary", help="print where the pipeline's outputs are")
     s.add_argument("--results", default="results", help="results directory (default: %(default)s)")
     s.set_defaults(func=_summary)
@@ -501,7 +537,7 @@ EXAMPLES = {
     "eval-classify": "--model results/pretrain/psp/main/final.pt --index results/index.parquet "
                      "--root /data/imagenet/val --out results/classify/psp/pssl.json",
     "figure3": "--model results/pretrain/psp/main/final.pt --dataset voc_aug --root /data/segmentation "
-               "--index results/index.parquet --out results/report/figure3.png",
+               "--index results/index.parquet --images 3 --contains person --out results/report/figure3.png",
     "select-lr": "--runs ft/lr0.01/metrics.json ft/lr0.02/metrics.json --out ft/metrics.json",
     "table3": "--cells results/finetune/*/*/*/seed*/metrics.json --out results/report",
     "report": "--out results/report --stores results/explain/*.zarr --experiments results/report/experiments/*.csv",
@@ -515,6 +551,8 @@ EXAMPLES = {
                         "--out-dir results/report/experiments",
     "runtimes": "--configfile presets/paper.yaml",
     "summary": "--results results",
+    "gpu-slots": "2 -- torchrun --standalone --nproc_per_node 2 -m pssl pretrain ...",
+    "status": "--results results/pilot",
 }
 
 

@@ -67,11 +67,12 @@ class TrainLayout:
         return "python"
 
     def resources(self) -> dict:
-        """sbatch geometry: one node with all its GPUs for python / torchrun; one task per GPU under srun."""
+        """sbatch geometry without the GPUs (`gpu_resources` asks for them, gpus_per_node on each node): one
+        node for python / torchrun; one task per GPU under srun."""
         if self.uses_srun:
             return {"nodes": self.nodes, "tasks_per_node": self.gpus_per_node, "mpi": "srun",
-                    "gres": f"gpu:{self.gpus_per_node}", "cpus_per_task": self.cpus_per_rank}
-        return {"nodes": 1, "gpu": self.gpus_per_node, "cpus_per_task": self.cpus_per_rank * self.gpus_per_node}
+                    "cpus_per_task": self.cpus_per_rank}
+        return {"nodes": 1, "cpus_per_task": self.cpus_per_rank * self.gpus_per_node}
 
 
 def train_layout(config: dict, section: str) -> TrainLayout:
@@ -80,18 +81,49 @@ def train_layout(config: dict, section: str) -> TrainLayout:
                        s["launcher"])
 
 
+def gpu_request(config: dict, kind: str) -> dict:
+    """How jobs of a kind (a cluster.mem_mb key) ask for GPUs: cluster.gpu_request's default, updated with
+    the kind's own entry."""
+    requests = config["cluster"]["gpu_request"]
+    return {**requests["default"], **requests.get(kind, {})}
+
+
+def gpu_resources(request: dict, gpus: int, per_node: bool) -> dict:
+    """The executor plugin's resources that ask for `gpus` GPUs (on each node where `per_node`) in the
+    requested form: `gpu` (+ `gpu_model`) becomes --gpus=[<model>:]N, `gres` --gres=gpu:[<model>:]N.
+
+    --gres is per node by definition and every GPU cluster takes it (--gpus needs select/cons_tres), so jobs
+    across nodes always use it.
+    """
+    model = request["model"]
+    if per_node or request["flag"] == "gres":
+        asked = {"gres": f"gpu:{model}:{gpus}" if model else f"gpu:{gpus}"}
+    else:
+        asked = {"gpu": gpus, **({"gpu_model": model} if model else {})}
+    # The plugin adds --ntasks-per-gpu to a GPU job with a `tasks` or `tasks_per_gpu` resource, which breaks
+    # multi-GPU jobs (plugin issue #316); 0 keeps it out even where a profile's default resources set tasks.
+    asked["tasks_per_gpu"] = 0
+    if request["constraint"]:
+        asked["constraint"] = request["constraint"]
+    return asked
+
+
 def job_resources(config: dict, memory: str, cpus: int = 1, gpus: int = 0, layout: TrainLayout | None = None
                   ) -> dict:
-    """SLURM resources of one rule: partition (GPU or CPU), account, memory, CPUs, GPUs and nodes.
+    """SLURM resources of one rule: partition (GPU or CPU), account, memory, CPUs, GPUs and nodes, and
+    `gpu_slots`, the GPUs the job holds on its node (what `pssl gpu-slots` takes; 0 for a CPU job).
 
-    `memory` names the cluster.mem_mb entry; a training `layout` gives the GPU / task geometry.
+    `memory` names the cluster.mem_mb entry, and the cluster.gpu_request entry of a GPU job; a training
+    `layout` gives the GPU / task geometry.
     """
     c = config["cluster"]
-    geometry = layout.resources() if layout else {"nodes": 1, "cpus_per_task": max(1, cpus),
-                                                  **({"gpu": gpus} if gpus else {})}
-    on_gpu = bool(layout) or gpus > 0
-    partition = c["gpu_partition"] if on_gpu else (c["cpu_partition"] or c["gpu_partition"])
-    return {**geometry, "mem_mb": c["mem_mb"][memory],
+    if layout:
+        geometry, gpus = layout.resources(), layout.gpus_per_node
+    else:
+        geometry = {"nodes": 1, "cpus_per_task": max(1, cpus)}
+    asked = gpu_resources(gpu_request(config, memory), gpus, bool(layout) and layout.uses_srun) if gpus else {}
+    partition = c["gpu_partition"] if gpus else (c["cpu_partition"] or c["gpu_partition"])
+    return {**geometry, **asked, "gpu_slots": gpus, "mem_mb": c["mem_mb"][memory],
             **({"slurm_partition": partition} if partition else {}),
             **({"slurm_account": c["account"]} if c["account"] else {})}
 

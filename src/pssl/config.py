@@ -98,6 +98,7 @@ def check_experiments(config: dict) -> None:
         if unknown:
             raise ConfigError(f"config key pretrain_variants.{name}: {', '.join(unknown)} is not a pre-training "
                               f"setting ({', '.join(sorted(settable))})")
+    check_continuations(config)
     for name, e in config["experiments"].items():
         known = {"model": config["pretrain"]["models"], "datasets": config["finetune"]["datasets"],
                  "variants": [MAIN, *config["pretrain_variants"]]}
@@ -110,6 +111,11 @@ def check_experiments(config: dict) -> None:
     if figure["model"] not in config["finetune"]["models"] or figure["dataset"] not in config["finetune"]["datasets"]:
         raise ConfigError(f"config key figure3: model {figure['model']!r} must be one of finetune.models and dataset "
                           f"{figure['dataset']!r} one of finetune.datasets")
+    from pssl.data.downstream import DATASETS
+    classes = DATASETS[figure["dataset"]].classes
+    if figure["contains"] is not None and figure["contains"] not in classes:
+        raise ConfigError(f"config key figure3.contains: {figure['contains']!r} is not a class of {figure['dataset']} "
+                          f"({', '.join(classes)})")
     for name in config["run_experiments"]:
         if name not in config["experiments"]:
             raise ConfigError(f"config key run_experiments: {name!r} is not a key of experiments")
@@ -118,6 +124,23 @@ def check_experiments(config: dict) -> None:
             raise ConfigError(f"config key imagenet_val_root is required: experiment {name} (run_experiments) "
                               f"reports ImageNet val top-1; pass the val directory (<wnid>/ folders, or flat files "
                               f"with LOC_val_solution.csv)")
+
+
+def check_continuations(config: dict) -> None:
+    """continue_from names main or a variant, and no pre-training continues itself through a chain."""
+    from pssl.settings import MAIN, pretrain_settings
+    variants = [MAIN, *config["pretrain_variants"]]
+    source = {v: pretrain_settings(config, v)[0].continue_from for v in variants}
+    for variant in variants:
+        chain = [variant]
+        while source[chain[-1]] is not None:
+            nxt = source[chain[-1]]
+            key = "pretrain.continue_from" if chain[-1] == MAIN else f"pretrain_variants.{chain[-1]}.continue_from"
+            if nxt not in source:
+                raise ConfigError(f"config key {key}: {nxt!r} is not a pre-training ({', '.join(variants)})")
+            if nxt in chain:
+                raise ConfigError(f"config key {key}: {' -> '.join([*chain, nxt])} continues itself")
+            chain.append(nxt)
 
 
 def check_init(config: dict, key: str, init: str) -> None:
@@ -216,16 +239,16 @@ def check_data_roots(config: dict) -> None:
         raise ConfigError(f"config key imagenet_masks_root: {config['imagenet_masks_root']} is not a directory")
     if config["imagenet_val_root"] and not Path(config["imagenet_val_root"]).is_dir():
         raise ConfigError(f"config key imagenet_val_root: {config['imagenet_val_root']} is not a directory")
-    from pssl.data.pool import pool_dir
+    from pssl.data.pool import pool_folders
     pools = config["self_training"]["pools"] or {}
     for dataset in config["self_training"]["datasets"]:
         root = config["finetune"]["datasets"][dataset]["root"] or config["downstream_root"]
         if not (pools.get(dataset) or root):
             continue  # the demo's pool, which a rule generates
-        pool = pool_dir(dataset, root or "", pools.get(dataset))
-        if not pool.is_dir():
-            key = f"self_training.pools.{dataset}" if pools.get(dataset) else "downstream_root"
-            raise ConfigError(f"config key {key}: the unlabelled pool of {dataset}, {pool}, is not a directory")
+        for pool in pool_folders(dataset, root or "", pools.get(dataset)):
+            if not pool.is_dir():
+                key = f"self_training.pools.{dataset}" if pools.get(dataset) else "downstream_root"
+                raise ConfigError(f"config key {key}: the unlabelled pool of {dataset}, {pool}, is not a directory")
     for dataset, settings in config["finetune"]["datasets"].items():
         root = settings["root"] or config["downstream_root"]
         if not root:

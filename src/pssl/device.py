@@ -1,4 +1,5 @@
-"""Device and precision: the same code on CPU (fp32) and CUDA (bf16 or fp16 autocast, channels_last)."""
+"""Device and precision: the same code on CPU (fp32) and CUDA (bf16 or fp16 autocast, channels_last; TF32 only
+where chosen, `cuda_fp32_math`)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,39 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def reduced_precisions(device_type: str, capability: tuple[int, int] | None, cpu_bf16: bool) -> list[str]:
+    """The faster arithmetics `explain.precision: auto` may measure against fp32, in order of nominal speed:
+    bf16 and TF32 on CUDA compute capability 8.0+ (both run on its tensor cores), bf16 on a CPU with native
+    bf16; none elsewhere (a V100's bf16 is emulated; TF32 exists on NVIDIA GPUs only)."""
+    if device_type == "cuda":
+        return ["bf16", "tf32"] if capability is not None and capability >= (8, 0) else []
+    return ["bf16"] if cpu_bf16 else []
+
+
+def explain_candidates(device: torch.device) -> list[str]:
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return reduced_precisions(device.type, capability, device.type == "cpu" and native_bf16(device))
+
+
+@contextlib.contextmanager
+def cuda_fp32_math(mode: str):
+    """What an fp32 convolution or matmul computes on CUDA, set explicitly for the block: 'ieee' (true fp32)
+    or 'tf32' (TensorFloat-32 tensor cores on compute capability 8.0+: inputs rounded to a 10-bit mantissa,
+    fp32 accumulation). PyTorch's own defaults differ by op (cuDNN convolutions TF32, cuBLAS matmuls IEEE), so
+    "fp32" would otherwise mean TF32 convolutions on an A100 or H100 without anyone choosing it. Only the
+    flags of torch's newer API are read and written (mixing them with the older allow_tf32 flags is an error
+    in torch). The flags are process-wide and CUDA-only: on a CPU they change nothing."""
+    if mode not in ("ieee", "tf32"):
+        raise ValueError(f"fp32 math must be 'ieee' or 'tf32', got {mode!r}")
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = mode
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
 
 
 def autocast(device: torch.device, precision: str):

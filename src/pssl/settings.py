@@ -69,8 +69,10 @@ class ExplainSettings:
     memory_budget_gb: float = setting(0.0, "activation memory for sample_chunk auto (0: 0.8 x the GPU's free "
                                       "memory, 0.5 x the host's on CPU)", output=False)
     keep_model_deciles: bool = setting(False, "also store each model's deciles (model_deciles)")
-    precision: str = setting("auto", "auto: bf16 where the hardware has it natively and its D9 mask matches "
-                             "fp32's (IoU >= 0.98), else fp32", ("auto", "fp32", "bf16"))
+    precision: str = setting("auto", "auto: fp32, or the first of bf16 and TF32 (CUDA) the hardware runs natively "
+                             "that moves the D9 mask at most half as far from fp32's as a second noise draw does "
+                             "(measured on the first batch); fp32 is IEEE fp32 on CUDA too",
+                             ("auto", "fp32", "bf16", "tf32"))
     num_workers: int = setting(0, "DataLoader workers decoding images (0: in the main process)", output=False)
     seed: int = setting(0, "seed of the SmoothGrad noise")
 
@@ -122,14 +124,26 @@ class PretrainSettings:
                               "labels on the strong view", ("hard", "fused"))
     fusion_gamma: float = setting(0.5, "fused: weight of the model's prediction (1 - gamma: the prior)")
     fusion_temperature: float = setting(0.5, "fused: sharpening temperature T")
-    fusion_prior: str = setting("deciles", "fused: prior s from the ensemble deciles (D/9), or the fraction of "
-                                "models whose own decile is 9 (models; needs keep_model_deciles)",
-                                ("deciles", "models"))
-    cutout: float = setting(0.5, "fused: side of the strong view's CutOut square as a fraction of the crop (0: none)")
+    fusion_prior: str = setting("deciles", "fused: prior s on the image's class from the ensemble deciles: D/9 "
+                                "(deciles), 1 on D9 and 0 elsewhere (d9, the region the paper's labels take), or "
+                                "the fraction of models whose own decile is 9 (models; needs keep_model_deciles)",
+                                ("deciles", "d9", "models"))
+    fusion_calibration: str = setting("decoder", "fused: decoder, the decoder's logits divided by their RMS over "
+                                      "all channels, the prior mixed in as a probability; shared, eq. 4 (one RMS "
+                                      "over the decoder's logits and the prior, both softmaxed) on the two "
+                                      "channels the prior speaks for (the image's class, background); measured on "
+                                      "the demo, shared collapsed pre-training to background",
+                                      ("decoder", "shared"))
+    cutout: float = setting(0.1, "fused: side of the strong view's CutOut square as a fraction of the crop (the "
+                            "paper: 50 of 513 pixels, 0.1; the authors' code 100, 0.2; 0: none)")
     label_source: str = setting("deciles", "the label maps' foreground: the image's own explanation (deciles, the "
                                 "method) or a control: its true object mask (oracle, from imagenet_masks_root), "
                                 "another image's region (shuffled), a centred ellipse of its region's area (centre)",
                                 ("deciles", "oracle", "shuffled", "centre"))
+    continue_from: str | None = setting(None, "a pre-training variant of the same model (main: the pretrain "
+                                        "section's) whose final state (weights, optimizer, schedule position, "
+                                        "random streams) this one trains on to `epochs`, instead of starting anew "
+                                        "(Table 4's 60 epochs: the 30-epoch model trained 30 more)")
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,14 @@ class SanitySettings:
                                                "points (chance: 100 / (2K - 1) for K classes, a uniform guess)")
 
 
+@dataclass(frozen=True)
+class ClassifySettings:
+    """Table 4's ImageNet top-1 (pssl eval-classify): one input protocol for every row, the pre-trained
+    segmentation models and the ImageNet classifier alike, single scale (the paper's section 6.1)."""
+    resize: int = setting(256, "the shorter side of every val image is resized to this (bilinear)")
+    crop: int = setting(224, "the central crop x crop of it is classified")
+
+
 # What a teacher takes from its dataset's FinetuneSettings: the evaluation geometry, not the training crop.
 EVAL_GEOMETRY = ("base_size", "window", "scales", "flip")
 
@@ -172,7 +194,13 @@ class StudentSettings:
     """What a self-training student adds to its dataset's fine-tuning."""
     data: str = setting("pseudo", "pseudo: real set + centroid-sampled pseudo-labelled pool; duplicate: the "
                         "paper's control, the real set repeated to the same epoch size", ("pseudo", "duplicate"))
-    multiplier: int = setting(1, "k: every epoch is the real set + k x as many pseudo (or duplicated) samples")
+    multiplier: int = setting(1, "k: every epoch is a random half of the real set + k x as many pseudo samples "
+                              "(the control: the real set repeated to the same size)")
+    loss: str = setting("ce", "the student's loss: cross entropy, or OHEM's (Zhu et al.) on the hard pixels",
+                        ("ce", "ohem"))
+    ohem_threshold: float = setting(0.7, "ohem: keep the pixels whose predicted probability of their label is at "
+                                         "most this")
+    ohem_min_kept: int = setting(100000, "ohem: keep at least this many pixels of every image (the hardest)")
 
 
 # ---- config -> settings (the workflow) --------------------------------------------------------------------
@@ -205,6 +233,10 @@ def zoo_settings(config: dict) -> ZooSettings:
     return pick(ZooSettings, config["zoo"]["train"], seed=config["seed"])
 
 
+def classify_settings(config: dict) -> ClassifySettings:
+    return pick(ClassifySettings, config["classify"])
+
+
 def explain_settings(config: dict) -> ExplainSettings:
     return pick(ExplainSettings, config["explain"], seed=config["seed"])
 
@@ -216,7 +248,7 @@ def label_settings(config: dict) -> LabelSettings:
 MAIN = "main"  # the pre-training of the pretrain section itself (Table 3); other names: pretrain_variants
 
 
-FUSION_FIELDS = ("fusion_gamma", "fusion_temperature", "fusion_prior", "cutout")
+FUSION_FIELDS = ("fusion_gamma", "fusion_temperature", "fusion_prior", "fusion_calibration", "cutout")
 
 
 def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettings, TrainSettings]:
@@ -317,6 +349,10 @@ def optional_int(value: str) -> int | None:
     return None if value.lower() in ("none", "null") else int(value)
 
 
+def optional_str(value: str) -> str | None:
+    return None if value.lower() in ("none", "null") else value
+
+
 def int_or_auto(value: str) -> int | str:
     if value == "auto":
         return value
@@ -343,6 +379,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls, fields: tuple[str, 
             options.update(type=typing.get_args(kind)[0], nargs="*")
         elif kind == (int | None):
             options.update(type=optional_int, metavar="INT|none")
+        elif kind == (str | None):
+            options.update(type=optional_str, metavar="NAME|none")
         elif kind == (int | str):
             options.update(type=int_or_auto, metavar="INT|auto")
         else:

@@ -5,13 +5,14 @@ import re
 
 from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_minutes, train_layout, zoo_gpus
 from pssl.config import imagenet_root, zoo_specs
-from pssl.data.pool import DEMO_TRUTH, pool_dir
+from pssl.data.pool import DEMO_TRUTH, pool_folders
 from pssl.models.catalog import model_title
 from pssl.settings import (
     BACKBONE_ONLY,
     EVAL_GEOMETRY,
     MAIN,
     STUDENT_DATA,
+    classify_settings,
     demo_settings,
     explain_settings,
     finetune_settings,
@@ -106,6 +107,17 @@ def label_tables(wildcards=None):
 
 def pretrained(model, variant=MAIN):
     return f"{RESULTS}/pretrain/{model}/{variant}/final.pt"
+
+
+def pretrained_state(model, variant=MAIN):
+    """A finished pre-training's last checkpoint, what a continuation trains on from."""
+    return f"{RESULTS}/pretrain/{model}/{variant}/state.pt"
+
+
+def continued_state(wildcards):
+    """The state.pt of the pre-training a variant continues (continue_from; Table 4's 60 epochs), else []."""
+    source = pretrain_settings(config, wildcards.variant)[0].continue_from
+    return [pretrained_state(wildcards.model, source)] if source else []
 
 
 def pretrained_models(wildcards=None):
@@ -210,9 +222,10 @@ def cell_dir(wildcards, init=None):
     return f"{RESULTS}/finetune/{w.dataset}/{w.model}/{init or w.init}/seed{w.seed}"
 
 
-def pool_root(dataset):
-    """The unlabelled pool of a dataset (pssl.data.pool.pool_dir)."""
-    return str(pool_dir(dataset, dataset_root(dataset), (SELF_TRAINING["pools"] or {}).get(dataset)))
+def pool_paths(dataset):
+    """The folders of a dataset's unlabelled pool (pssl.data.pool.pool_folders)."""
+    configured = (SELF_TRAINING["pools"] or {}).get(dataset)
+    return [str(f) for f in pool_folders(dataset, dataset_root(dataset), configured)]
 
 
 def teacher_flags(wildcards):

@@ -43,7 +43,8 @@ rule zoo_model:
     benchmark:
         benchmark("zoo_model")
     shell:
-        "python -m pssl zoo --spec {params.spec:q} --source {params.source} --index {input.index}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " python -m pssl zoo --spec {params.spec:q} --source {params.source} --index {input.index}"
         " --out {output} {params.cache} {params.settings} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
@@ -69,7 +70,8 @@ rule explain_shard:
     benchmark:
         benchmark("explain_shard")
     shell:
-        "python -m pssl explain --shard {input.shard} --zoo {input.zoo} --out {output}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " python -m pssl explain --shard {input.shard} --zoo {input.zoo} --out {output}"
         " {params.settings} --device {params.device} --threads {threads}"
         " --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 

@@ -40,7 +40,8 @@ rule finetune:
     benchmark:
         benchmark("finetune")
     shell:
-        "{params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " {params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
         " --transfer {params.transfer}"
         " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
@@ -101,7 +102,7 @@ rule eval_classify:
         f"{RESULTS}/classify/{{model}}/{{init}}.json",
     params:
         root=lambda wc: imagenet_val_root(),
-        classifier_size=config["explain"]["image_size"],
+        settings=settings_flags(classify_settings(config)),
         device=config["device"],
     threads: config["threads"]
     resources:
@@ -112,8 +113,9 @@ rule eval_classify:
     log:
         f"{LOGS}/classify/{{model}}/{{init}}.log",
     shell:
-        "python -m pssl eval-classify --model {input.model} --index {input.index} --root {params.root}"
-        " --classifier-size {params.classifier_size} --out {output} --device {params.device} --threads {threads}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " python -m pssl eval-classify --model {input.model} --index {input.index} --root {params.root}"
+        " {params.settings} --out {output} --device {params.device} --threads {threads}"
         " > {log} 2>&1"
 
 
@@ -188,6 +190,7 @@ rule figure3:
         dataset=config["figure3"]["dataset"],
         root=lambda wc: dataset_root(config["figure3"]["dataset"]),
         images=config["figure3"]["images"],
+        contains=f"--contains {config['figure3']['contains']}" if config["figure3"]["contains"] else "",
         device=config["device"],
     threads: config["threads"]
     resources:
@@ -198,7 +201,8 @@ rule figure3:
         f"{LOGS}/figure3.log",
     shell:
         "python -m pssl figure3 --model {input.model} --dataset {params.dataset} --root {params.root}"
-        " --index {input.index} --images {params.images} --out {output.png} --device {params.device}"
+        " --index {input.index} --images {params.images} {params.contains} --out {output.png}"
+        " --device {params.device}"
         " --threads {threads} > {log} 2>&1"
 
 

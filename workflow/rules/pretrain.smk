@@ -23,7 +23,8 @@ rule label_shard:
     benchmark:
         benchmark("label_shard")
     shell:
-        "python -m pssl label --shard {input.shard} --store {input.store} --zoo {input.zoo} --out {output}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " python -m pssl label --shard {input.shard} --store {input.store} --zoo {input.zoo} --out {output}"
         " {params.settings} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
@@ -32,8 +33,10 @@ rule pretrain:
         stores=explain_stores,
         labels=label_tables,
         init=backbone_init,
+        continued=continued_state,
     output:
-        pretrained("{model}", "{variant}"),
+        model=pretrained("{model}", "{variant}"),
+        state=pretrained_state("{model}", "{variant}"),
     params:
         launcher=PRETRAIN_LAYOUT.launcher(),
         world=PRETRAIN_LAYOUT.world,
@@ -43,6 +46,7 @@ rule pretrain:
         out_dir=lambda wc, output: os.path.dirname(output[0]),
         settings=lambda wc: settings_flags(*pretrain_settings(config, wc.variant)),
         masks=masks_flag,
+        continued=lambda wc, input: f"--continue-state {input.continued}" if input.continued else "",
         device=config["device"],
     threads: PRETRAIN_LAYOUT.threads_per_rank
     resources:
@@ -56,9 +60,10 @@ rule pretrain:
     benchmark:
         benchmark("pretrain")
     shell:
-        "{params.launcher} -m pssl pretrain --stores {input.stores} --labels {input.labels}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " {params.launcher} -m pssl pretrain --stores {input.stores} --labels {input.labels}"
         " --out-dir {params.out_dir} --head {params.head} --backbone {params.backbone} {params.init} {params.masks}"
-        " {params.settings} --device {params.device} --threads {threads}"
+        " {params.continued} {params.settings} --device {params.device} --threads {threads}"
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 

@@ -16,7 +16,7 @@ rule teacher_labels:
     wildcard_constraints:
         init=one_of(BASE_INITS),
     params:
-        pool=lambda wc: pool_root(wc.dataset),
+        pool=lambda wc: pool_paths(wc.dataset),
         parts=len(POOL_PARTS),
         images=SELF_TRAINING["pool_images"],
         seed=config["seed"],
@@ -35,7 +35,8 @@ rule teacher_labels:
     benchmark:
         benchmark("teacher_labels")
     shell:
-        "python -m pssl teacher-labels --selected {input.selected} --runs {input.runs} --dataset {wildcards.dataset}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " python -m pssl teacher-labels --selected {input.selected} --runs {input.runs} --dataset {wildcards.dataset}"
         " --pool {params.pool} --out-dir {params.out_dir} --part {wildcards.part} --parts {params.parts}"
         " --images {params.images} --seed {params.seed} {params.settings} --device {params.device}"
         " --threads {threads} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
@@ -75,7 +76,8 @@ rule self_train:
     benchmark:
         benchmark("self_train")
     shell:
-        "{params.launcher} -m pssl self-train --dataset {wildcards.dataset} --root {params.root}"
+        "python -m pssl gpu-slots {resources.gpu_slots} --"
+        " {params.launcher} -m pssl self-train --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
         " --transfer {params.transfer} --pseudo {input.pseudo} {params.student}"
         " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"

@@ -9,10 +9,12 @@ Label source (pssl.data.label_sources): the foreground of a label map is the ima
 (the method) or a control's: its true object mask (oracle), another image's region (shuffled), or a centred
 ellipse of its region's area (centre). ignore_deciles apply to decile regions only (deciles, shuffled).
 
-Label mode `fused` (PseudoSeg, pssl.train.fusion) yields fused views instead: a weak view (the geometry
-only), a strong view of the same crop (+ blur, PseudoSeg's colour jitter and one mean-filled CutOut square),
-the prior's strength s warped bilinearly with the same geometry, the image's class, and the pixels the loss
-counts (not padding, ignored deciles or CutOut).
+Label mode `fused` (PseudoSeg, pssl.train.fusion) yields fused views instead: a weak view (scale, crop and
+flip, as the authors' weak augmentation: no rotation), a strong view of the same crop (pssl.data.strong_view:
+the authors' colour jitter and one CutOut square, no geometric change), the prior's strength s warped
+bilinearly with the same geometry, the image's class, and the pixels the loss counts: not padding (whatever
+pad_label says: the authors' code divides by "the number of pixels excluding padding"), ignored deciles or
+CutOut.
 """
 
 from __future__ import annotations
@@ -26,19 +28,24 @@ import torch
 
 from pssl import store
 from pssl.data.label_sources import derangement, foreground, mask_path, read_object_mask
+from pssl.data.strong_view import draw_strong, strong_view
 from pssl.data.transforms import CropAugment, augment, sample_generator, to_tensor
 from pssl.tables import read_table
 
 log = logging.getLogger(__name__)
 PSEUDO_IGNORE = -1  # label of pixels the pre-training loss skips (ignored deciles, padding)
-STRONG_JITTER = (0.5, 0.5, 0.5, 0.25)  # PseudoSeg's strong view: brightness, contrast, saturation, hue
 
 
-def prior_strength(deciles: np.ndarray, model_deciles: np.ndarray | None = None) -> np.ndarray:
-    """s in [0, 1] per pixel: the fraction of models whose own decile is 9, or (no per-model deciles) D / 9."""
-    if model_deciles is not None:
+def prior_strength(prior: str, deciles: np.ndarray, model_deciles: np.ndarray | None = None) -> np.ndarray:
+    """s in [0, 1] per pixel (fusion_prior): D / 9 (deciles), 1 on D9 and 0 elsewhere (d9), or the fraction of
+    models whose own decile is 9 (models, from `model_deciles`)."""
+    if prior == "models":
         return (model_deciles == 9).mean(axis=0, dtype=np.float32)
-    return deciles.astype(np.float32) / 9.0
+    if prior == "d9":
+        return (deciles == 9).astype(np.float32)
+    if prior == "deciles":
+        return deciles.astype(np.float32) / 9.0
+    raise ValueError(f"fusion_prior must be deciles, d9 or models, got {prior!r}")
 
 
 def check_prior(prior: str, groups) -> str:
@@ -79,7 +86,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
     def __init__(self, stores: list[str], labels: list[str], num_classes: int, crop: int,
                  decile_threshold: int = 9, ignore_deciles: tuple[int, ...] = (), seed: int = 0,
                  pad_label: str = "ignore", images: int = 0, fused: bool = False, fusion_prior: str = "deciles",
-                 cutout: float = 0.5, label_source: str = "deciles", masks_root: str | None = None):
+                 cutout: float = 0.1, label_source: str = "deciles", masks_root: str | None = None):
         self.background = num_classes  # class K: the segmentation head has K + 1 outputs
         if label_source != "deciles" and fused:
             raise ValueError(f"label_source {label_source} is a control of the hard label maps: use label_mode hard")
@@ -91,8 +98,9 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
             raise ValueError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
         self.fused, self.cutout = fused, cutout
         # Padding from the crop and the rotation: ignored, or background as in the authors' code at the paper.
-        self.transform = CropAugment(crop, mask_fill=PSEUDO_IGNORE if pad_label == "ignore" else self.background,
-                                     **({"jitter": STRONG_JITTER} if fused else {}))
+        # Fused views: the weak view is PseudoSeg's (scale, crop, flip) and padding never counts.
+        self.transform = CropAugment(crop, mask_fill=PSEUDO_IGNORE if pad_label == "ignore" or fused
+                                     else self.background, heavy=not fused)
         self.epoch = 0
         self.store_paths = list(stores)
         self.samples: list[Sample] = []
@@ -161,7 +169,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         """The fused mode's prior strength s (S x S) of sample i."""
         s, group = self.samples[i], self.groups()[self.samples[i].store]
         models = group["model_deciles"][s.row] if self.prior == "models" else None
-        return prior_strength(group["deciles"][s.row], models)
+        return prior_strength(self.prior, group["deciles"][s.row], models)
 
     def __getitem__(self, i: int):
         path, labels = self.target(i)
@@ -171,16 +179,10 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
 
     def fused_views(self, i: int, path: Path, labels: np.ndarray) -> dict:
         g = sample_generator(self.seed, self.epoch, i)
-        p, crop_to_labels, rgb, mask = self.transform.geometry(path, labels, g)
+        _, crop_to_labels, rgb, mask = self.transform.geometry(path, labels, g)
         weak = rgb.astype(np.float32) / 255.0
-        strong = self.transform.photometric(weak, p)
-        valid = mask != PSEUDO_IGNORE
-        side = round(self.cutout * self.transform.crop)
-        if side:
-            top, left = (int(torch.randint(0, self.transform.crop - side + 1, (), generator=g)) for _ in range(2))
-            strong = strong.copy()
-            strong[top:top + side, left:left + side] = strong.reshape(-1, 3).mean(axis=0)
-            valid[top:top + side, left:left + side] = False
+        strong, cut = strong_view(weak, draw_strong(g, self.transform.crop, self.cutout))
+        valid = (mask != PSEUDO_IGNORE) & ~cut
         strength = self.transform.warp_values(self.strength(i), crop_to_labels, 0.0)
         return {"weak": to_tensor(weak), "strong": to_tensor(strong), "strength": torch.from_numpy(strength),
                 "label": self.samples[i].label, "valid": torch.from_numpy(valid)}

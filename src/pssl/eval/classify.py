@@ -5,8 +5,11 @@ over every pixel of the image, the background channel is dropped, and the argmax
 prediction (background excluded: an image's class is never "background"). A zoo classifier (the ImageNet-init
 row) predicts directly. Every model is scored on the index's classes, found by name among its outputs
 (pssl.classes): a model pre-trained on an ImageNet subset and a 1000-class classifier are both asked "which of
-these classes", and a class a model does not know stops the job before any image is read. Each image is resized so its shorter side is `size` and centre-cropped to size x size
-(`size`: the pre-training crop for a segmentation model, the explain resolution S for a zoo classifier).
+these classes", and a class a model does not know stops the job before any image is read.
+
+One input protocol for every row of the table (`ClassifySettings`; the paper: single scale): the shorter
+side resized to `resize` (bilinear), the central `crop` x `crop` classified, whatever the model. Reading a
+segmenter at its pre-training crop and the classifier at its own size would compare two protocols.
 
 Validation layouts: class folders (`<root>/<wnid>/*.JPEG`, as after the usual valprep script), or flat files
 (`<root>/*.JPEG`) with the Kaggle solution table `LOC_val_solution.csv` (`ImageId,PredictionString`, the
@@ -30,6 +33,7 @@ from pssl.data.images import UnreadableImage, load_rgb
 from pssl.device import resolve_device
 from pssl.io import atomic_file
 from pssl.progress import Progress
+from pssl.settings import ClassifySettings
 from pssl.tables import read_meta
 
 log = logging.getLogger(__name__)
@@ -58,20 +62,25 @@ def val_images(root: str | Path, classes: list[str]) -> list[tuple[Path, int]]:
     return sorted(pairs)
 
 
-def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Shorter side resized to `size` (bilinear), then the central size x size."""
+def centre_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """Shorter side resized to `resize` (bilinear), then the central crop x crop."""
+    if crop > resize:
+        raise ValueError(f"classify crop {crop} is larger than the resized shorter side {resize}")
     h, w = rgb.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return resized[top:top + size, left:left + size]
+    scale = resize / min(h, w)
+    nh, nw = max(resize, round(h * scale)), max(resize, round(w * scale))
+    resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR)) if (nh, nw) != (h, w) else rgb
+    top, left = (nh - crop) // 2, (nw - crop) // 2
+    return resized[top:top + crop, left:left + crop]
 
 
-def load_model(path: str | Path, device: torch.device, classifier_size: int
-               ) -> tuple[torch.nn.Module, str, int, list[str]]:
-    """(model, kind, input size, classes of its outputs): a pre-trained segmentation model (at its pre-training
-    crop; its classes without the background) or a zoo classifier (at `classifier_size`)."""
+def protocol(settings: ClassifySettings) -> str:
+    return f"shorter side {settings.resize}, centre crop {settings.crop} x {settings.crop}, single scale"
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, str, list[str]]:
+    """(model, kind, classes of its outputs): a pre-trained segmentation model (its classes without the
+    background) or a zoo classifier."""
     record = torch.load(path, map_location="cpu", weights_only=False)
     if record.get("kind") == "pssl-pretrain":
         from pssl.models.segmenter import build_segmenter
@@ -80,10 +89,10 @@ def load_model(path: str | Path, device: torch.device, classifier_size: int
             raise ClassSpaceError(f"{path} names no classes (pre-trained by an older version): pre-train it again")
         model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
         model.load_state_dict(record["model"])
-        return model.eval().to(device), "segmenter", cfg["crop"], cfg["classes"]
+        return model.eval().to(device), "segmenter", cfg["classes"]
     from pssl.models.zoo import load_classifier
     model, zoo_record = load_classifier(path, device)
-    return model, "classifier", classifier_size, record_classes(zoo_record)
+    return model, "classifier", record_classes(zoo_record)
 
 
 @torch.no_grad()
@@ -95,11 +104,11 @@ def class_scores(model: torch.nn.Module, kind: str, x: torch.Tensor) -> torch.Te
     return model(x).float().softmax(dim=1)
 
 
-def evaluate_classification(model_path: str, index: str, root: str, out: str, classifier_size: int = 224,
+def evaluate_classification(model_path: str, index: str, root: str, out: str, settings: ClassifySettings,
                             device: str = "auto", batch_size: int = 32) -> dict:
     dev = resolve_device(device)
     classes = read_meta(index)["classes"]
-    model, kind, size, model_classes = load_model(model_path, dev, classifier_size)
+    model, kind, model_classes = load_model(model_path, dev)
     cols = torch.from_numpy(columns(classes, model_classes, str(model_path))).to(dev)
     items = val_images(root, classes)
     if not items:
@@ -111,7 +120,8 @@ def evaluate_classification(model_path: str, index: str, root: str, out: str, cl
             pixels, labels = [], []
             for path, label in items[start:start + batch_size]:
                 try:
-                    pixels.append(centre_square(load_rgb(path, min_size=(size, size)), size))
+                    pixels.append(centre_crop(load_rgb(path, min_size=(settings.resize, settings.resize)),
+                                              settings.resize, settings.crop))
                     labels.append(label)
                 except UnreadableImage as e:
                     unreadable[str(path)] = str(e)
@@ -123,7 +133,7 @@ def evaluate_classification(model_path: str, index: str, root: str, out: str, cl
                 hits5 += int((top == truth).any(dim=1).sum())
                 done += len(labels)
             progress.update(len(items[start:start + batch_size]))
-    result = {"model": str(model_path), "kind": kind, "input": f"shorter side {size}, centre crop {size} x {size}",
+    result = {"model": str(model_path), "kind": kind, "input": protocol(settings),
               "prediction": "per-pixel softmax averaged over the image, background excluded, argmax"
               if kind == "segmenter" else "softmax argmax",
               "images": done, "unreadable": unreadable, "classes": len(classes),

@@ -60,19 +60,30 @@ def experiment_table(cells: pd.DataFrame, variants: dict[str, dict | None], data
     return out
 
 
-def experiment_markdown(table: pd.DataFrame, title: str, seeds: list[int]) -> str:
+def experiment_markdown(table: pd.DataFrame, title: str, seeds: list[int], top1_input: str | None = None) -> str:
     cols = shown_columns(table)
     lines = [f"## {title}", "", "| initialisation | " + " | ".join(cols) + " |",
              "|---|" + "|".join("---:" for _ in cols) + "|"]
     lines += [f"| {name} | " + " | ".join(row) + " |" for name, row in formatted(table).iterrows()]
-    return "\n".join(lines) + "\n\n" + experiment_note(seeds) + "\n"
+    return "\n".join(lines) + "\n\n" + experiment_note(seeds, top1_input) + "\n"
 
 
-def experiment_note(seeds: list[int]) -> str:
+def experiment_note(seeds: list[int], top1_input: str | None = None) -> str:
     spread = (f"mean ± standard deviation over seeds {', '.join(map(str, seeds))}; diff: the mean paired gain "
               f"over ImageNet init ± its 95% t half-width, * where the interval excludes zero"
               if len(seeds) > 1 else f"one seed ({seeds[0]})")
-    return f"mIoU (%) on each dataset's evaluation split, {spread}; – : no result."
+    top1 = f" {TOP1}: every row's model on the same input ({top1_input})." if top1_input else ""
+    return f"mIoU (%) on each dataset's evaluation split, {spread}; – : no result.{top1}"
+
+
+def top1_protocol(results: list[dict]) -> str | None:
+    """The one input protocol of the top-1 column (pssl eval-classify's `input`); a column mixing protocols,
+    e.g. the segmenters at their pre-training crop and the classifier at its own size, is refused."""
+    inputs = sorted({r["input"] for r in results})
+    if len(inputs) > 1:
+        raise ValueError(f"the top-1 column would compare {len(inputs)} input protocols ({'; '.join(inputs)}): "
+                         f"rerun eval-classify with one classify setting for every row")
+    return inputs[0] if inputs else None
 
 
 def write_experiment(name: str, title: str, cell_files: list[str], variants: dict[str, dict | None],
@@ -82,16 +93,17 @@ def write_experiment(name: str, title: str, cell_files: list[str], variants: dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = collect(cell_files)
-    top1 = {Path(f).stem: 100 * json.loads(Path(f).read_text())["top1"] for f in classify}
-    table = experiment_table(cells, variants, datasets, imagenet, top1)
+    results = {Path(f).stem: json.loads(Path(f).read_text()) for f in classify}
+    top1_input = top1_protocol(list(results.values()))
+    table = experiment_table(cells, variants, datasets, imagenet, {k: 100 * r["top1"] for k, r in results.items()})
     seeds = sorted(set(cells["seed"]))
     with atomic_file(out / f"{name}.csv") as tmp:
         table.to_csv(tmp, float_format="%.2f")
     with atomic_file(out / f"{name}_runs.csv") as tmp:
         cells.to_csv(tmp, index=False, float_format="%.4f")
     with atomic_file(out / f"{name}.md") as tmp:
-        tmp.write_text(experiment_markdown(table, title, seeds))
+        tmp.write_text(experiment_markdown(table, title, seeds, top1_input))
     with atomic_file(out / f"{name}.html") as tmp:
-        tmp.write_text(html_page(title, html_table(formatted(table).reset_index(), title, experiment_note(seeds),
-                                                    index=False)))
+        tmp.write_text(html_page(title, html_table(formatted(table).reset_index(), title,
+                                                    experiment_note(seeds, top1_input), index=False)))
     return out / f"{name}.csv"

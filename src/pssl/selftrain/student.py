@@ -1,10 +1,14 @@
-"""The self-training student's training set: the real training set + k x as many pseudo samples per epoch.
+"""The self-training student's training set: per epoch a random half of the real set + k x as many pseudo samples.
 
-Pseudo samples are drawn class-uniformly by centroid (Zhu et al. with NVIDIA's uniform sampler): a class
-uniformly among the classes the teacher found in the pool, one of that class's centroids uniformly, and a
-training crop that contains the centroid. The control (`duplicate`) repeats the real set instead, so an epoch
-has the same size and only the pseudo data differs. Every draw depends only on (seed, epoch, index), so a
-resumed student sees the same samples.
+Zhu et al.: each epoch "randomly pick[s] half the training samples" of the real set and k times as many
+pseudo samples, so the real half is the same for every k (it is drawn from the seed and the epoch alone) and an
+epoch of k = 1 is as long as the teacher's. Pseudo samples are drawn class-uniformly by centroid (NVIDIA's
+uniform sampler): a class uniformly among the classes the teacher found in the pool, one of that class's
+centroids uniformly, and a training crop that contains the centroid. The control (`duplicate`) repeats the
+real set to the same epoch size instead ((1 + k) / 2 times: the paper's duplication, 3K ... 12K real samples
+for k = 1 ... 7), so only the pseudo data differs. Every sample is augmented as the paper's students are:
+scale, crop, flip, Gaussian blur (pssl.data.transforms' draw) and colour jitter 0.1. Every draw depends only
+on (seed, epoch, index), so a resumed student sees the same samples.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pssl.data.downstream import SegmentationSet
-from pssl.data.transforms import augment
+from pssl.data.downstream import IGNORE, SegmentationSet
+from pssl.data.transforms import CropAugment, augment
 from pssl.selftrain.teacher import CENTROID_COLUMNS
 from pssl.tables import read_table
 from pssl.train.finetune import FinetuneDataset
 
 log = logging.getLogger(__name__)
+JITTER = (0.1, 0.1, 0.1, 0.1)  # Zhu et al.'s "color jittering (0.1)": brightness, contrast, saturation, hue
 
 
 class PseudoPool:
@@ -57,23 +62,36 @@ class PseudoPool:
 
 
 class StudentDataset(FinetuneDataset):
-    """Indices [0, n) are the real set; [n, (1 + k) n) pseudo samples (or, without a pool, the real set again)."""
+    """An epoch of (1 + k) h samples, h = half the real set (rounded up): with a pool, indices [0, h) are this
+    epoch's real half and [h, (1 + k) h) pseudo samples; without one (the control), the real set repeated."""
 
     def __init__(self, real: SegmentationSet, pool: PseudoPool | None, multiplier: int, crop: int, base_size: int,
                  seed: int):
         super().__init__(real, crop, base_size, seed)
-        self.pool, self.multiplier = pool, multiplier
-        log.info(f"student set: {len(real)} real + {multiplier} x {len(real)} "
-                 + (f"pseudo samples per epoch (class-uniform over {len(pool.classes)} classes, {len(pool.images)} "
-                    f"pool images)" if pool else "duplicated real samples per epoch (control)"))
+        # Blur and colour jitter besides the fine-tuning's scale, crop and flip; no rotation, so a crop keeps the
+        # centroid it was drawn around.
+        self.transform = CropAugment(crop, mask_fill=IGNORE, base_size=base_size, long_side=True, degrees=0.0,
+                                     jitter=JITTER)
+        self.pool, self.multiplier, self.half = pool, multiplier, (len(real) + 1) // 2
+        self.set_epoch(0)
+        log.info(f"student set: {len(self)} samples per epoch: "
+                 + (f"{self.half} of {len(real)} real + {multiplier} x {self.half} pseudo (class-uniform over "
+                    f"{len(pool.classes)} classes, {len(pool.images)} pool images)" if pool else
+                    f"the {len(real)} real ones repeated (control)"))
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        # the epoch's real half: from the seed and the epoch alone, so every k trains on the same real samples
+        self.real_half = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))[:self.half]
 
     def __len__(self) -> int:
-        return len(self.data) * (1 + self.multiplier)
+        return self.half * (1 + self.multiplier)
 
     def __getitem__(self, i: int):
-        n = len(self.data)
-        if i < n or self.pool is None:
-            return self.real_sample(i % n, i)
+        if self.pool is None:
+            return self.real_sample(i % len(self.data), i)
+        if i < self.half:
+            return self.real_sample(int(self.real_half[i]), i)
         _, image, centre = self.pool.draw(np.random.default_rng([self.seed, self.epoch, i]))
         path, label_path = self.pool.images[image]
         labels = np.asarray(Image.open(label_path))

@@ -1,4 +1,5 @@
-"""Teacher inference: a fine-tuned segmentation model labels one part of its dataset's unlabelled pool.
+"""Teacher inference: a fine-tuned segmentation model labels one part of its dataset's unlabelled pool (one or
+several folders, pssl.data.pool).
 
 Per image: the probabilities of the dataset's evaluation (its scales, flip, base size and sliding window),
 the argmax as a hard label (Zhu et al.'s choice), pixels below `confidence` set to ignore (off by default),
@@ -26,7 +27,7 @@ from PIL import Image
 
 from pssl.data.downstream import IGNORE
 from pssl.data.images import UnreadableImage, load_rgb
-from pssl.data.pool import list_pool, pool_part
+from pssl.data.pool import list_pool, pool_base, pool_part
 from pssl.device import allocation, autocast, precision_for, resolve_device
 from pssl.eval.inference import probabilities
 from pssl.io import atomic_file, fingerprint
@@ -84,16 +85,17 @@ def start_or_resume(out_dir: Path, identity: dict) -> None:
         tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
 
 
-def label_pool(teacher: str, dataset: str, pool: str, out_dir: str | Path, *, geometry: FinetuneSettings,
+def label_pool(teacher: str, dataset: str, pool: list[str], out_dir: str | Path, *, geometry: FinetuneSettings,
                settings: TeacherSettings, part: int = 0, parts: int = 1, images: int = 0, seed: int = 0,
                device: str = "auto", requeue_margin_min: float = 15.0) -> pd.DataFrame:
-    """Label part `part` of `parts` of the pool (its first `images` of a fixed order by `seed`, 0: all)."""
-    out_dir, dev = Path(out_dir), resolve_device(device)
+    """Label part `part` of `parts` of the pool's folders (their first `images` of a fixed order by `seed`, 0:
+    all). The tables' `pool` is the folders' common parent, which the image paths are relative to."""
+    out_dir, dev, base = Path(out_dir), resolve_device(device), pool_base(pool)
     relpaths = pool_part(list_pool(pool, images, seed), part, parts)
     model, cfg = load_finetuned(teacher, dev)
     if cfg["dataset"] != dataset:
         raise ValueError(f"{teacher} was fine-tuned on {cfg['dataset']}, not {dataset}")
-    identity = {"teacher": fingerprint(teacher), "dataset": dataset, "pool": str(Path(pool).resolve()),
+    identity = {"teacher": fingerprint(teacher), "dataset": dataset, "pool": [str(Path(f).resolve()) for f in pool],
                 "images": relpaths, "geometry": asdict(geometry), "settings": asdict(settings)}
     start_or_resume(out_dir, identity)
     precision = precision_for(dev, "auto", training=False)
@@ -112,7 +114,7 @@ def label_pool(teacher: str, dataset: str, pool: str, out_dir: str | Path, *, ge
                     labels = np.asarray(Image.open(png))
                     resumed += 1
                 else:
-                    labels = pseudo_label(model, load_rgb(Path(pool) / relpath), cfg["num_classes"], geometry,
+                    labels = pseudo_label(model, load_rgb(base / relpath), cfg["num_classes"], geometry,
                                           settings.confidence, dev, precision)
                     png.parent.mkdir(parents=True, exist_ok=True)
                     with atomic_file(png) as tmp:
@@ -130,7 +132,8 @@ def label_pool(teacher: str, dataset: str, pool: str, out_dir: str | Path, *, ge
                 time_limit.requeue_and_wait()  # the written PNGs are the saved state
     table = pd.DataFrame(rows)
     meta = {"dataset": dataset, "classes": cfg["classes"], "num_classes": cfg["num_classes"],
-            "pool": str(Path(pool).resolve()), "teacher": str(teacher), "teacher_sha256": identity["teacher"],
+            "pool": str(base), "folders": identity["pool"], "teacher": str(teacher),
+            "teacher_sha256": identity["teacher"],
             "part": part, "parts": parts,
             "geometry": asdict(geometry), "settings": asdict(settings), "precision": precision}
     write_table(pd.DataFrame(centroids, columns=CENTROID_COLUMNS), out_dir / "centroids.parquet", meta)

@@ -53,6 +53,20 @@ def remove_checkpoints(directory: str | Path) -> None:
         path.unlink()
 
 
+FINAL_STATE = "state.pt"  # a finished pre-training's last checkpoint: what a continuation trains on from
+
+
+def keep_final_state(directory: str | Path) -> Path:
+    """The newest checkpoint (a finished run's: its last step) becomes `state.pt`, the others are removed."""
+    directory = Path(directory)
+    newest = latest_checkpoint(directory)
+    if newest is None:
+        raise FileNotFoundError(f"{directory}: no checkpoint to keep as {FINAL_STATE}")
+    final = newest.replace(directory / FINAL_STATE)
+    remove_checkpoints(directory)
+    return final
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     found = sorted(Path(directory).glob("ckpt-*.pt"))
     return found[-1] if found else None

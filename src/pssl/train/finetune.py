@@ -8,8 +8,9 @@ init pssl:     the whole pre-trained model; only the final per-class layers are 
 The metrics are those of `eval_split` (the paper: CamVid's test split, val elsewhere); the learning rate of a
 grid is chosen on val (`selection` in metrics.json), so a test split never picks its own hyper-parameters.
 
-A self-training student (`student`, pssl.selftrain) is the same job on a larger training set: the real set
-+ k x as many centroid-sampled pseudo samples per epoch, or the real set repeated (the control).
+A self-training student (`student`, pssl.selftrain) is the same job on another training set: per epoch a random
+half of the real set + k x as many centroid-sampled pseudo samples, or the real set repeated to that size (the
+control); its loss may be OHEM (`student.loss`).
 
 Outputs in out_dir: metrics.json, final.pt (the evaluated weights and their config), log.csv. The resume
 checkpoints are removed once both are written.
@@ -37,7 +38,7 @@ from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import remove_checkpoints
 from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import fit
-from pssl.train.losses import class_weights
+from pssl.train.losses import Ohem, class_weights
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
     job = {"dataset": dataset, "model": f"{head}-{backbone}", "init": init, "transfer": transfer,
            "init_from": init_from and fingerprint(init_from), "crop": settings.crop, "base_size": settings.base_size,
            "student": asdict(student) if student else None, "pseudo": [fingerprint(x) for x in pseudo]}
+    ohem = Ohem(student.ohem_threshold, student.ohem_min_kept) if student and student.loss == "ohem" else None
     model = fit(model, training_set(train_set, settings, train, student, list(pseudo)), weight, train, out_dir, info,
-                ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min), job=job)
+                ignore_index=IGNORE, time_limit=TimeLimit(requeue_margin_min), job=job, ohem=ohem)
     precision = precision_for(info.device, train.precision)
     results = {split: evaluate(model, data, info, settings, precision) for split, data in eval_sets.items()}
     notes = label_notes([train_set, *eval_sets.values()], info)

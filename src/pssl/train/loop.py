@@ -36,6 +36,7 @@ from pssl.train.checkpoint import (
     set_rng_state,
 )
 from pssl.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
+from pssl.train.losses import Ohem
 from pssl.train.objectives import FusedLabels, HardLabels
 from pssl.train.schedules import lr_multiplier
 
@@ -48,6 +49,7 @@ class Fusion:
     background: int
     gamma: float
     temperature: float
+    calibration: str
 
 
 @dataclass
@@ -174,14 +176,18 @@ def changed_keys(saved: dict, current: dict) -> str:
 
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path, info: DistInfo,
         ignore_index: int, time_limit: TimeLimit | None = None, fusion: Fusion | None = None,
-        job: dict | None = None) -> nn.Module:
+        job: dict | None = None, ohem: Ohem | None = None, start: str | Path | None = None) -> nn.Module:
     """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W); with `fusion`,
-    the fused views of pssl.data.pseudo); return it. `weight`: the loss's class weights.
+    the fused views of pssl.data.pseudo); return it. `weight`: the loss's class weights; `ohem`: label maps
+    learnt on OHEM's hard pixels.
 
     `job`: what else decides the result (model, the stage's settings, the fingerprints of the data and init
     files). A checkpoint resumes only a job of the same identity (this and p's output settings); one left by
     other settings or inputs is discarded, so a rerun after a change upstream trains anew instead of
     finishing the old run.
+    `start`: the final checkpoint of a finished run (pssl.train.checkpoint.FINAL_STATE) that this one continues
+    to `p.epochs`, when it has no checkpoint of its own yet: its weights, optimizer, schedule position and
+    random streams, so a continuation ends where an uninterrupted run of all the epochs would.
     With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,8 +215,9 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     # fp16 (GPUs without native bf16) needs loss scaling; disabled, the scaler passes everything through.
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     weight = weight.to(dev)
-    objective = HardLabels(weight, ignore_index, p.aux_weight) if fusion is None else \
-        FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature, info)
+    objective = HardLabels(weight, ignore_index, p.aux_weight, ohem) if fusion is None else \
+        FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature, fusion.calibration,
+                    info)
     identity = {"train": output_identity(p), **(job or {})}
     t = Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir, steps_per_epoch,
                 total_steps, identity)
@@ -224,6 +231,15 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
         if info.main:
             remove_checkpoints(out_dir)
         state = None
+    if state is None and start is not None:
+        resume, state = Path(start), load_checkpoint(start)
+        if state["step"] % steps_per_epoch or state["step"] >= total_steps:
+            raise ValueError(f"{start} ended at step {state['step']}, not at an epoch end before this run's "
+                             f"{total_steps} steps ({steps_per_epoch} per epoch): a continuation needs the same "
+                             f"images and batch size, and more epochs")
+        if info.main:
+            log.info("continuing the finished run of %s (%d epochs) to %d epochs", start,
+                     state["step"] // steps_per_epoch, p.epochs)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

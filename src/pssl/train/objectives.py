@@ -13,8 +13,8 @@ import torch
 
 from pssl.device import autocast
 from pssl.train.distributed import DistInfo
-from pssl.train.fusion import fuse, logit_rms, prior_channels, soft_ce_sums
-from pssl.train.losses import weighted_ce_sums
+from pssl.train.fusion import fuse, soft_ce_sums
+from pssl.train.losses import Ohem, weighted_ce_sums
 
 
 def to_device(images: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -24,15 +24,19 @@ def to_device(images: torch.Tensor, dev: torch.device) -> torch.Tensor:
 
 @dataclass
 class HardLabels:
-    """Batches (images (B, 3, H, W), label maps (B, H, W)): weighted cross entropy (eq. 3)."""
+    """Batches (images (B, 3, H, W), label maps (B, H, W)): weighted cross entropy (eq. 3); with `ohem`, on the
+    hard pixels the main head's prediction selects, for both heads (one weight sum normalises the loss)."""
     weight: torch.Tensor
     ignore_index: int
     aux_weight: float
+    ohem: Ohem | None = None
 
     def __call__(self, net, batch, dev: torch.device, precision: str):
         images, masks = to_device(batch[0], dev), batch[1].to(dev, non_blocking=True)
         with autocast(dev, precision):
             outputs = net(images)
+        if self.ohem is not None:
+            masks = self.ohem.select(outputs["out"].detach(), masks, self.ignore_index)
         weight = self.weight.to(dev)
         loss_sum, weight_sum = weighted_ce_sums(outputs["out"], masks, weight, self.ignore_index)
         if "aux" in outputs:
@@ -45,21 +49,22 @@ class HardLabels:
 class FusedLabels:
     """Batches of fused views (pssl.data.pseudo: weak, strong, strength, label, valid): the model's prediction
     on the weak view (no gradient) fused with the explanation prior and sharpened (PseudoSeg eq. 4,
-    METHODS.md) is the soft target of the strong view; CutOut and padding are excluded; each pixel weighs
-    sum_c y_c w_c (eq. 3's w_bg on the soft label). The logits' RMS r spans the global batch, so N ranks
-    compute the targets of one process with the whole batch."""
+    METHODS.md, pssl.train.fusion) is the soft target of the strong view; CutOut and padding are excluded;
+    each pixel weighs sum_c y_c w_c (eq. 3's w_bg on the soft label). The calibration's RMS r spans the global
+    batch, so N ranks compute the targets of one process with the whole batch."""
     weight: torch.Tensor
     aux_weight: float
     background: int
     gamma: float
     temperature: float
+    calibration: str
     info: DistInfo
 
     def targets(self, net, batch, dev: torch.device, precision: str) -> torch.Tensor:
         with torch.no_grad(), autocast(dev, precision):
             logits = net(to_device(batch["weak"], dev))["out"].float()
-        prior = prior_channels(batch["strength"].to(dev), batch["label"].to(dev), logits.shape[1], self.background)
-        return fuse(logits, prior, self.gamma, self.temperature, rms=logit_rms(logits, self.info))
+        return fuse(logits, batch["strength"].to(dev), batch["label"].to(dev), self.background, self.gamma,
+                    self.temperature, self.calibration, self.info)
 
     def __call__(self, net, batch, dev: torch.device, precision: str):
         target = self.targets(net, batch, dev, precision)

@@ -3,7 +3,9 @@ the D9 label maps (eq. 3) or, with label_mode fused, on PseudoSeg's fused soft l
 
 Runs as one process, under torchrun (one node) or under srun (one task per GPU across nodes); see
 pssl.train.distributed. Output: <out_dir>/final.pt = {"model", "config", "kind": "pssl-pretrain"}; the config's
-`classes` names output k < K (the label tables' classes, pssl.classes), output K is background.
+`classes` names output k < K (the label tables' classes, pssl.classes), output K is background. Beside it
+state.pt, the last checkpoint (weights, optimizer, schedule, random streams), from which a pre-training with
+`continue_from` trains on (Table 4's 60 epochs: "continue to train ... for another 30 epochs").
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pssl.models.weights import init_backbone_from
 from pssl.settings import PretrainSettings, TrainSettings, output_identity
 from pssl.tables import read_meta
 from pssl.time_limit import TimeLimit
+from pssl.train.checkpoint import FINAL_STATE, keep_final_state
 from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import Fusion, fit
 from pssl.train.losses import class_weights
@@ -43,12 +46,17 @@ def label_classes(labels: list[str]) -> list[str]:
 
 def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head: str, backbone: str,
              backbone_init: str | None, settings: PretrainSettings, train: TrainSettings, device: str = "auto",
-             expect_world: int | None = None, requeue_margin_min: float = 15.0, masks_root: str | None = None
-             ) -> Path:
-    """`masks_root`: the object masks of label_source oracle."""
+             expect_world: int | None = None, requeue_margin_min: float = 15.0, masks_root: str | None = None,
+             continue_state: str | None = None) -> Path:
+    """`masks_root`: the object masks of label_source oracle. `continue_state`: the state.pt of the pre-training
+    `settings.continue_from` names, trained on from its last step to `train.epochs`. Writes final.pt and
+    state.pt (the last checkpoint: what a continuation of this run starts from)."""
+    s = settings
+    if bool(s.continue_from) != bool(continue_state):
+        raise ValueError(f"continue_from ({s.continue_from}) names the pre-training this one continues and "
+                         f"continue_state ({continue_state}) its state.pt: give both or neither")
     info = init_distributed(device, expect_world)
     out_dir = Path(out_dir)
-    s = settings
     torch.manual_seed(train.seed)
     classes = label_classes(labels)
     num_classes = len(classes)  # K
@@ -61,7 +69,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     if info.main:
         if fused:
             labels_used = f"fused soft labels (gamma {s.fusion_gamma}, T {s.fusion_temperature}, prior " \
-                          f"{dataset.prior})"
+                          f"{dataset.prior}, calibration {s.fusion_calibration})"
         elif s.label_source == "deciles":
             labels_used = f"D>={s.decile_threshold} label maps"
         else:
@@ -69,12 +77,13 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
         log.info(f"pretrain {head}-{backbone}: {num_classes} + 1 classes, {labels_used}, backbone init {init}, "
                  f"{info.world} process(es) on {info.device}, {allocation()}")
     weight = class_weights(num_classes + 1, background=num_classes, w_bg=s.w_bg)
-    fusion = Fusion(num_classes, s.fusion_gamma, s.fusion_temperature) if fused else None
+    fusion = Fusion(num_classes, s.fusion_gamma, s.fusion_temperature, s.fusion_calibration) if fused else None
     job = {"model": f"{head}-{backbone}", "backbone_init": backbone_init and fingerprint(backbone_init),
            "stores": [fingerprint(x) for x in stores], "labels": [fingerprint(x) for x in labels],
-           "pretrain": output_identity(s), "masks": masks_root if s.label_source == "oracle" else None}
+           "pretrain": output_identity(s), "masks": masks_root if s.label_source == "oracle" else None,
+           "continues": continue_state and fingerprint(continue_state)}
     model = fit(model, dataset, weight, train, out_dir, info, ignore_index=PSEUDO_IGNORE,
-                time_limit=TimeLimit(requeue_margin_min), fusion=fusion, job=job)
+                time_limit=TimeLimit(requeue_margin_min), fusion=fusion, job=job, start=continue_state)
     final = out_dir / "final.pt"
     if info.main:
         config = {"head": head, "backbone": backbone, "num_classes": num_classes + 1, "background": num_classes,
@@ -82,13 +91,16 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
                   "crop": s.crop, "pad_label": s.pad_label, "backbone_init": init, "w_bg": s.w_bg,
                   "decile_threshold": s.decile_threshold, "ignore_deciles": list(s.ignore_deciles),
                   "images": len(dataset), "label_mode": s.label_mode, "label_source": s.label_source,
+                  "continue_from": s.continue_from,
                   **({"fusion": {"gamma": s.fusion_gamma, "temperature": s.fusion_temperature,
-                                 "prior": dataset.prior, "cutout": s.cutout}} if fused else {}),
+                                 "prior": dataset.prior, "calibration": s.fusion_calibration,
+                                 "cutout": s.cutout}} if fused else {}),
                   "train": asdict(train), "world_size": info.world,
                   "precision": precision_for(info.device, train.precision)}
         with atomic_file(final) as tmp:
             torch.save({"model": model.state_dict(), "config": config, "kind": "pssl-pretrain"}, tmp)
-        log.info(f"wrote {final}")
+        keep_final_state(out_dir)
+        log.info(f"wrote {final} and {FINAL_STATE}")
     del model
     shutdown(info)
     return final
