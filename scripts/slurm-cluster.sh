@@ -62,12 +62,12 @@ SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd.pid
 SchedulerType=sched/backfill
 MinJobAge=300
-NodeName=$HOST CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=$HOST CPUs=$cpus RealMemory=$mem Gres=gpu:fake:2 Feature=fakegpu State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 # A second partition on the same node: the tests check that CPU rules go to cluster.cpu_partition.
 PartitionName=cpu Nodes=$HOST MaxTime=INFINITE State=UP
 CONF
-    echo "NodeName=$HOST Name=gpu File=/dev/fakegpu[0-1]" > /etc/slurm/gres.conf
+    echo "NodeName=$HOST Name=gpu Type=fake File=/dev/fakegpu[0-1]" > /etc/slurm/gres.conf
 }
 
 wait_idle() {

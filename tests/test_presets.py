@@ -115,7 +115,8 @@ def test_pilot_plans_the_slice_within_two_gpu_hours(pilot_tree, trees, tmp_path)
         assert flag in explain
     assert explain.count("results/pilot/zoo/") == len(pilot["zoo"]["models"]) == 3
     (pretrain,) = [c for c in commands if "pssl pretrain" in c]
-    assert pretrain.startswith("python -m pssl pretrain") and "--epochs 2 " in pretrain and "--crop 256" in pretrain
+    assert pretrain.startswith("python -m pssl gpu-slots 1 -- python -m pssl pretrain")
+    assert "--epochs 2 " in pretrain and "--crop 256" in pretrain
     finetune = [c for c in commands if "pssl finetune" in c]
     assert sorted(re.search(r" --lr (\S+)", c).group(1) for c in finetune) == ["0.001", "0.001", "0.01", "0.01"]
     assert all("--dataset camvid " in c and "--epochs 30 " in c and "--eval-split test" in c for c in finetune)
@@ -172,7 +173,8 @@ def test_paper_preset_with_segmentation_teachers(trees, tmp_path):
     students = [c for c in commands if "pssl self-train" in c]
     assert sum("--data pseudo " in c and "pool-7/pseudo.parquet" in c for c in students) == 2 * 9
     assert sum("--data duplicate " in c for c in students) == 2 * 9
-    assert all("--multiplier 7 " in c and c.startswith("torchrun --standalone --nproc_per_node 4") for c in students)
+    assert all("--multiplier 7 " in c and c.startswith("python -m pssl gpu-slots 4 -- torchrun --standalone "
+                                                         "--nproc_per_node 4") for c in students)
     fused = [c for c in commands if "pssl pretrain" in c and "--label-mode fused " in c]
     assert len(fused) == 3 and all("/fused --head" in c for c in fused)
 
@@ -226,7 +228,7 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
         assert all(flag in c for c in explain), flag
     pretrain = [c for c in commands if "pssl pretrain" in c]
     assert len(pretrain) == n_pretrain
-    assert all(c.startswith("torchrun --standalone --nproc_per_node 8") for c in pretrain)
+    assert all(c.startswith("python -m pssl gpu-slots 8 -- torchrun --standalone --nproc_per_node 8") for c in pretrain)
     main = [c for c in pretrain if "/main --head" in c]
     assert len(main) == 3
     for flag in ("--crop 256", "--batch-size 64", "--epochs 30", "--lr 0.01 ", "--schedule step", "--milestone 20",
@@ -264,7 +266,8 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
             assert all((f"--window {window} " in j) == bool(window) for j in jobs)
             assert sorted(float(re.search(r" --lr (\S+)", j).group(1)) for j in jobs) == \
                 sorted(paper["finetune"]["lr_grid"])
-            assert all(j.startswith("torchrun --standalone --nproc_per_node 4") for j in jobs)
+            assert all(j.startswith("python -m pssl gpu-slots 4 -- torchrun --standalone --nproc_per_node 4")
+                       for j in jobs)
     for name in demo_names():
         assert not re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", out), f"demo entry {name!r} in the plan"
 

@@ -94,7 +94,7 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     from pssl.data.pseudo import prior_strength
     from pssl.device import resolve_device
     from pssl.models.segmenter import build_segmenter
-    from pssl.train.fusion import fuse, prior_channels
+    from pssl.train.fusion import fuse
 
     dev = resolve_device(device)
     frame, meta = read_table(index)
@@ -137,11 +137,12 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
             pred = logits.argmax(1).cpu().numpy() != cfg["background"]
             rows += [(name, *foreground_scores(p, mask)) for p, mask in zip(pred, masks[start:start + 32])]
             if fusion:
-                strength = torch.from_numpy(np.stack([prior_strength(d, m if fusion["prior"] == "models" else None)
+                strength = torch.from_numpy(np.stack([prior_strength(fusion["prior"], d, m)
                                                       for _, d, _, m in batch])).to(dev)
                 labels = torch.from_numpy(columns([t for _, _, t, _ in batch], cfg["classes"], ckpt)).to(dev)
-                prior = prior_channels(strength, labels, logits.shape[1], cfg["background"])
-                fused = fuse(logits, prior, fusion["gamma"], fusion["temperature"]).argmax(1).cpu().numpy()
+                # models fused before the calibration was a setting: the decoder's RMS alone
+                fused = fuse(logits, strength, labels, cfg["background"], fusion["gamma"], fusion["temperature"],
+                             fusion.get("calibration", "decoder")).argmax(1).cpu().numpy()
                 rows += [(f"{name}: its fused labels", *foreground_scores(f != cfg["background"], mask))
                          for f, mask in zip(fused, masks[start:start + 32])]
                 if shown is None:
