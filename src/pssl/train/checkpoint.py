@@ -57,10 +57,13 @@ FINAL_STATE = "state.pt"  # a finished pre-training's last checkpoint: what a co
 
 
 def keep_final_state(directory: str | Path) -> Path:
-    """The newest checkpoint (a finished run's: its last step) becomes `state.pt`, the others are removed."""
+    """The newest checkpoint (a finished run's: its last step) becomes `state.pt`, the others are removed (a
+    rerun that resumed from state.pt at its end wrote none: state.pt stays)."""
     directory = Path(directory)
     newest = latest_checkpoint(directory)
     if newest is None:
+        if (directory / FINAL_STATE).exists():
+            return directory / FINAL_STATE
         raise FileNotFoundError(f"{directory}: no checkpoint to keep as {FINAL_STATE}")
     final = newest.replace(directory / FINAL_STATE)
     remove_checkpoints(directory)

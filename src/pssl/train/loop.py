@@ -27,6 +27,7 @@ from pssl.progress import Progress
 from pssl.settings import TrainSettings, output_identity
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import (
+    FINAL_STATE,
     latest_checkpoint,
     load_checkpoint,
     rank_rng_state,
@@ -222,6 +223,8 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     t = Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir, steps_per_epoch,
                 total_steps, identity)
     resume = latest_checkpoint(out_dir)
+    if resume is None and (out_dir / FINAL_STATE).exists():
+        resume = out_dir / FINAL_STATE  # a finished pre-training keeps its last checkpoint only: rerun, resume there
     state = load_checkpoint(resume) if resume is not None else None
     if state is not None and state.get("identity") != identity:
         if info.main:
