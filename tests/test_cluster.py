@@ -125,6 +125,19 @@ def test_a_wrong_gpu_request_is_refused_naming_the_key(request_, key):
 
 # ---- launch -------------------------------------------------------------------------------------------------
 
+def test_training_jobs_are_sized_by_what_they_train():
+    """A student's epoch is half the real set plus k x as many pseudo samples, (1 + k) x 1488 for Cityscapes'
+    2975 at k = 7; Table 4's 60-epoch row trains the 30 epochs after the main run it continues."""
+    from pssl.cluster import training_job
+    config = {**PAPER, "self_training": {**PAPER["self_training"], "multiplier": 7},
+              "imagenet_root": "/nowhere"}
+    wildcards = {"dataset": "cityscapes", "model": "pspnet_resnet50d"}
+    assert training_job(config, "self_train", wildcards)[0] == 1488 * 8
+    assert training_job(config, "finetune", wildcards)[0] == 2975
+    main, longer = (training_job(config, "pretrain", {"variant": v}) for v in ("main", "epochs60"))
+    assert (main[1], longer[1]) == (30, 30) and PAPER["pretrain_variants"]["epochs60"]["epochs"] == 60
+
+
 def test_a_rank_takes_its_gpu_modulo_the_visible_ones(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU bound per task: always device 0
     assert local_device(torch.device("cuda"), 5) == torch.device("cuda", 0)

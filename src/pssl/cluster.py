@@ -221,12 +221,16 @@ def training_job(config: dict, rule: str, wildcards: dict) -> tuple[float, int, 
         settings, train = pretrain_settings(config, wildcards.get("variant", MAIN))
         images = indexed_images(config)
         images = min(settings.images, images) if settings.images else images
-        return images, train.epochs, settings.crop, train_layout(config, "pretrain").world
-    # finetune, self_train (a student's epoch: the real set + k x as many samples)
+        epochs = train.epochs  # a continuation trains only the epochs after its source's end
+        if settings.continue_from:
+            epochs -= pretrain_settings(config, settings.continue_from)[1].epochs
+        return images, epochs, settings.crop, train_layout(config, "pretrain").world
+    # finetune, self_train (a student's epoch: a random half of the real set + k x as many pseudo samples; the
+    # control: the real set (1 + k) / 2 times)
     geometry, train = finetune_settings(config, wildcards["dataset"], wildcards["model"])
     epoch = DATASETS[wildcards["dataset"]].train_images
     if rule == "self_train":
-        epoch *= 1 + config["self_training"]["multiplier"]
+        epoch = -(-epoch // 2) * (1 + config["self_training"]["multiplier"])
     return epoch, train.epochs, geometry.crop, train_layout(config, "finetune").world
 
 
