@@ -156,7 +156,7 @@ def test_pretraining_figure3_and_top1_read_the_label_tables_classes(subset, zoo,
     final = pretrain([str(work / "explain.zarr")], [str(tmp_path / "labels.parquet")], tmp_path / "pre",
                      head="pspnet", backbone="resnet10t", backbone_init=None,
                      settings=PretrainSettings(crop=32), train=TrainSettings(epochs=1, batch_size=4), device="cpu")
-    config = torch.load(final, weights_only=False)["config"]
+    config = torch.load(final, weights_only=True)["config"]
     assert config["classes"] == SUBSET and config["num_classes"] == len(SUBSET) + 1
     figure3(str(final), "voc_aug", str(tiny_demo), str(work / "index.parquet"),
             tmp_path / "figure3.png", images=2, device="cpu")

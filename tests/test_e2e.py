@@ -46,7 +46,7 @@ def test_full_run_writes_every_stage(pipeline_run):
     assert list(labels.columns) == ["image_id", "gt_class", "teacher_class", "teacher_conf", "label", "keep",
                                     "fg_fraction"] and len(labels) == 18
     for model in ("psp", "dlv3", "ocr"):
-        final = torch.load(workdir / f"results/pretrain/{model}/main/final.pt", weights_only=False)
+        final = torch.load(workdir / f"results/pretrain/{model}/main/final.pt", weights_only=True)
         assert final["config"]["num_classes"] == 4 and final["kind"] == "pssl-pretrain"
     assert len(list((workdir / "results/finetune").glob("*/*/*/seed*/metrics.json"))) == 2 * 3 * 2
     assert len(list((workdir / "results/finetune").glob("*/*/*/seed*/lr*/final.pt"))) == 2 * 3 * 2
@@ -257,7 +257,7 @@ def test_self_training_and_fused_pretraining_after_a_finished_run(pipeline_run, 
 
     pretrain = pd.read_csv(copy / "results/report/pretrain_quality.csv").set_index("source")
     assert {"psp fused", "psp fused: its fused labels", "D9 pseudo labels"} <= set(pretrain.index)
-    assert torch.load(copy / "results/pretrain/psp/fused/final.pt", weights_only=False)["config"]["label_mode"] == \
+    assert torch.load(copy / "results/pretrain/psp/fused/final.pt", weights_only=True)["config"]["label_mode"] == \
         "fused"
     index = (copy / "results/report/index.html").read_text()
     assert 'src="selftrain_labels.png"' in index and 'src="fused_labels.png"' in index
@@ -330,5 +330,5 @@ def test_unlabelled_images_with_a_pretrained_zoo_and_teacher_labels(tmp_path, mo
     assert (group["target"][:] == labels["label"].to_numpy()).all() and labels["keep"].all()
     assert (labels["label"] == labels["teacher_class"]).all() and (labels["gt_class"] == -1).all()
     assert label_meta["policy"] == "teacher" and label_meta["num_classes"] == 1000
-    final = torch.load(workdir / "results/pretrain/psp/main/final.pt", weights_only=False)
+    final = torch.load(workdir / "results/pretrain/psp/main/final.pt", weights_only=True)
     assert final["config"]["num_classes"] == 1001 and final["config"]["background"] == 1000

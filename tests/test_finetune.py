@@ -201,7 +201,7 @@ def test_finished_job_keeps_weights_and_metrics_not_resume_checkpoints(tiny_demo
                        init_from=None, settings=FinetuneSettings(crop=32, base_size=48), train=params, device="cpu")
     assert json.loads((out / "metrics.json").read_text())["miou"] == metrics["miou"]
     assert not list(out.glob("ckpt-*.pt"))
-    final = torch.load(out / "final.pt", weights_only=False)
+    final = torch.load(out / "final.pt", weights_only=True)
     assert final["kind"] == "pssl-finetune" and final["config"]["num_classes"] == 11
     model = build_segmenter(final["config"]["head"], final["config"]["backbone"], final["config"]["num_classes"])
     model.load_state_dict(final["model"])  # the weights that were evaluated, loadable as they are

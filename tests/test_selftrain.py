@@ -358,7 +358,7 @@ def test_killed_student_resumes_to_the_same_metrics(tiny_demo, tmp_path):
     assert a["miou"] == b["miou"] and a["per_class_iou"] == b["per_class_iou"]
     assert a["student"] == {"data": "pseudo", "multiplier": 3, "loss": "ohem", "ohem_threshold": 0.7,
                             "ohem_min_kept": 100, "pseudo": [str(tmp_path / "pool-0/pseudo.parquet")]}
-    wa, wb = (torch.load(d / "final.pt", weights_only=False)["model"] for d in (tmp_path / "reference", out))
+    wa, wb = (torch.load(d / "final.pt", weights_only=True)["model"] for d in (tmp_path / "reference", out))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -618,7 +618,7 @@ def test_fused_pretraining_trains_and_records_its_labels(tmp_path):
     # one image: the pseudo-labelled set repeats it so a batch of 2 exists
     final = pretrain(stores * 2, labels * 2, tmp_path / "out", head="pspnet", backbone="test_resnet",
                      backbone_init=None, settings=settings, train=train, device="cpu")
-    config = torch.load(final, weights_only=False)["config"]
+    config = torch.load(final, weights_only=True)["config"]
     assert config["label_mode"] == "fused"
     assert config["fusion"] == {"gamma": 0.3, "temperature": 0.7, "prior": "models", "calibration": "decoder",
                                 "cutout": 0.1}
@@ -643,7 +643,7 @@ def test_pretraining_resumes_its_inputs_checkpoint_and_retrains_when_a_store_is_
         with caplog.at_level(logging.INFO, logger="pssl"):
             final = pretrain(stores * 2, labels * 2, tmp_path / "out", head="pspnet", backbone="test_resnet",
                              backbone_init=None, settings=PretrainSettings(crop=32), train=train, device="cpu")
-        return torch.load(final, weights_only=False)["model"]
+        return torch.load(final, weights_only=True)["model"]
 
     first, store_print, label_print = run(), fingerprint(stores[0]), fingerprint(labels[0])
     again = run()

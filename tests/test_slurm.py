@@ -363,8 +363,8 @@ def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_r
     assert " --gpus=1 " in f"{line} ", line  # cluster.gpu_request's default form
     log = (runs["slurm"] / "results/logs/pretrain/psp/main.log").read_text()  # the last run's log
     assert "resuming from ckpt-000000002.pt at step 2/4" in log, log
-    a = torch.load(runs["local"] / target, weights_only=False)["model"]
-    b = torch.load(runs["slurm"] / target, weights_only=False)["model"]
+    a = torch.load(runs["local"] / target, weights_only=True)["model"]
+    b = torch.load(runs["slurm"] / target, weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

@@ -81,7 +81,7 @@ def protocol(settings: ClassifySettings) -> str:
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, str, list[str]]:
     """(model, kind, classes of its outputs): a pre-trained segmentation model (its classes without the
     background) or a zoo classifier."""
-    record = torch.load(path, map_location="cpu", weights_only=False)
+    record = torch.load(path, map_location="cpu", weights_only=True)
     if record.get("kind") == "pssl-pretrain":
         from pssl.models.segmenter import build_segmenter
         cfg = record["config"]

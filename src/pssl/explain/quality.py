@@ -117,7 +117,7 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     rows = [("D9 pseudo labels", *foreground_scores(item[1] == 9, mask)) for item, mask in zip(items, masks)]
     shown, sources = None, {"deciles"}
     for ckpt in checkpoints:
-        record = torch.load(ckpt, map_location="cpu", weights_only=False)
+        record = torch.load(ckpt, map_location="cpu", weights_only=True)
         cfg = record["config"]
         source = cfg.get("label_source", "deciles")
         if source not in sources:  # a control's labels, scored once however many models learned from them

@@ -27,7 +27,7 @@ def init_backbone_from(model, classifier_path: str | None) -> str:
     """Load a zoo classifier of the backbone's architecture into the backbone ('ImageNet init')."""
     if not classifier_path:
         return "random"
-    record = torch.load(classifier_path, map_location="cpu", weights_only=False)
+    record = torch.load(classifier_path, map_location="cpu", weights_only=True)
     loaded, expected = load_backbone_weights(model, record["state_dict"])
     if loaded < 0.9 * expected:
         raise ValueError(f"{classifier_path} ({record['arch']}) fits only {loaded}/{expected} tensors of the "
@@ -41,7 +41,7 @@ def init_from_pretrained(model: Segmenter, checkpoint: str, transfer: str = "ful
     as from an ImageNet classifier). The layers not loaded stay freshly initialised."""
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
-    record = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    record = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = record["config"]
     if (cfg["head"], cfg["backbone"]) != (model.head_name, model.backbone_name):
         raise ValueError(f"{checkpoint} is a {cfg['head']}-{cfg['backbone']}, not a "

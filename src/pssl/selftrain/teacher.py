@@ -52,7 +52,7 @@ def selected_weights(selection: str, runs: list[str]) -> Path:
 
 
 def load_finetuned(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    record = torch.load(path, map_location="cpu", weights_only=False)
+    record = torch.load(path, map_location="cpu", weights_only=True)
     if record.get("kind") != "pssl-finetune":
         raise ValueError(f"{path}: a teacher must be a fine-tuned model (finetune/.../final.pt)")
     cfg = record["config"]

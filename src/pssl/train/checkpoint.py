@@ -14,8 +14,11 @@ KEEP = 2
 
 
 def rng_state(device: torch.device) -> dict:
-    """This process's RNG state: CPU generators, and the CUDA generator of its own device only."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG state: CPU generators, and the CUDA generator of its own device only. Tensors and
+    plain types only (numpy's key array as a tensor), so that checkpoints load with weights_only=True."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -23,7 +26,8 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(state["python"])
     if device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -76,4 +80,4 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
