@@ -314,6 +314,38 @@ def test_a_checkpoint_of_other_settings_is_discarded_not_resumed(tmp_path, caplo
     assert all(torch.equal(value, same[key]) for key, value in reference.items())
 
 
+def test_a_checkpoint_that_does_not_load_as_plain_tensors_is_discarded(tmp_path, caplog):
+    """Checkpoints load with weights_only=True; one of an older version (numpy's RNG state as an array) is
+    not resumed, and not a crash: the job trains anew to the weights of a fresh run."""
+    import numpy as np
+
+    from ddp_worker import SyntheticSegmentation
+    from pssl.models.segmenter import build_segmenter
+    from pssl.settings import TrainSettings
+    from pssl.train.checkpoint import latest_checkpoint
+    from pssl.train.loop import fit
+    from pssl.train.losses import class_weights
+
+    def run(out, time_limit=None):
+        torch.manual_seed(0)
+        model = build_segmenter("pspnet", "test_resnet", 3)
+        params = TrainSettings(epochs=2, batch_size=4, lr=0.02, checkpoint_every=1000, seed=0)
+        return fit(model, SyntheticSegmentation(n=16), class_weights(3, 2, 0.1), params, out,
+                   DistInfo(0, 1, 0, CPU), ignore_index=-1, time_limit=time_limit).state_dict()
+
+    reference = run(tmp_path / "reference")
+    with pytest.raises(Requeued):
+        run(tmp_path / "old", ExpiringAfter(steps=3))
+    path = latest_checkpoint(tmp_path / "old")
+    state = torch.load(path, weights_only=False)
+    state["rng"][0]["numpy"] = np.random.get_state()  # the former format
+    torch.save(state, path)
+    with caplog.at_level(logging.WARNING, logger="pssl"):
+        rerun = run(tmp_path / "old")
+    assert "training anew" in caplog.text
+    assert all(torch.equal(value, rerun[key]) for key, value in reference.items())
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_with_augmentation_and_loader_workers_sees_the_same_crops(tiny_demo, tmp_path, num_workers):
     """Fine-tuning data (long-side scale, crop, flip) read by 2 loader processes: a run stopped at step 3 and

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import pickle
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -225,7 +226,10 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     resume = latest_checkpoint(out_dir)
     if resume is None and (out_dir / FINAL_STATE).exists():
         resume = out_dir / FINAL_STATE  # a finished pre-training keeps its last checkpoint only: rerun, resume there
-    state = load_checkpoint(resume) if resume is not None else None
+    try:
+        state = load_checkpoint(resume) if resume is not None else None
+    except pickle.UnpicklingError:  # an older version's checkpoint (numpy RNG state): not resumable, discarded
+        state = {}
     if state is not None and state.get("identity") != identity:
         if info.main:
             log.warning("%s belongs to another job (changed: %s): training anew", resume.name,
