@@ -30,14 +30,19 @@ def snakemake_env() -> dict:
     return env
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, cores: str | None = "2",
-                  prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run the real Snakefile with the tiny config in `workdir` (its own .snakemake and results).
+def snakemake_command(workdir: Path, *args: str, cores: str | None = "2", prefix: tuple[str, ...] = ()) -> list[str]:
+    """The real Snakefile with the tiny config in `workdir` (its own .snakemake and results).
     A `--configfile` among `args` replaces the tiny config (pass TINY first to layer on top of it).
     `cores=None` passes no --cores (a cluster run); `prefix` wraps the command (e.g. taskset)."""
     configs = [] if "--configfile" in args else ["--configfile", str(TINY)]
-    cmd = [*prefix, shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), *configs, *(["--cores", cores] if cores else []), *args]
+    return [*prefix, shutil.which("snakemake", path=snakemake_env()["PATH"]), "--snakefile", str(REPO / "Snakefile"),
+            "--directory", str(workdir), *configs, *(["--cores", cores] if cores else []), *args]
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, cores: str | None = "2",
+                  prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run snakemake_command to its end."""
+    cmd = snakemake_command(workdir, *args, cores=cores, prefix=prefix)
     proc = subprocess.run(cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

@@ -5,12 +5,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import REPO, run_snakemake
 from paper_trees import fake_downstream, fake_imagenet
 from pssl.config import validate_config
+from pssl.plan import parse_dry_run
 from pssl.tables import read_table
 
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))
@@ -62,12 +64,8 @@ def gpu_minutes(dry_run: str) -> dict[str, list[int]]:
     """Per rule, each planned job's runtime x GPUs (minutes) from a dry run's printed resources: what the
     jobs would ask SLURM for (runtime: pssl.cluster.runtime_minutes)."""
     jobs: dict[str, list[int]] = {}
-    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:\n)", dry_run)[1:]:
-        rule = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block).group(1)
-        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
-        values = dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {}
-        gpus = int(values.get("gpu", 0)) or int(values.get("gres", "gpu:0").split(":")[1]) * int(values.get("nodes", 1))
-        jobs.setdefault(rule, []).append(int(values.get("runtime", 0)) * gpus)
+    for job in parse_dry_run(dry_run):
+        jobs.setdefault(job.rule, []).append(job.runtime_min * job.gpus)
     return jobs
 
 
@@ -189,6 +187,34 @@ def test_self_training_needs_a_pool(trees, tmp_path):
     assert missing.returncode != 0 and "nowhere, is not a directory" in missing.stderr
 
 
+def test_pssl_plan_prices_the_paper_preset_for_every_lr_search(trees, tmp_path):
+    """`pssl plan` on the paper preset before anything ran: 43 Table 1-4 cells x 9 lrs in the grid; the peak
+    search trains 3 (round 0 from 0.01) to 5 (max_values) of them per cell; shard jobs estimated from
+    ImageNet's 1,281,167 images in shards of 5000 (257 each); the per-job GPU-hours are the dry run's own."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "plan.csv"
+    proc = subprocess.run([sys.executable, "-m", "pssl", "plan", "--snakefile", str(REPO / "Snakefile"),
+                           "--configfile", str(PAPER), "--config", *roots(trees)[1:], "--directory", str(tmp_path),
+                           "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(out, index_col="rule")
+    n_cells = 43
+    finetune = table.loc["finetune"]
+    assert (finetune["jobs grid"], finetune["jobs peak best"], finetune["jobs peak worst"], finetune["jobs fixed"]) \
+        == (n_cells * 9, n_cells * 3, n_cells * 5, n_cells)
+    per_job = finetune["GPU-h grid"] / (n_cells * 9)  # every paper cell's job asks alike within a dataset
+    assert finetune["GPU-h peak worst"] <= 0.6 * finetune["GPU-h grid"]
+    assert finetune["GPU-h peak best"] == pytest.approx(finetune["GPU-h grid"] / 3, rel=1e-3)
+    assert per_job > 1
+    assert table.loc["explain_shard", "jobs grid"] == table.loc["label_shard", "jobs grid"] == 257
+    dry = run_snakemake(tmp_path, "-n", "-p", "--configfile", str(PAPER), *roots(trees),
+                        "finetune={lr_search: {mode: grid}}").stdout
+    assert table.loc["pretrain", "GPU-h grid"] == pytest.approx(sum(gpu_minutes(dry)["pretrain"]) / 60, abs=0.01)
+    assert "Fine-tuning: grid" in proc.stdout and "peak worst (configured)" in proc.stdout
+
+
 def demo_names() -> set[str]:
     zoo = [m if isinstance(m, str) else m["name"] for m in DEMO["zoo"]["models"] + DEMO["zoo"]["init_only"]]
     return set(zoo) | set(DEMO["pretrain"]["models"]) | {DEMO["demo"]["root"]}
@@ -199,7 +225,9 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
     n_zoo = len(paper["zoo"]["models"]) + len(paper["zoo"]["init_only"])
     n_cells = 5 * 3 * 2
     n_lrs = len(paper["finetune"]["lr_grid"])
-    assert n_zoo == 17 and n_lrs == 9
+    assert n_zoo == 17 and n_lrs == 9 and paper["finetune"]["lr_search"]["mode"] == "peak"
+    first_round = [0.005, 0.01, 0.02]  # a peak search's round 0 from 0.01: the rest follows from results
+    n_first = len(first_round)
     # The experiments (run_experiments: all four) add pre-training variants and VOC-Aug cells, sharing what
     # they can: Table 1's 8 variants of DeepLabV3-R50 (bg0.1-50k and bg0.1-500k are also Table 2's), Table 2's
     # 200k and 1m and its ImageNet cell, the D8 ablation's and Table 4's one variant each of PSPNet (their main
@@ -212,7 +240,8 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
     # 1. nothing run: everything but the per-shard jobs is planned (they follow the checkpoint)
     counts, out = plan(tmp_path, PAPER, trees)
     assert counts == Counter(fill_weights_cache=1, index_images=1, shard_index=1, zoo_model=n_zoo,
-                             pretrain=n_pretrain, finetune=n_cells_all * n_lrs, select_lr=n_cells_all, **reports)
+                             pretrain=n_pretrain, finetune=n_cells_all * n_first, lr_search=n_cells_all,
+                             select_lr=n_cells_all, **reports)
 
     # 2. shards written (index and shard run for real on the empty files)
     run_snakemake(tmp_path, "stage_shards", "--configfile", str(PAPER), *roots(trees))
@@ -220,7 +249,8 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
         "shard-00000.parquet", "shard-00001.parquet"]
     counts, out = plan(tmp_path, PAPER, trees)
     assert counts == Counter(fill_weights_cache=1, zoo_model=n_zoo, explain_shard=2, label_shard=2,
-                             pretrain=n_pretrain, finetune=n_cells_all * n_lrs, select_lr=n_cells_all, **reports)
+                             pretrain=n_pretrain, finetune=n_cells_all * n_first, lr_search=n_cells_all,
+                             select_lr=n_cells_all, **reports)
     commands = [line.removeprefix("Shell command: ") for line in out.splitlines() if " -m pssl " in line]
     explain = [c for c in commands if "pssl explain" in c]
     assert len(explain) == 2
@@ -245,7 +275,7 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
     assert any("--backbone resnet50d --backbone-init results/paper/zoo/resnet50d.gluon_in1k.pt" in c for c in pretrain)
 
     finetune = [c for c in commands if "pssl finetune" in c]
-    assert len(finetune) == n_cells_all * n_lrs
+    assert len(finetune) == n_cells_all * n_first
 
     def cell(dataset: str, model: str, init: str) -> list[str]:
         return [c for c in finetune if f"--dataset {dataset} " in c and f"/finetune/{dataset}/{model}/{init}/" in c]
@@ -257,15 +287,14 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
     for dataset, (crop, base, epochs, wd, split, window) in expected.items():
         for model, init in ((m, i) for m in paper["finetune"]["models"] for i in ("imagenet", "pssl")):
             jobs = cell(dataset, model, init)
-            assert len(jobs) == n_lrs and all(f"--init {init} " in j for j in jobs)
+            assert len(jobs) == n_first and all(f"--init {init} " in j for j in jobs)
             want_epochs = 180 if (dataset, model) == ("ade20k", "deeplabv3_resnest50d") else epochs
             for flag in (f"--crop {crop} ", f"--base-size {base} ", f"--epochs {want_epochs} ",
                          f"--weight-decay {wd} ", f"--eval-split {split} ", "--batch-size 16 ", "--schedule poly ",
                          "--scales 0.5 0.75 1.0 1.25 1.5 1.75 ", "--flip true"):
                 assert all(flag in j for j in jobs), (dataset, model, flag)
             assert all((f"--window {window} " in j) == bool(window) for j in jobs)
-            assert sorted(float(re.search(r" --lr (\S+)", j).group(1)) for j in jobs) == \
-                sorted(paper["finetune"]["lr_grid"])
+            assert sorted(float(re.search(r" --lr (\S+)", j).group(1)) for j in jobs) == first_round
             assert all(j.startswith("python -m pssl gpu-slots 4 -- torchrun --standalone --nproc_per_node 4")
                        for j in jobs)
     for name in demo_names():
@@ -281,14 +310,15 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
         (tmp_path / f"results/paper/explain/{shard}.zarr").mkdir(parents=True)
     run_snakemake(tmp_path, "--touch", "stage_explain", "--configfile", str(PAPER), *roots(trees))
     counts, _ = plan(tmp_path, PAPER, trees)
-    assert counts == Counter(label_shard=2, pretrain=n_pretrain, finetune=n_cells_all * n_lrs,
-                             select_lr=n_cells_all, **reports)
+    assert counts == Counter(label_shard=2, pretrain=n_pretrain, finetune=n_cells_all * n_first,
+                             lr_search=n_cells_all, select_lr=n_cells_all, **reports)
 
     # 4. each experiment alone: its own pre-training and cells, the shared labels, never explain
     for target, (n_pre, n_ft) in {"table1": (8, 8), "table2": (4, 5), "ablation_d8": (2, 2),
                                   "table4": (2, 3), "table3": (3, n_cells)}.items():
         counts, _ = plan(tmp_path, PAPER, trees, target=target)
-        assert counts == Counter({"label_shard": 2, "pretrain": n_pre, "finetune": n_ft * n_lrs, "select_lr": n_ft,
+        assert counts == Counter({"label_shard": 2, "pretrain": n_pre, "finetune": n_ft * n_first, "lr_search": n_ft,
+                                  "select_lr": n_ft,
                                   target: 1, **({} if target == "table3" else {"experiment_table": 1}),
                                   **({"eval_classify": 3} if target == "table4" else {})}), target
 
@@ -315,7 +345,7 @@ def test_wrong_roots_fail_before_any_job_with_one_line(trees, tmp_path):
 def test_nested_command_line_values_are_typed_like_yaml(trees, tmp_path):
     """`--config demo='{enabled: false}'` on the demo config, and typed nested numbers and lists."""
     counts, out = plan(tmp_path, REPO / "tests/configs/tiny.yaml", trees, "demo={enabled: false}",
-                       "finetune={lr: 1e-3, lr_grid: [0.002, 0.004]}", "eval={flip: true}")
+                       "finetune={lr: 1e-3, lr_grid: [0.002, 0.004], lr_search: {mode: grid}}", "eval={flip: true}")
     assert "make_demo_data" not in counts and counts["finetune"] == 2 * 3 * 2 * 2
     assert "lr0.002/metrics.json" in out and "--flip true" in out
 

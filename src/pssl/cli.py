@@ -172,6 +172,11 @@ def _select_lr(a):
     select_best_lr(a.runs, a.out)
 
 
+def _lr_search_round(a):
+    from pssl.lr_search import write_round
+    write_round(a.runs, a.ladder, a.start, a.margin, a.max_values, a.out)
+
+
 def _table3(a):
     from pssl.report.table3 import write_table3
     print(write_table3(a.cells, a.out, json.loads(a.titles)))
@@ -213,6 +218,14 @@ def _gpu_slots(a):
 def _status(a):
     from pssl.status import format_status, job_states
     print(format_status(job_states(a.results, a.snakemake_logs)))
+
+
+def _plan(a):
+    from pssl.plan import format_plan, plan
+    table, config = plan(a.configfile, a.config, a.snakefile, a.directory, a.profile)
+    if a.out:
+        table.to_csv(a.out, float_format="%.2f")
+    print(format_plan(table, config["finetune"]["lr_search"]["mode"]), end="")
 
 
 def _runtimes(a):
@@ -423,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the cell's metrics.json (the best lr's, with the grid recorded)")
     s.set_defaults(func=_select_lr)
 
+    s = sub.add_parser("lr-search-round", help="one round of a cell's peak lr search: the next lrs, or its end")
+    s.add_argument("--runs", nargs="+", required=True, help="metrics.json of every lr the cell has trained so far")
+    s.add_argument("--ladder", nargs="+", type=float, required=True, help="the lr_grid ladder, ascending")
+    s.add_argument("--start", type=float, required=True, help="the cell's lr (where the search started)")
+    s.add_argument("--margin", type=float, default=0.0, help="val mIoU points that make a neighbour clearly worse")
+    s.add_argument("--max-values", type=int, default=5, help="the most lrs the search trains")
+    s.add_argument("--out", required=True, help="the round's decision (JSON)")
+    s.set_defaults(func=_lr_search_round)
+
     s = sub.add_parser("table3", help="Table 3 (CSV, Markdown, HTML, gains figure) from the fine-tune cells")
     s.add_argument("--cells", nargs="+", required=True,
                    help="finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json")
@@ -470,6 +492,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the table has an ImageNet-init row and each variant's gain over it")
     s.add_argument("--out-dir", required=True, help="where <name>.csv, .md, .html and <name>_runs.csv go")
     s.set_defaults(func=_experiment_table)
+
+    s = sub.add_parser("plan", help="a run's jobs and GPU-hours per rule before it runs, for each lr search "
+                                    "(grid, peak best and worst case, fixed), from a Snakemake dry run")
+    s.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config.yaml)")
+    s.add_argument("--config", nargs="+", default=[], help="as snakemake's key=value overrides (e.g. the data roots)")
+    s.add_argument("--snakefile", default="Snakefile", help="the pipeline's Snakefile (default: %(default)s)")
+    s.add_argument("--directory", default=".", help="the run's working directory: what exists under its results "
+                                                    "is not planned again (default: %(default)s)")
+    s.add_argument("--profile", default=None, help="a Snakemake profile, e.g. profiles/slurm")
+    s.add_argument("--out", default=None, help="also write the table as CSV")
+    s.set_defaults(func=_plan)
 
     s = sub.add_parser("runtimes", help="each benchmarked job's measured time next to the SLURM runtime the "
                                         "workflow requests for it (minutes)")
@@ -539,6 +572,10 @@ EXAMPLES = {
     "figure3": "--model results/pretrain/psp/main/final.pt --dataset voc_aug --root /data/segmentation "
                "--index results/index.parquet --images 3 --contains person --out results/report/figure3.png",
     "select-lr": "--runs ft/lr0.01/metrics.json ft/lr0.02/metrics.json --out ft/metrics.json",
+    "lr-search-round": "--runs ft/lr0.005/metrics.json ft/lr0.01/metrics.json ft/lr0.02/metrics.json --ladder 0.001 "
+                       "0.002 0.005 0.01 0.02 0.05 --start 0.01 --out ft/lr_search/round0.json",
+    "plan": "--configfile presets/paper.yaml --config imagenet_root=/data/imagenet/train "
+            "downstream_root=/data/segmentation imagenet_val_root=/data/imagenet/val --profile profiles/slurm",
     "table3": "--cells results/finetune/*/*/*/seed*/metrics.json --out results/report",
     "report": "--out results/report --stores results/explain/*.zarr --experiments results/report/experiments/*.csv",
     "sanity": "--index results/pilot/index.parquet --labels results/pilot/labels/*.parquet --stores "

@@ -197,8 +197,11 @@ IMAGENET_MAX_PER_CLASS = 1300  # ILSVRC-2012 train: 732 to 1300 images per class
 
 
 def subset_bound(config: dict) -> int:
-    """The most images the index can list: ImageNet's size, or the slice `imagenet_subset` asks for."""
-    s = config["imagenet_subset"]
+    """The most images the index can list: ImageNet's size, the slice `imagenet_subset` asks for, or the
+    demo's images."""
+    demo, s = config["demo"], config["imagenet_subset"]
+    if demo["enabled"]:
+        return demo["num_classes"] * demo["images_per_class"]
     return min(IMAGENET_TRAIN_IMAGES, (s["classes"] or IMAGENET_CLASSES) * (s["images_per_class"] or
                                                                            IMAGENET_MAX_PER_CLASS))
 

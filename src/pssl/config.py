@@ -78,6 +78,7 @@ def check_config(config: dict) -> None:
                                   f"finetune.models ({', '.join(config['finetune']['models'])})")
     check_experiments(config)
     check_self_training(config)
+    check_lr_search(config)
     if not demo["enabled"] and not config["downstream_root"]:
         missing = [d for d, v in config["finetune"]["datasets"].items() if not v["root"]]
         if missing:
@@ -124,6 +125,23 @@ def check_experiments(config: dict) -> None:
             raise ConfigError(f"config key imagenet_val_root is required: experiment {name} (run_experiments) "
                               f"reports ImageNet val top-1; pass the val directory (<wnid>/ folders, or flat files "
                               f"with LOC_val_solution.csv)")
+
+
+def check_lr_search(config: dict) -> None:
+    """A peak search walks lr_grid as its ladder, from each cell's lr, which must be on it."""
+    from pssl.lr_search import check_ladder
+    from pssl.settings import finetune_settings
+    finetune = config["finetune"]
+    if finetune["lr_search"]["mode"] != "peak":
+        return
+    for dataset in finetune["datasets"]:
+        for model in finetune["models"]:
+            start = finetune_settings(config, dataset, model)[1].lr
+            try:
+                check_ladder(finetune["lr_grid"], start)
+            except ValueError as error:
+                raise ConfigError(f"config key finetune.lr_search.mode: peak for {dataset} x {model}: "
+                                  f"{str(error).removeprefix('lr search: ')}") from None
 
 
 def check_continuations(config: dict) -> None:

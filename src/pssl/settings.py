@@ -159,6 +159,19 @@ class FinetuneSettings:
 
 
 @dataclass(frozen=True)
+class LrSearchSettings:
+    """How each fine-tune cell's initial learning rate is chosen on val (pssl.lr_search; the paper's section
+    5.4 searched the {5, 2, 1} x 10^-n ladder for a clear peak)."""
+    mode: str = setting("peak", "peak: the paper's search on the lr_grid ladder from the cell's lr; grid: every "
+                                "lr_grid value; fixed: the cell's lr alone", ("peak", "grid", "fixed"))
+    margin: float = setting(0.0, "peak: a neighbour of the best lr is clearly worse when its val mIoU is more "
+                                 "than this many points below the best's; else the search goes on that way")
+    max_values: int = setting(5, "peak: the most learning rates one cell's search trains")
+    seeds: str = setting("first", "peak: first: search on the first seed, train the other seeds at its choice; "
+                                  "each: search every seed", ("first", "each"))
+
+
+@dataclass(frozen=True)
 class SanitySettings:
     """The floors of the sanity page (pssl.report.sanity), e.g. of a pilot run before the paper run."""
     min_zoo_top1: float = setting(0.7, "the zoo ensemble's top-1 must agree with the label on more than this "
@@ -295,6 +308,10 @@ def pretrain_variant(config: dict, variant: str) -> dict:
     return variants[variant] or {}
 
 
+def lr_search_settings(config: dict) -> LrSearchSettings:
+    return pick(LrSearchSettings, config["finetune"]["lr_search"])
+
+
 def teacher_settings(config: dict) -> TeacherSettings:
     return pick(TeacherSettings, config["self_training"])
 
@@ -306,16 +323,18 @@ def student_settings(config: dict, data: str) -> StudentSettings:
 def finetune_settings(config: dict, dataset: str, model: str, lr: float | None = None, seed: int | None = None
                       ) -> tuple[FinetuneSettings, TrainSettings]:
     """One fine-tune job's settings: the dataset's (with its per_model overrides for `model`), the evaluation's,
-    and the finetune section's optimisation with the dataset's epochs and weight decay (and the job's lr and
-    seed: a cell is trained once per `finetune.seeds` entry)."""
+    and the finetune section's optimisation with the dataset's epochs, weight decay and lr where it sets one
+    (the cell's lr: fixed, or where a peak search starts); `lr` and `seed` are the job's (a cell is trained
+    once per `finetune.seeds` entry, at each lr its search tries)."""
     dataset_settings = dict(config["finetune"]["datasets"][dataset])
     dataset_settings.update(dataset_settings.pop("per_model", {}).get(model, {}))
     evaluation = config["eval"]
     geometry = pick(FinetuneSettings, dataset_settings, scales=tuple(evaluation["scales"]), flip=evaluation["flip"])
     # the step schedule's milestone and gamma are optional: fine-tuning uses poly
     train = pick(TrainSettings, {**config["finetune"], "epochs": dataset_settings["epochs"],
-                                 "weight_decay": dataset_settings["weight_decay"]}, optional=("milestone", "gamma"),
-                 seed=config["seed"] if seed is None else seed)
+                                 "weight_decay": dataset_settings["weight_decay"],
+                                 "lr": dataset_settings.get("lr", config["finetune"]["lr"])},
+                 optional=("milestone", "gamma"), seed=config["seed"] if seed is None else seed)
     return geometry, train if lr is None else dataclasses.replace(train, lr=lr)
 
 

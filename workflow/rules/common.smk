@@ -2,10 +2,12 @@
 import json
 import os
 import re
+from types import SimpleNamespace
 
 from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_minutes, train_layout, zoo_gpus
 from pssl.config import imagenet_root, zoo_specs
 from pssl.data.pool import DEMO_TRUTH, pool_folders
+from pssl.lr_search import cell_lrs, every_lr, read_round
 from pssl.models.catalog import model_title
 from pssl.settings import (
     BACKBONE_ONLY,
@@ -19,6 +21,7 @@ from pssl.settings import (
     index_settings,
     init_transfer,
     label_settings,
+    lr_search_settings,
     pretrain_settings,
     pssl_init,
     sanity_settings,
@@ -60,7 +63,8 @@ ZOO = zoo_specs(config)  # name -> {"name", "arch", "kwargs"}: ensemble members 
 ENSEMBLE = list(zoo_specs(config, ensemble_only=True))
 PRETRAIN = config["pretrain"]["models"]
 FINETUNE = config["finetune"]
-LRS = FINETUNE["lr_grid"] or [FINETUNE["lr"]]
+LRS = every_lr(config)
+LR_SEARCH = lr_search_settings(config)
 SEEDS = FINETUNE["seeds"]
 VARIANTS = [MAIN, *config["pretrain_variants"]]  # main: the pretrain section itself (Table 3)
 EXPERIMENTS = config["experiments"]
@@ -78,7 +82,7 @@ def one_of(names):
 # of pretrain.models), {variant} a pre-training variant (main or a key of pretrain_variants), {dataset} a
 # downstream dataset, {init} an initialisation (imagenet, pssl = the main pre-training, pssl-<variant>, and
 # either with ~backbone: its backbone alone), {seed}
-# a fine-tuning seed, {lr} a learning rate of the grid, {shard} a shard of the index, {experiment} an
+# a fine-tuning seed, {lr} a learning rate (lr_grid or a cell's lr), {round} a round of a cell's lr search, {shard} a shard of the index, {experiment} an
 # experiment's name, {part} a part of an unlabelled pool, {data} a student's data (st: pseudo labels, dup: the
 # duplicated control). A self-training student's init is <init>+<data> (imagenet+st); the rules that train
 # narrow {init} to the base inits.
@@ -90,6 +94,7 @@ wildcard_constraints:
     init=one_of(BASE_INITS + STUDENT_INITS),
     seed=r"\d+",
     lr=one_of(LRS),
+    round=r"\d+",
     shard=r"shard-\d+",
     experiment=one_of(EXPERIMENTS) or "(?!)",
     part=r"\d+",
@@ -220,6 +225,54 @@ def finetune_results(wildcards=None):
 def cell_dir(wildcards, init=None):
     w = wildcards
     return f"{RESULTS}/finetune/{w.dataset}/{w.model}/{init or w.init}/seed{w.seed}"
+
+
+def cell_runs(wildcards, lrs):
+    """The metrics.json of a cell's runs at `lrs`."""
+    return expand(f"{cell_dir(wildcards)}/lr{{lr}}/metrics.json", lr=lrs)
+
+
+def start_lr(wildcards):
+    """The cell's own lr: its fixed lr, or where its peak search starts."""
+    return finetune_settings(config, wildcards.dataset, wildcards.model)[1].lr
+
+
+def search_round(wildcards, number):
+    """Round `number` of a cell's peak search (pssl.lr_search.Round); Snakemake pauses the DAG here until the
+    round's runs exist, then grows it by what the round decides."""
+    w = wildcards
+    path = checkpoints.lr_search.get(dataset=w.dataset, model=w.model, init=w.init, seed=w.seed,
+                                     round=number).output[0]
+    return read_round(path)
+
+
+def search_rounds_done(wildcards):
+    """The last round of a cell's peak search: the one that names no further lr."""
+    number = 0
+    while not (decision := search_round(wildcards, number)).done:
+        number += 1
+    return decision
+
+
+def round_runs(wildcards):
+    """The runs a search round looks at: the first round's lrs, or every lr tried through the round before and
+    the lrs it asked for."""
+    number = int(wildcards.round)
+    if number == 0:
+        return cell_runs(wildcards, cell_lrs("peak", FINETUNE["lr_grid"], start_lr(wildcards)))
+    before = search_round(wildcards, number - 1)
+    return cell_runs(wildcards, sorted({*before.tried, *before.next}))
+
+
+def searched_lrs(wildcards):
+    """The lrs one cell and seed trains (finetune.lr_search): fixed or grid, known up front; peak, the lrs its
+    search tried, or, for the other seeds under `seeds: first`, the first seed's choice."""
+    if LR_SEARCH.mode != "peak":
+        return cell_lrs(LR_SEARCH.mode, FINETUNE["lr_grid"], start_lr(wildcards))
+    if LR_SEARCH.seeds == "first" and int(wildcards.seed) != SEEDS[0]:
+        first = dict(wildcards.items(), seed=SEEDS[0])
+        return [search_rounds_done(SimpleNamespace(**first)).best]
+    return sorted(search_rounds_done(wildcards).tried)
 
 
 def pool_paths(dataset):

@@ -1,8 +1,9 @@
-# Stage: fine-tuning fan-out (dataset x model x init x seed x lr), best lr per cell and seed; Table 3, the
-# experiments' tables, and the report.
+# Stage: fine-tuning fan-out (dataset x model x init x seed x lr), each cell's lr search and best lr per seed;
+# Table 3, Figure 4, the experiments' tables, and the report.
 
 
 localrules:
+    lr_search,
     select_lr,
     experiment_table,
     table3,
@@ -48,10 +49,30 @@ rule finetune:
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
+# finetune.lr_search peak: one round of a cell's search per checkpoint job; each round's decision adds the next
+# round's runs to the DAG (a dry run shows the first round of every cell: the rest follows from its results).
+checkpoint lr_search:
+    input:
+        round_runs,
+    output:
+        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr_search/round{{round}}.json",
+    params:
+        ladder=" ".join(map(str, FINETUNE["lr_grid"])),
+        start=start_lr,
+        margin=LR_SEARCH.margin,
+        max_values=LR_SEARCH.max_values,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr_search/round{{round}}.log",
+    shell:
+        "python -m pssl lr-search-round --runs {input} --ladder {params.ladder} --start {params.start}"
+        " --margin {params.margin} --max-values {params.max_values} --out {output} > {log} 2>&1"
+
+
 rule select_lr:
     input:
-        lambda wc: expand(f"{RESULTS}/finetune/{wc.dataset}/{wc.model}/{wc.init}/seed{wc.seed}/lr{{lr}}/metrics.json",
-                          lr=LRS),
+        lambda wc: cell_runs(wc, searched_lrs(wc)),
     output:
         f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/metrics.json",
     conda:
@@ -165,6 +186,9 @@ rule table3:
         runs=f"{RESULTS}/report/finetune_cells.csv",
         gains=report(f"{RESULTS}/report/table3_gains.png", caption="../report/gains.rst", category="1. Table 3"),
         gains_svg=f"{RESULTS}/report/table3_gains.svg",
+        figure4=report(f"{RESULTS}/report/figure4.png", caption="../report/figure4.rst", category="1. Table 3"),
+        figure4_svg=f"{RESULTS}/report/figure4.svg",
+        lr_curves=f"{RESULTS}/report/figure4.csv",
     params:
         titles=json.dumps(MODEL_TITLES),
         out=lambda wc, output: os.path.dirname(output.table),

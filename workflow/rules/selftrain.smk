@@ -7,8 +7,8 @@
 rule teacher_labels:
     input:
         selected=lambda wc: f"{cell_dir(wc)}/metrics.json",
-        runs=lambda wc: expand(f"{cell_dir(wc)}/lr{{lr}}/metrics.json", lr=LRS),
-        weights=lambda wc: expand(f"{cell_dir(wc)}/lr{{lr}}/final.pt", lr=LRS),
+        runs=lambda wc: cell_runs(wc, searched_lrs(wc)),
+        weights=lambda wc: expand(f"{cell_dir(wc)}/lr{{lr}}/final.pt", lr=searched_lrs(wc)),
         data=demo_data_if_enabled,
     output:
         table=f"{RESULTS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}/pseudo.parquet",

@@ -21,6 +21,8 @@ from pssl.io import atomic_file
 from pssl.report.figures import gallery
 from pssl.report.html import html_page, html_table
 from pssl.report.controls import write_controls
+from pssl.report.figure4 import CAPTION as FIGURE4_CAPTION
+from pssl.report.figure4 import write_figure4
 from pssl.report.stats import mean_sd, paired_difference
 from pssl.settings import init_transfer
 
@@ -221,8 +223,8 @@ QUALITY_FIGURES = {"pretrain_quality": "fused_labels.png", "selftrain_quality": 
 
 
 def write_table3(cell_files: list[str], out_dir: str, model_titles: dict[str, str]) -> str:
-    """Table 3 as table3.csv (the table), finetune_cells.csv (every run), table3.md, table3.html and the gains
-    figure; returns the Markdown."""
+    """Table 3 as table3.csv (the table), finetune_cells.csv (every cell), table3.md, table3.html, the gains
+    figure and Figure 4 (figure4.csv: every lr tried); returns the Markdown."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = collect(cell_files)
@@ -238,6 +240,7 @@ def write_table3(cell_files: list[str], out_dir: str, model_titles: dict[str, st
     with atomic_file(out / "table3.html") as tmp:
         tmp.write_text(html_page(TABLE3_CAPTION, body))
     gain_figure(table, out / "table3_gains.png")
+    md += write_figure4(cell_files, out, model_titles)
     controls = write_controls(cells, out, model_titles)
     if controls is None:
         for stale in ("controls.csv", "controls.md", "controls.png", "controls.svg"):
@@ -292,6 +295,7 @@ def write_report(out_dir: str, stores: list[str], quality_tables: list[str], exp
         with atomic_file(out / name) as tmp:
             tmp.write_text(html_page(title, body))
     figures = ('<img src="table3_gains.svg" alt="PSSL - ImageNet mIoU per dataset and model">\n'
+               f'<h3>{FIGURE4_CAPTION}</h3>\n<img src="figure4.svg" alt="Figure 4">\n'
                '<h3>Pseudo labels</h3>\n<img src="pseudo_label_gallery.png" alt="pseudo-label gallery">')
     if figure3:
         figures += (f'\n<h3>Figure 3: the pre-trained model on downstream images, before fine-tuning</h3>\n'
@@ -299,7 +303,8 @@ def write_report(out_dir: str, stores: list[str], quality_tables: list[str], exp
         md += f"\n![Figure 3]({Path(figure3).name})\n"
     quality_html = "\n".join(body for _, body in pages.values())
     links = " · ".join(f'<a href="{f}">{f}</a>' for f in ("table3.csv", "report.md", "finetune_cells.csv",
-                                                          "table3_gains.svg", "pseudo_label_gallery.pdf"))
+                                                          "figure4.csv", "table3_gains.svg",
+                                                          "pseudo_label_gallery.pdf"))
     with atomic_file(out / "index.html") as tmp:
         tmp.write_text(html_page("PSSL report", f"<h2>PSSL report</h2>\n{sanity_html}{table3_html}\n{experiments_html}"
                                                 f"{figures}\n{quality_html}\n<p class=\"note\">Files: {links}</p>"))
