@@ -140,18 +140,18 @@ def test_a_learning_rate_grid_runs_end_to_end(pipeline_run):
     from pssl.report.table3 import write_table3
     workdir, _ = pipeline_run
     cell = "results/finetune/camvid/psp/pssl/seed0/metrics.json"
-    proc = run_snakemake(workdir, cell, "--config", "finetune={lr_grid: [0.01, 0.05]}")
+    proc = run_snakemake(workdir, cell, "--config", "finetune={lr_grid: [0.01, 0.05], lr_search: {mode: grid}}")
     planned = _jobs_planned(proc.stdout + proc.stderr)
     assert planned == {"finetune": 1, "select_lr": 1}  # lr 0.01 exists: only lr 0.05 and the selection
     runs = {lr: json.loads((workdir / f"results/finetune/camvid/psp/pssl/seed0/lr{lr}/metrics.json").read_text())
             for lr in ("0.01", "0.05")}
     best = json.loads((workdir / cell).read_text())
-    assert best["lr_grid"] == {lr: r["selection"]["miou"] for lr, r in runs.items()}
+    assert best["lrs_tried"] == {lr: r["selection"]["miou"] for lr, r in runs.items()}
     winner = max(runs, key=lambda lr: runs[lr]["selection"]["miou"])
     assert best["lr"] == float(winner) and best["miou"] == runs[winner]["miou"]
     cells = sorted(str(p) for p in (workdir / "results/finetune").glob("*/*/*/seed*/metrics.json"))
     markdown = write_table3(cells, str(workdir / "grid_report"), {})
-    assert "best of a grid, chosen on val" in markdown
+    assert "best of the lrs tried, chosen on val" in markdown
     assert f"psp pssl: {', '.join(sorted({'0.01', winner}))}" in markdown  # the other datasets' cells: 0.01
 
 

@@ -54,7 +54,7 @@ def test_paired_interval_is_the_t_interval_of_the_differences():
 
 def test_table3_with_seeds_gives_mean_sd_and_interval():
     cells = pd.DataFrame([{"dataset": "camvid", "model": "a", "init": i, "seed": s, "split": "test", "miou": v,
-                           "pixel_acc": 0.0, "lr": 0.01, "lr_grid": 1}
+                           "pixel_acc": 0.0, "lr": 0.01, "lrs_tried": 1}
                           for s, (a, b) in enumerate([(50.0, 52.5), (48.0, 49.0), (51.0, 54.5)])
                           for i, v in (("imagenet", a), ("pssl", b))])
     table = table3(cells, {"a": "PSPNet-R"})
@@ -110,7 +110,7 @@ def test_experiment_table_rows_are_variants_and_gains_are_paired():
     for seed, (imagenet, small, main) in enumerate([(40.0, 41.0, 45.0), (42.0, 42.5, 44.0)]):
         for init, v in (("imagenet", imagenet), ("pssl-n48", small), ("pssl", main)):
             rows.append({"dataset": "voc_aug", "model": "m", "init": init, "seed": seed, "split": "val", "miou": v,
-                         "pixel_acc": 0.0, "lr": 0.01, "lr_grid": 1})
+                         "pixel_acc": 0.0, "lr": 0.01, "lrs_tried": 1})
     table = experiment_table(pd.DataFrame(rows), {"n48": {"images": 48}, "main": None}, ["voc_aug"], imagenet=True)
     assert list(table.index) == ["ImageNet init", "PSSL n48 (images 48)", "PSSL (main pre-training)"]
     assert table.loc["PSSL n48 (images 48)", "VOC-Aug"] == pytest.approx(41.75)

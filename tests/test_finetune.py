@@ -236,14 +236,14 @@ def test_select_best_lr_chooses_on_val_not_on_the_reported_split(tmp_path):
                                  "selection": {"split": "val", "miou": val_miou}}))
         runs.append(str(p))
     best = select_best_lr(runs, str(tmp_path / "best.json"))
-    assert best["lr"] == 0.02 and set(best["lr_grid"]) == {"0.01", "0.02", "0.05"}
-    assert best["lr_grid"]["0.01"] == 0.31
+    assert best["lr"] == 0.02 and set(best["lrs_tried"]) == {"0.01", "0.02", "0.05"}
+    assert best["lrs_tried"]["0.01"] == 0.31
     assert json.loads((tmp_path / "best.json").read_text())["miou"] == 0.40
 
 
 def test_table3_layout_and_differences():
     cells = pd.DataFrame([{"dataset": d, "model": m, "init": i, "split": split, "miou": v, "pixel_acc": 0.0,
-                           "lr": 0.01, "lr_grid": 1}
+                           "lr": 0.01, "lrs_tried": 1}
                           for d, split, base in (("camvid", "test", 60.0), ("ade20k", "val", 40.0))
                           for m in ("a", "b")
                           for i, v in (("imagenet", base), ("pssl", base + (1.5 if m == "a" else -0.5)))])
@@ -261,12 +261,12 @@ def test_table3_layout_and_differences():
 def test_table3_reports_what_exists(tmp_path):
     """One init only: its columns and no difference; a missing cell: '–' in Markdown, a gap in the figure."""
     only_pssl = pd.DataFrame([{"dataset": d, "model": "a", "init": "pssl", "split": "val", "miou": 50.0,
-                               "pixel_acc": 0.0, "lr": 0.01, "lr_grid": 1} for d in ("camvid", "ade20k")])
+                               "pixel_acc": 0.0, "lr": 0.01, "lrs_tried": 1} for d in ("camvid", "ade20k")])
     table = table3(only_pssl, {"a": "PSPNet-R"})
     assert list(table.columns) == ["split", "PSPNet-R PSSL"]
     gain_figure(table, tmp_path / "one_init.png")
     cells = pd.DataFrame([{"dataset": d, "model": "a", "init": i, "split": "val", "miou": 40.0, "pixel_acc": 0.0,
-                           "lr": 0.01, "lr_grid": 1}
+                           "lr": 0.01, "lrs_tried": 1}
                           for d, i in (("camvid", "imagenet"), ("camvid", "pssl"), ("ade20k", "imagenet"))])
     table = table3(cells, {"a": "PSPNet-R"})
     assert table.loc["CamVid", "PSPNet-R diff"] == 0 and np.isnan(table.loc["ADE20K", "PSPNet-R PSSL"])

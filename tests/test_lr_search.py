@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pssl.lr_search import cell_lrs, decide, every_lr, first_round, read_round, write_round
+from pssl.report.figure4 import lr_curves, write_figure4
 
 LADDER = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]  # the paper preset's
 
@@ -80,11 +81,21 @@ def test_the_margin_says_what_a_clearly_worse_neighbour_is():
     assert tried == [0.002, 0.005, 0.01, 0.02] and best == 0.01
 
 
+def test_the_search_stops_at_a_clear_peak_even_beside_a_second_one():
+    """The peak is the best and its neighbours; a rung further out that would tie the best is not looked for
+    (the paper stopped at the first clear peak)."""
+    curve = curve_of([0, 0, 0, 0, 60.0, 58.0, 60.3, 58.0, 0])
+    tried, best, _ = search(curve, margin=0.5)
+    assert tried == [0.005, 0.01, 0.02] and best == 0.01
+
+
 def test_a_diverged_run_counts_as_worse_than_any():
     tried, best, _ = search(curve_of([0, 0, 0, 0, 10, 20, 30, math.nan, 0]))
     assert best == 0.01 and tried == [0.005, 0.01, 0.02]
     tried, best, _ = search(curve_of([0, 0, 0, 0, 10, 20, math.nan, math.nan, 0]))  # the start diverged
     assert best == 0.005 and tried == [0.002, 0.005, 0.01, 0.02]
+    tried, best, _ = search(curve_of([math.nan] * 9), margin=0.5)  # every run diverged: no peak to walk
+    assert tried == [0.005, 0.01, 0.02] and best == 0.01
 
 
 def test_max_values_bounds_every_search():
@@ -140,6 +151,25 @@ def test_the_lrs_a_cell_trains_up_front_and_every_lr_the_config_can_name():
     assert every_lr(config) == [0.001, 0.005, 0.01, 0.02]
 
 
+def test_figure4_lists_every_lr_tried_and_marks_the_kept_one(tmp_path):
+    cells = []
+    for init, tried, kept in (("imagenet", {"0.005": 0.30, "0.01": 0.35, "0.02": 0.32}, 0.01),
+                              ("pssl", {"0.01": 0.25}, 0.01)):  # a fixed-lr cell: one row, not drawn
+        path = tmp_path / f"finetune/camvid/psp/{init}/seed0/metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"lr": kept, "selection": {"split": "val", "miou": tried[str(kept)]},
+                                    "lrs_tried": tried}))
+        cells.append(str(path))
+    curves = lr_curves(cells)
+    assert list(curves["init"]) == ["imagenet"] * 3 + ["pssl"]
+    assert list(curves["val_miou"]) == pytest.approx([30.0, 35.0, 32.0, 25.0])
+    assert list(curves["kept"]) == [False, True, False, True]
+    markdown = write_figure4(cells, tmp_path / "report", {"psp": "PSPNet"})
+    assert "1 of 2 cells and seeds tried more than one lr" in markdown
+    for name in ("figure4.csv", "figure4.png", "figure4.svg"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+
+
 CELL = "results/finetune/camvid/psp/imagenet"
 # margin 1000: every end of the stretch is "not clearly worse", so the search's shape is known up front (round
 # 0: 0.005, 0.01, 0.02; round 1: the one rung max_values leaves, at the higher end) whatever the tiny runs score.
@@ -185,7 +215,7 @@ def test_the_peak_search_grows_the_dag_resumes_after_a_kill_and_the_other_seed_t
     assert rounds[0].next == ((0.05,) if high > low else (0.002,))  # the one rung left: the higher end's side
     kept = json.loads((tmp_path / f"{CELL}/seed0/metrics.json").read_text())
     assert kept["lr"] == rounds[1].best == max(rounds[1].tried, key=rounds[1].tried.get)
-    assert {float(k): 100 * v for k, v in kept["lr_grid"].items()} == pytest.approx(rounds[1].tried)
+    assert {float(k): 100 * v for k, v in kept["lrs_tried"].items()} == pytest.approx(rounds[1].tried)
     assert sorted(p.name for p in (tmp_path / f"{CELL}/seed0").glob("lr0*")) == \
         sorted(f"lr{lr}" for lr in rounds[1].tried)
     # seeds: first: the other seed trains the first seed's choice alone

@@ -153,11 +153,12 @@ def test_pilot_differs_from_the_paper_only_where_it_says_why():
 
 def test_paper_preset_with_segmentation_teachers(trees, tmp_path):
     """Self-training on Cityscapes (its train_extra pool) and the PSSL-fused column on top of the paper's DAG:
-    16 teacher jobs (2 inits x 8 pool parts), 2 x 2 students x 9 lrs, one fused pre-training per model."""
+    16 teacher jobs (2 inits x 8 pool parts), 2 x 2 students x 9 lrs, one fused pre-training per model (the lr
+    grid: with the preset's peak search the teachers wait for their cells' searches)."""
     (trees[1] / "cityscapes/leftImg8bit/train_extra").mkdir(parents=True, exist_ok=True)
     args = ("self_training={datasets: [cityscapes], models: [pspnet_resnet50d]}",  # more --config values
-            "finetune={inits: [imagenet, pssl, pssl-fused]}")
-    base, _ = plan(tmp_path, PAPER, trees)
+            "finetune={inits: [imagenet, pssl, pssl-fused], lr_search: {mode: grid}}")
+    base, _ = plan(tmp_path, PAPER, trees, "finetune={lr_search: {mode: grid}}")
     counts, out = plan(tmp_path, PAPER, trees, *args)
     assert counts["teacher_labels"] == 2 * 8 and counts["self_train"] == 2 * 2 * 9
     assert counts["pretrain"] == base["pretrain"] + 3 and counts["finetune"] == base["finetune"] + 5 * 3 * 9

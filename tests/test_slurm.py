@@ -140,7 +140,7 @@ PACK = "lr-grid-{dataset}-{model}-{init}-{seed}"
 GROUPS = ["--groups", "explain_shard=shard", "label_shard=shard", f"finetune={PACK}",
           "--group-components", f"{PACK}=2", "--resources", "gpu=1", "--set-resource-scopes", "gpu=local"]
 TWO_RANKS = {**SMALLER, "pretrain": {"gpus_per_node": 2, "launcher": "srun"}, "threads": 2,
-             "finetune": {"lr_grid": [0.01, 0.02]}, "cluster": {"gpu_request": GPU_REQUEST},
+             "finetune": {"lr_grid": [0.01, 0.02], "lr_search": {"mode": "grid"}}, "cluster": {"gpu_request": GPU_REQUEST},
              "self_training": {"datasets": ["camvid"], "models": ["psp"], "inits": ["imagenet"], "pool_shards": 1}}
 
 

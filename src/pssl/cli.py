@@ -169,7 +169,7 @@ def _figure3(a):
 
 def _select_lr(a):
     from pssl.report.lr_grid import select_best_lr
-    select_best_lr(a.runs, a.out)
+    select_best_lr(a.runs, a.out, a.start)
 
 
 def _lr_search_round(a):
@@ -431,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="PNG (a PDF is written beside it)")
     s.set_defaults(func=_figure3)
 
-    s = sub.add_parser("select-lr", help="keep the best learning rate (val mIoU) of a lr grid")
+    s = sub.add_parser("select-lr", help="keep the best learning rate (val mIoU) of those a cell tried")
     s.add_argument("--runs", nargs="+", required=True, help="metrics.json of each lr")
-    s.add_argument("--out", required=True, help="the cell's metrics.json (the best lr's, with the grid recorded)")
+    s.add_argument("--start", type=float, default=None, help="the cell's own lr: a tie goes to the lr nearer it "
+                                                             "(default: the smallest lr tried)")
+    s.add_argument("--out", required=True, help="the cell's metrics.json (the best lr's, with every lr tried)")
     s.set_defaults(func=_select_lr)
 
     s = sub.add_parser("lr-search-round", help="one round of a cell's peak lr search: the next lrs, or its end")

@@ -128,14 +128,15 @@ def check_experiments(config: dict) -> None:
 
 
 def check_lr_search(config: dict) -> None:
-    """A peak search walks lr_grid as its ladder, from each cell's lr, which must be on it."""
+    """A peak search walks lr_grid as its ladder, from each cell's lr, which must be on it (every model a cell
+    can fine-tune: those of finetune and of the experiments)."""
     from pssl.lr_search import check_ladder
     from pssl.settings import finetune_settings
     finetune = config["finetune"]
     if finetune["lr_search"]["mode"] != "peak":
         return
     for dataset in finetune["datasets"]:
-        for model in finetune["models"]:
+        for model in config["pretrain"]["models"]:
             start = finetune_settings(config, dataset, model)[1].lr
             try:
                 check_ladder(finetune["lr_grid"], start)

@@ -2,16 +2,18 @@
 10^-n", tuning stopped "when we found a clear peak". Which lrs one fine-tune cell trains, round by round.
 
 The ladder is `finetune.lr_grid` (ascending). Round 0 trains the cell's configured lr and its two neighbours on
-the ladder. After each round the best lr so far (val mIoU) is looked at: the tried lrs always form one
-contiguous stretch of the ladder, and an end of that stretch is extended by one rung while its val mIoU is not
-*clearly* worse than the best's, i.e. not more than `margin` points below it (the best lr itself at an end
-counts as not worse: the search moves toward the better side). The peak is clear when both ends of the stretch
-are clearly worse than the best or are the ladder's ends. `max_values` bounds the lrs one cell trains (a flat
-curve would otherwise walk the whole ladder); when one rung is left and both ends want it, the end with the
-higher mIoU gets it (a tie: the smaller lr).
+the ladder. After each round, the best lr so far (val mIoU) and its *peak*: the best and the tried rungs next
+to it, one after another, whose val mIoU is within `margin` points of the best's (margin 0: the best and exact
+ties). The peak is clear when the rung just below it and the rung just above it are both tried (so clearly
+worse: more than `margin` below the best) or lie beyond the ladder's ends; until then the search trains the
+untried one(s), one rung per side and round, i.e. it moves toward the better side. The tried lrs always form
+one stretch of the ladder. `max_values` bounds the lrs one cell trains (a flat curve would otherwise walk the
+whole ladder); when one rung is left and both sides want it, the side whose peak edge has the higher mIoU gets
+it (a tie: the smaller lr).
 
-The best lr: the highest val mIoU; ties go to the lr nearer the start, then to the smaller. A run that
-diverged (NaN) counts as worse than any. Standard library only: Snakemake's DAG imports it.
+The best lr (`best_lr`, also what select_lr keeps): the highest val mIoU; ties go to the lr nearer the start
+(by ratio), then to the smaller. A run that diverged (NaN) is worse than any and never part of a peak.
+Standard library only: Snakemake's DAG imports it.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def check_ladder(ladder: list[float], start: float) -> list[float]:
 
 
 def rung(ladder: list[float], lr: float) -> int:
-    return next(i for i, v in enumerate(ladder) if math.isclose(v, lr))
+    for i, v in enumerate(ladder):
+        if math.isclose(v, lr):
+            return i
+    raise ValueError(f"lr search: lr {lr} is not on the ladder (lr_grid) {ladder}")
 
 
 def first_round(ladder: list[float], start: float) -> tuple[float, ...]:
@@ -66,9 +71,9 @@ def score(miou: float) -> float:
     return -math.inf if math.isnan(miou) else miou
 
 
-def best_lr(ladder: list[float], start: float, tried: dict[float, float]) -> float:
-    s = rung(ladder, start)
-    return max(tried, key=lambda lr: (score(tried[lr]), -abs(rung(ladder, lr) - s), -lr))
+def best_lr(start: float, tried: dict[float, float]) -> float:
+    """The highest val mIoU of `tried` (lr -> mIoU); a tie: the lr nearer `start` by ratio, then the smaller."""
+    return max(tried, key=lambda lr: (score(tried[lr]), -abs(math.log(lr / start)), -lr))
 
 
 def decide(ladder: list[float], start: float, tried: dict[float, float], margin: float = 0.0,
@@ -80,19 +85,24 @@ def decide(ladder: list[float], start: float, tried: dict[float, float], margin:
     rungs = sorted(rung(ladder, lr) for lr in tried)
     if rungs != list(range(rungs[0], rungs[-1] + 1)):
         raise ValueError(f"lr search: the tried lrs {sorted(tried)} are not one stretch of the ladder {ladder}")
-    best = best_lr(ladder, start, tried)
+    best = best_lr(start, tried)
     top = score(tried[best])
-    low, high = rungs[0], rungs[-1]
 
-    def open_end(i: int) -> bool:  # this end of the stretch is not clearly worse than the best
-        return score(tried[ladder[i]]) >= top - margin
+    def in_peak(i: int) -> bool:  # a tried rung within `margin` of the best (a diverged run never is)
+        return ladder[i] in tried and math.isfinite(score(tried[ladder[i]])) and score(tried[ladder[i]]) >= top - margin
 
-    wanted = [i for i, extend in ((low - 1, low > 0 and open_end(low)),
-                                  (high + 1, high < len(ladder) - 1 and open_end(high))) if extend]
+    edges = {}  # side -> the peak's last rung on that side
+    for side in (-1, 1):
+        i = rung(ladder, best)
+        while 0 <= i + side < len(ladder) and math.isfinite(top) and in_peak(i + side):
+            i += side
+        edges[side] = i
+    wanted = [edges[side] + side for side in (-1, 1)
+              if 0 <= edges[side] + side < len(ladder) and ladder[edges[side] + side] not in tried]
     room = max(max_values - len(tried), 0)
     if len(wanted) > room:
-        # one rung left: the end with the higher mIoU gets it (a tie: the smaller lr)
-        wanted = sorted(wanted, key=lambda i: (-score(tried[ladder[i + 1 if i < low else i - 1]]), i))[:room]
+        # one rung left: the side whose peak edge has the higher mIoU gets it (a tie: the smaller lr)
+        wanted = sorted(wanted, key=lambda i: (-score(tried[ladder[edges[-1 if i < edges[-1] else 1]]]), i))[:room]
     return Round(dict(tried), tuple(ladder[i] for i in sorted(wanted)), best)
 
 

@@ -12,6 +12,10 @@ whose jobs differ only in {lr}:
   peak worst  max_values lrs (at most the ladder's length) for the seeds that search, one for the others.
 Shard jobs (explain, labels) appear in a dry run only once the index is sharded: before that they are
 estimated from the index's size bound (pssl.cluster.indexed_images: ImageNet's, or the slice's).
+
+Like the dry run, the plan prices what is left to run in the working directory: on a fresh one, the whole
+plan (the figures the README gives); on a partly run one, the jobs whose outputs are missing (a cell's grid
+then counts only its missing lrs, while the peak and fixed columns assume the cell starts afresh).
 """
 
 from __future__ import annotations
@@ -127,13 +131,16 @@ def dry_run(configfiles: list[str], overrides: list[str], snakefile: str, workdi
 
 def effective_config(configfiles: list[str], overrides: list[str], default: str) -> dict:
     """The config the dry run saw: the config files merged in order (config.yaml without one) and the
-    --config key=value overrides, typed as YAML (as the Snakefile does)."""
+    --config key=value overrides, read by Snakemake's own parser and typed as the Snakefile types them."""
     import yaml
+    from snakemake.cli import parse_config
     from snakemake.utils import update_config
+
+    from pssl.config import typed_cli_config
     config: dict = {}
     for path in configfiles or [default]:
         update_config(config, yaml.safe_load(Path(path).read_text()))
-    update_config(config, {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in overrides)})
+    update_config(config, typed_cli_config(parse_config(overrides)))
     return config
 
 

@@ -166,7 +166,7 @@ class LrSearchSettings:
                                 "lr_grid value; fixed: the cell's lr alone", ("peak", "grid", "fixed"))
     margin: float = setting(0.0, "peak: a neighbour of the best lr is clearly worse when its val mIoU is more "
                                  "than this many points below the best's; else the search goes on that way")
-    max_values: int = setting(5, "peak: the most learning rates one cell's search trains")
+    max_values: int = setting(5, "peak: the most learning rates one cell's search trains (at least 3: round 0)")
     seeds: str = setting("first", "peak: first: search on the first seed, train the other seeds at its choice; "
                                   "each: search every seed", ("first", "each"))
 

@@ -75,12 +75,14 @@ rule select_lr:
         lambda wc: cell_runs(wc, searched_lrs(wc)),
     output:
         f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/metrics.json",
+    params:
+        start=start_lr,
     conda:
         CONDA_ENV
     log:
         f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/select_lr.log",
     shell:
-        "python -m pssl select-lr --runs {input} --out {output} > {log} 2>&1"
+        "python -m pssl select-lr --runs {input} --start {params.start} --out {output} > {log} 2>&1"
 
 
 if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data only

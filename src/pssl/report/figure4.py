@@ -21,7 +21,7 @@ def lr_curves(cells: list[str]) -> pd.DataFrame:
     for path in map(Path, cells):
         dataset, model, init, seed = path.parts[-5:-1]
         metrics = json.loads(path.read_text())
-        tried = metrics.get("lr_grid") or {str(metrics["lr"]): metrics["selection"]["miou"]}
+        tried = metrics.get("lrs_tried") or {str(metrics["lr"]): metrics["selection"]["miou"]}
         rows += [{"dataset": dataset, "model": model, "init": init, "seed": int(seed.removeprefix("seed")),
                   "lr": float(lr), "val_miou": 100 * miou, "kept": np.isclose(float(lr), metrics["lr"])}
                  for lr, miou in tried.items()]
@@ -36,7 +36,8 @@ def searched(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure4(curves: pd.DataFrame, out: str | Path, model_titles: dict[str, str]) -> None:
-    """One panel per dataset (rows) and model (columns), a line per init and seed; written as PNG and SVG."""
+    """One panel per dataset (rows) and model (columns), a line per init and seed (a diverged run, NaN, is a
+    gap); written as PNG and SVG."""
     import matplotlib.pyplot as plt  # the Agg backend: pssl.report.figures (imported by table3) selects it
 
     shown = searched(curves)
@@ -51,6 +52,9 @@ def figure4(curves: pd.DataFrame, out: str | Path, model_titles: dict[str, str])
     for (r, dataset), (c, model) in ((d, m) for d in enumerate(datasets) for m in enumerate(models)):
         ax = axes[r, c]
         panel = shown[(shown["dataset"] == dataset) & (shown["model"] == model)]
+        if panel.empty:  # this dataset was not fine-tuned with this model
+            ax.set_axis_off()
+            continue
         for (init, seed), run in panel.groupby(["init", "seed"], sort=False):
             style = {"color": colours[init], "alpha": 1.0 if seed == panel["seed"].min() else 0.45}
             ax.plot(run["lr"], run["val_miou"], "o-", markerfacecolor="white", label=f"{init} seed {seed}", **style)

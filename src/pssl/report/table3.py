@@ -36,7 +36,7 @@ def collect(cells: list[str]) -> pd.DataFrame:
         r = json.loads(path.read_text())
         rows.append({"dataset": dataset, "model": model, "init": init, "seed": int(seed.removeprefix("seed")),
                      "split": r["eval"]["split"], "miou": 100 * r["miou"], "pixel_acc": 100 * r["pixel_acc"],
-                     "lr": r["lr"], "lr_grid": len(r.get("lr_grid", {})) or 1})
+                     "lr": r["lr"], "lrs_tried": len(r.get("lrs_tried", {})) or 1})
     return pd.DataFrame(rows)
 
 
@@ -148,7 +148,7 @@ def table3_note(table: pd.DataFrame, cells: pd.DataFrame) -> str:
     """What the numbers are: unit, split, seeds, missing cells, and the learning rate behind each column."""
     cells = with_seed(cells)
     lrs = cells.groupby(["model", "init"])["lr"].agg(lambda v: ", ".join(sorted({f"{x:g}" for x in v})))
-    grid_note = "best of a grid, chosen on val" if (cells["lr_grid"] > 1).any() else "fixed"
+    grid_note = "best of the lrs tried, chosen on val" if (cells["lrs_tried"] > 1).any() else "fixed"
     missing = " – : no result for that cell." if table[shown_columns(table)].drop(columns="split").isna() \
         .to_numpy().any() else ""
     seeds = sorted(set(cells["seed"]))
