@@ -28,8 +28,9 @@ def cells(results: Path) -> dict[tuple[str, str, str, int], dict]:
     return found
 
 
-def runs(results: Path) -> int:
-    return len(list(results.glob("finetune/*/*/*/seed*/lr*/metrics.json")))
+def runs(found: dict) -> int:
+    """The fine-tune runs the cells' selections used (every lr each cell and seed tried)."""
+    return sum(len(metrics["lrs_tried"]) for metrics in found.values())
 
 
 def compare(peak: Path, grid: Path) -> tuple[pd.DataFrame, dict]:
@@ -51,7 +52,7 @@ def compare(peak: Path, grid: Path) -> tuple[pd.DataFrame, dict]:
     differ = table[~table["agree"]]
     summary = {"cells": len(table), "agree": int(table["agree"].sum()),
                "disagreements within the spread": int((differ["val mIoU lost"] <= differ["seeds' spread"]).sum()),
-               "disagreements": len(differ), "peak runs": runs(peak), "grid runs": runs(grid)}
+               "disagreements": len(differ), "peak runs": runs(p), "grid runs": runs(g)}
     summary["agreement"] = summary["agree"] / summary["cells"]
     summary["peak / grid runs"] = summary["peak runs"] / summary["grid runs"]
     return table, summary
