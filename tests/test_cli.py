@@ -40,6 +40,20 @@ def test_wrong_store_and_out_of_range_index_are_one_line(tmp_path, capsys):
         main(["--debug", "inspect", str(tmp_path / "missing.zarr")])
 
 
+@pytest.mark.parametrize("error", [ValueError("a shape mismatch deep in torch"), KeyError("missing_key"),
+                                   FileNotFoundError(2, "No such file or directory", "/a/path/the/code/built")])
+def test_a_bug_keeps_its_traceback(error, monkeypatch):
+    """Only pssl's InputError and a file the command line named are one-line errors; anything else raised
+    under a command is a bug and reaches the user whole."""
+    import pssl.store
+
+    def broken(path):
+        raise error
+    monkeypatch.setattr(pssl.store, "describe", broken)
+    with pytest.raises(type(error)):
+        main(["inspect", "some.zarr"])
+
+
 def test_every_command_shows_an_example():
     for name, sub in build_parser()._subparsers._group_actions[0].choices.items():
         assert f"example:\n  pssl {name} " in sub.format_help(), name

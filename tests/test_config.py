@@ -215,18 +215,19 @@ def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_pa
     # a variant's own images and epochs (Tables 1 and 2: the paper's shorter schedule, 15 epochs)
     assert runtime_minutes(paper, "pretrain", {"model": "deeplabv3_resnet50d", "variant": "bg0.01-50k"}) == \
         train_minutes(paper, 50_000, 15, 256, gpus)
+    # Table 4's 60 epochs continue the main 30: 30 more epochs
     assert runtime_minutes(paper, "pretrain", {"model": "pspnet_resnet50d", "variant": "epochs60"}) == \
-        train_minutes(paper, 1_281_167, 60, 256, gpus)
+        train_minutes(paper, 1_281_167, 30, 256, gpus)
     ade = {"dataset": "ade20k", "model": "deeplabv3_resnest50d", "init": "pssl", "seed": "0", "lr": "0.01"}
     world = paper["finetune"]["gpus_per_node"] * paper["finetune"]["nodes"]
     assert runtime_minutes(paper, "finetune", ade) == train_minutes(paper, 20_210, 180, 480, world)
     # self-training: Cityscapes' 19,998 pool images in 8 parts x 12 views (6 scales x flip) at base 1024, one
     # forward at 3 x 6,000 images/min: 2499.75 x 12 x 16 / 18,000 = 26.66 -> 15 + 1.5 x 26.66 = 54.996 -> 55;
-    # a student with k = 7: 8 x the 2,975 training images per epoch
+    # a student with k = 7: (1 + 7) x half (1,488) of the 2,975 training images per epoch
     city = {"dataset": "cityscapes", "model": "pspnet_resnet50d", "init": "pssl", "seed": "0"}
     assert runtime_minutes(paper, "teacher_labels", {**city, "part": "3"}) == 55
     assert runtime_minutes(paper, "self_train", {**city, "data": "st", "lr": "0.01"}) == \
-        train_minutes(paper, 8 * 2975, 100, 864, world)
+        train_minutes(paper, 8 * 1488, 100, 864, world)
     with pytest.raises(ValueError, match="no runtime estimate for rule 'report'"):
         runtime_minutes(paper, "report", {})
     for rel, seconds in (("explain_shard/shard-00003.tsv", 600.0),

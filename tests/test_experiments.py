@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO
 from pssl.config import ConfigError, check_config
 from pssl.data.pseudo import Sample, nested_subset
+from pssl.errors import InputError
 from pssl.report.experiments import experiment_table
 from pssl.report.stats import mean_sd, paired_difference, t975
 from pssl.report.table3 import formatted, markdown, table3
@@ -77,7 +78,7 @@ def test_a_variant_overrides_the_pretrain_section_and_nothing_else():
     assert d8.ignore_deciles == (8,) and main.ignore_deciles == ()
     assert "--ignore-deciles 8 " in settings_flags(d8)
     assert pssl_init("main") == "pssl" and pssl_init("n48") == "pssl-n48"
-    with pytest.raises(KeyError, match="no pre-training variant 'nope'"):
+    with pytest.raises(InputError, match="no pre-training variant 'nope'"):
         pretrain_settings(DEMO, "nope")
 
 

@@ -7,6 +7,7 @@ import yaml
 
 from conftest import REPO, TINY
 from pssl.cli import build_parser
+from pssl.errors import InputError
 from pssl.settings import (
     DemoSettings,
     ExplainSettings,
@@ -93,7 +94,7 @@ def test_cli_defaults_are_the_dataclass_defaults_and_documented():
 def test_a_missing_setting_is_named():
     tiny = yaml.safe_load(TINY.read_text())
     del tiny["explain"]["noise_level"]
-    with pytest.raises(KeyError, match="ExplainSettings: the config gives no noise_level"):
+    with pytest.raises(InputError, match="ExplainSettings: the config gives no noise_level"):
         explain_settings(tiny)
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from pssl.errors import InputError
 
-class ClassSpaceError(ValueError):
+
+class ClassSpaceError(InputError):
     """A class a model does not know: a wrong tree or zoo, reported before any work."""
 
 

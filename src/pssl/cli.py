@@ -10,6 +10,7 @@ import sys
 
 from pssl import __version__
 from pssl.allocator import keep_freed_memory
+from pssl.errors import InputError
 from pssl.models.catalog import HEAD_NAMES, TRANSFERS
 from pssl.settings import (
     EVAL_GEOMETRY,
@@ -211,7 +212,7 @@ def _summary(a):
 def _gpu_slots(a):
     from pssl.gpu_slots import run_on_slots
     if not a.argv:
-        raise ValueError("no command to run: pssl gpu-slots N -- COMMAND ...")
+        raise InputError("no command to run: pssl gpu-slots N -- COMMAND ...")
     run_on_slots(a.gpus, a.argv)
 
 
@@ -601,8 +602,22 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-# What a user's input can raise (a missing file, a wrong store, an index out of range): reported in one line.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError, IndexError)
+def named_paths(args: argparse.Namespace) -> set[str]:
+    """Every string the command line gave (a path among them)."""
+    values = [v for value in vars(args).values() for v in (value if isinstance(value, list) else [value])]
+    return {str(v) for v in values if isinstance(v, (str, os.PathLike))}
+
+
+def input_error(error: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message of an error in the user's input, None for any other (a bug keeps its traceback):
+    pssl's InputError, or a file the command line named that does not exist or cannot be read."""
+    if isinstance(error, InputError):
+        return str(error)
+    if isinstance(error, (FileNotFoundError, NotADirectoryError, PermissionError)):
+        path = error.filename if error.filename is not None else str(error)  # pyarrow's: the bare path
+        if str(path) in named_paths(args):
+            return f"{(error.strerror or 'no such file or directory').lower()}: {path}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -611,12 +626,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as error:
-        if args.debug or os.environ.get("PSSL_DEBUG"):
+    except Exception as error:
+        message = input_error(error, args)
+        if message is None or args.debug or os.environ.get("PSSL_DEBUG"):
             raise
-        message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
-        if isinstance(error, FileNotFoundError) and " " not in message:  # pyarrow's message is the bare path
-            message = f"no such file or directory: {message}"
         print(f"pssl {args.command}: error: {message} (--debug or PSSL_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 2

@@ -7,9 +7,11 @@ import os
 import re
 from pathlib import Path
 
+from pssl.errors import InputError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(InputError):
+    """A config key that is wrong or contradicts another; the message names the key."""
 
 
 def _describe(err) -> str:

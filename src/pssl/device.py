@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from pssl.errors import InputError
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
@@ -24,7 +26,7 @@ def choose_precision(requested: str, device_type: str, capability: tuple[int, in
     training and fp32 for input gradients (explain), which fp16 would underflow; fp32 on CPU.
     """
     if requested == "fp16" and (device_type != "cuda" or not training):
-        raise ValueError("precision fp16 is for training on CUDA (with loss scaling); use fp32 or bf16")
+        raise InputError("precision fp16 is for training on CUDA (with loss scaling); use fp32 or bf16")
     if requested != "auto":
         return requested
     if device_type != "cuda":
@@ -75,7 +77,7 @@ def cuda_fp32_math(mode: str):
     flags of torch's newer API are read and written (mixing them with the older allow_tf32 flags is an error
     in torch). The flags are process-wide and CUDA-only: on a CPU they change nothing."""
     if mode not in ("ieee", "tf32"):
-        raise ValueError(f"fp32 math must be 'ieee' or 'tf32', got {mode!r}")
+        raise InputError(f"fp32 math must be 'ieee' or 'tf32', got {mode!r}")
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, matmul.fp32_precision
     conv.fp32_precision = matmul.fp32_precision = mode

@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from pssl.errors import InputError
+
 log = logging.getLogger(__name__)
 
 POOL_ENV = "PSSL_GPU_SLOTS"        # comma-separated device ids; overrides what the machine shows
@@ -96,7 +98,7 @@ def try_take(n: int, pool: list[str], directory: Path) -> tuple[list[str], list[
 def take(n: int, pool: list[str], directory: Path, poll: float = POLL_SECONDS) -> tuple[list[str], list[int]]:
     """Wait until n slots of the pool are free and lock them."""
     if n > len(pool):
-        raise ValueError(f"the job needs {n} GPU(s) but the pool has {len(pool)} ({','.join(pool)}); "
+        raise InputError(f"the job needs {n} GPU(s) but the pool has {len(pool)} ({','.join(pool)}); "
                          f"set {POOL_ENV} or CUDA_VISIBLE_DEVICES")
     start = time.monotonic()
     waiting = False

@@ -25,6 +25,7 @@ from pssl import store
 from pssl.classes import columns, remap, run_space
 from pssl.data.shard_images import ShardBatches
 from pssl.device import allocation, resolve_device
+from pssl.errors import InputError
 from pssl.models.zoo import ensemble_softmax, load_classifier
 from pssl.progress import Progress
 from pssl.settings import LabelSettings
@@ -40,7 +41,7 @@ def apply_policy(gt: np.ndarray, probs: np.ndarray, done: np.ndarray, policy: st
                  min_conf: float) -> tuple[np.ndarray, np.ndarray]:
     """(label, keep) per image from ground truth, teacher probabilities (N, K) and explain status."""
     if policy not in POLICIES:
-        raise ValueError(f"labels.policy must be one of {POLICIES}, got {policy!r}")
+        raise InputError(f"labels.policy must be one of {POLICIES}, got {policy!r}")
     teacher = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     keep = done & (conf >= min_conf)
@@ -60,7 +61,7 @@ def label_shard(shard: str | Path, explain_store: str | Path, zoo_paths: list[st
     frame, meta = read_table(shard)
     group = store.open_store(explain_store)
     if not np.array_equal(group["image_id"][:], frame["image_id"].to_numpy()):
-        raise ValueError(f"{explain_store} does not hold the images of {shard}")
+        raise InputError(f"{explain_store} does not hold the images of {shard}")
     size = group["deciles"].shape[1]
     status = group["status"][:]
     loaded = [load_classifier(p, dev) for p in zoo_paths]

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from pssl.errors import InputError
 from pssl.io import atomic_file
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,10 @@ class Round:
 def check_ladder(ladder: list[float], start: float) -> list[float]:
     ladder = [float(v) for v in ladder]
     if len(ladder) < 2 or ladder != sorted(set(ladder)):
-        raise ValueError(f"lr search: lr_grid must list at least 2 distinct learning rates in ascending order, "
+        raise InputError(f"lr search: lr_grid must list at least 2 distinct learning rates in ascending order, "
                          f"got {ladder}")
     if not any(math.isclose(start, v) for v in ladder):
-        raise ValueError(f"lr search: the starting lr {start} is not on the ladder (lr_grid) {ladder}")
+        raise InputError(f"lr search: the starting lr {start} is not on the ladder (lr_grid) {ladder}")
     return ladder
 
 
@@ -58,7 +59,7 @@ def rung(ladder: list[float], lr: float) -> int:
     for i, v in enumerate(ladder):
         if math.isclose(v, lr):
             return i
-    raise ValueError(f"lr search: lr {lr} is not on the ladder (lr_grid) {ladder}")
+    raise InputError(f"lr search: lr {lr} is not on the ladder (lr_grid) {ladder}")
 
 
 def first_round(ladder: list[float], start: float) -> tuple[float, ...]:
@@ -84,7 +85,7 @@ def decide(ladder: list[float], start: float, tried: dict[float, float], margin:
         return Round({}, first_round(ladder, start), None)
     rungs = sorted(rung(ladder, lr) for lr in tried)
     if rungs != list(range(rungs[0], rungs[-1] + 1)):
-        raise ValueError(f"lr search: the tried lrs {sorted(tried)} are not one stretch of the ladder {ladder}")
+        raise InputError(f"lr search: the tried lrs {sorted(tried)} are not one stretch of the ladder {ladder}")
     best = best_lr(start, tried)
     top = score(tried[best])
 

@@ -15,6 +15,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+from pssl.errors import InputError
+
 
 def setting(default, help: str, choices: tuple | None = None, output: bool = True):
     """A settings field. output=False marks a setting that cannot change what the stage writes (loader
@@ -226,7 +228,7 @@ def pick(cls, values: dict, optional: tuple[str, ...] = (), **overrides):
     chosen = {**{k: v for k, v in values.items() if k in names}, **overrides}
     missing = [n for n in names if n not in chosen and n not in optional]
     if missing:
-        raise KeyError(f"{cls.__name__}: the config gives no {', '.join(missing)}")
+        raise InputError(f"{cls.__name__}: the config gives no {', '.join(missing)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
 
 
@@ -304,7 +306,7 @@ def pretrain_variant(config: dict, variant: str) -> dict:
         return {}
     variants = config.get("pretrain_variants") or {}
     if variant not in variants:
-        raise KeyError(f"no pre-training variant {variant!r}; pretrain_variants: {', '.join(variants) or 'none'}")
+        raise InputError(f"no pre-training variant {variant!r}; pretrain_variants: {', '.join(variants) or 'none'}")
     return variants[variant] or {}
 
 

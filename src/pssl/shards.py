@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+from pssl.errors import InputError
 from pssl.io import atomic_dir
 from pssl.tables import read_table, write_table
 
@@ -19,7 +20,7 @@ def shard_name(i: int) -> str:
 
 def write_shards(index: str | os.PathLike, shard_size: int, out_dir: str | os.PathLike) -> list[str]:
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise InputError(f"shard_size must be >= 1, got {shard_size}")
     frame, meta = read_table(index)
     n_shards = math.ceil(len(frame) / shard_size)
     names = [shard_name(i) for i in range(n_shards)]

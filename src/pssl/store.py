@@ -26,6 +26,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from pssl.errors import InputError, MissingInput
+
 FORMAT_VERSION = 1
 PENDING, DONE, UNREADABLE = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", UNREADABLE: "unreadable"}
@@ -71,10 +73,12 @@ def consolidate(path: str | os.PathLike) -> None:
 
 
 def open_store(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    if mode in ("r", "r+") and not os.path.exists(path):
+        raise MissingInput(f"{path} does not exist")
     group = zarr.open_group(str(path), mode=mode)
     version = group.attrs.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: explain store format {version}, this pssl reads {FORMAT_VERSION}")
+        raise InputError(f"{path}: explain store format {version}, this pssl reads {FORMAT_VERSION}")
     return group
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pssl.errors import InputError, MissingInput
 from pssl.settings import IndexSettings
 from pssl.tables import write_table
 
@@ -30,7 +31,7 @@ def spread(folders: list[str], n: int) -> list[str]:
     """`n` of the sorted `folders`, evenly spread: folder i * len / n for i < n (100 of 1000: every 10th,
     starting with the first); all of them for n = 0."""
     if n > len(folders):
-        raise ValueError(f"imagenet_subset asks for {n} classes, the tree has {len(folders)} class folders")
+        raise InputError(f"imagenet_subset asks for {n} classes, the tree has {len(folders)} class folders")
     return folders if not n else [folders[i * len(folders) // n] for i in range(n)]
 
 
@@ -45,7 +46,7 @@ def scan_imagenet(root: str | os.PathLike, labelled: bool = True, subset: IndexS
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image root {str(root)!r} is not a directory")
+        raise MissingInput(f"image root {str(root)!r} is not a directory")
     class_dirs = spread(sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
                         subset.classes)
     cap = subset.images_per_class or None
@@ -60,7 +61,7 @@ def scan_imagenet(root: str | os.PathLike, labelled: bool = True, subset: IndexS
     relpaths += loose
     wnids += [""] * len(loose)
     if not relpaths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
+        raise MissingInput(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
     frame = pd.DataFrame({"relpath": relpaths, "wnid": wnids}).sort_values("relpath", kind="stable")
     class_of = {w: i for i, w in enumerate(class_dirs)} if labelled else {}
     frame["class_idx"] = frame["wnid"].map(class_of).fillna(-1).astype("int32")

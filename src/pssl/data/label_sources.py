@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pssl.errors import InputError
+
 LABEL_SOURCES = ("deciles", "oracle", "shuffled", "centre")
 IMAGENET_S_IGNORE = 1000
 
@@ -26,7 +28,7 @@ IMAGENET_S_IGNORE = 1000
 def derangement(n: int, seed: int) -> np.ndarray:
     """partner[i] != i for every i, a permutation of 0..n-1: the cycle through one random order."""
     if n < 2:
-        raise ValueError(f"shuffled labels need at least 2 images, got {n}")
+        raise InputError(f"shuffled labels need at least 2 images, got {n}")
     order = np.random.default_rng(seed).permutation(n)
     partner = np.empty(n, dtype=np.int64)
     partner[order] = np.roll(order, -1)
@@ -70,4 +72,4 @@ def foreground(source: str, deciles: np.ndarray, threshold: int, *, partner_deci
         return centre_ellipse(int((deciles >= threshold).sum()), deciles.shape).astype(np.int8)
     if source == "oracle":
         return mask
-    raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
+    raise InputError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")

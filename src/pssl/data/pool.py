@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pssl.data.downstream import DATASETS
+from pssl.errors import InputError, MissingInput
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEMO_POOLS, DEMO_TRUTH = "pools", "pool_truth"
@@ -50,12 +51,12 @@ def list_pool(folders: list[str | Path], images: int = 0, seed: int = 0) -> list
     base, found = pool_base(folders), set()
     for folder in map(Path, folders):
         if not folder.is_dir():
-            raise FileNotFoundError(f"unlabelled pool missing: {folder} is not a directory")
+            raise MissingInput(f"unlabelled pool missing: {folder} is not a directory")
         prefix = folder.resolve().relative_to(base)
         images_here = {str(prefix / p.relative_to(folder)) for p in folder.rglob("*")
                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
         if not images_here:
-            raise FileNotFoundError(f"unlabelled pool {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            raise MissingInput(f"unlabelled pool {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
         found |= images_here
     found = sorted(found)
     if images and images < len(found):
@@ -67,5 +68,5 @@ def list_pool(folders: list[str | Path], images: int = 0, seed: int = 0) -> list
 def pool_part(relpaths: list[str], part: int, parts: int) -> list[str]:
     """Part `part` of `parts` (every parts-th image): one teacher-inference job's share."""
     if not 0 <= part < parts:
-        raise ValueError(f"part {part} is not in 0..{parts - 1}")
+        raise InputError(f"part {part} is not in 0..{parts - 1}")
     return relpaths[part::parts]

@@ -30,6 +30,7 @@ from pssl import store
 from pssl.data.label_sources import derangement, foreground, mask_path, read_object_mask
 from pssl.data.strong_view import draw_strong, strong_view
 from pssl.data.transforms import CropAugment, augment, sample_generator, to_tensor
+from pssl.errors import InputError
 from pssl.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,12 @@ def prior_strength(prior: str, deciles: np.ndarray, model_deciles: np.ndarray | 
         return (deciles == 9).astype(np.float32)
     if prior == "deciles":
         return deciles.astype(np.float32) / 9.0
-    raise ValueError(f"fusion_prior must be deciles, d9 or models, got {prior!r}")
+    raise InputError(f"fusion_prior must be deciles, d9 or models, got {prior!r}")
 
 
 def check_prior(prior: str, groups) -> str:
     if prior == "models" and not all("model_deciles" in g for g in groups):
-        raise ValueError("fusion_prior models needs per-model deciles: explain with keep_model_deciles true")
+        raise InputError("fusion_prior models needs per-model deciles: explain with keep_model_deciles true")
     return prior
 
 
@@ -89,13 +90,13 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
                  cutout: float = 0.1, label_source: str = "deciles", masks_root: str | None = None):
         self.background = num_classes  # class K: the segmentation head has K + 1 outputs
         if label_source != "deciles" and fused:
-            raise ValueError(f"label_source {label_source} is a control of the hard label maps: use label_mode hard")
+            raise InputError(f"label_source {label_source} is a control of the hard label maps: use label_mode hard")
         if label_source == "oracle" and not masks_root:
-            raise ValueError("label_source oracle needs the object masks: set imagenet_masks_root")
+            raise InputError("label_source oracle needs the object masks: set imagenet_masks_root")
         self.label_source, self.masks_root = label_source, masks_root
         self.threshold, self.ignore_deciles, self.seed = decile_threshold, tuple(ignore_deciles), seed
         if pad_label not in ("ignore", "background"):
-            raise ValueError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
+            raise InputError(f"pad_label must be 'ignore' or 'background', got {pad_label!r}")
         self.fused, self.cutout = fused, cutout
         # Padding from the crop and the rotation: ignored, or background as in the authors' code at the paper.
         # Fused views: the weak view is PseudoSeg's (scale, crop, flip) and padding never counts.
@@ -112,7 +113,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
             shard, _ = read_table(group.attrs["shard_table"])
             roots.add(meta["root"])
             if not np.array_equal(table["image_id"].to_numpy(), group["image_id"][:]):
-                raise ValueError(f"{label_path} and {store_path} list different images")
+                raise InputError(f"{label_path} and {store_path} list different images")
             done = group["status"][:] == store.DONE
             for row, (keep, label, relpath) in enumerate(zip(table["keep"], table["label"], shard["relpath"])):
                 if not done[row]:
@@ -124,7 +125,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
                 else:
                     self.samples.append(Sample(relpath, s, row, int(label)))
         if len(roots) != 1:
-            raise ValueError(f"label tables point at several image roots: {sorted(roots)}")
+            raise InputError(f"label tables point at several image roots: {sorted(roots)}")
         if images:
             self.samples = nested_subset(self.samples, images, seed)
         self.root = Path(roots.pop())
@@ -136,7 +137,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         log.info("pseudo-labelled set: %d images used%s, labels from %s, skipped %s", len(self.samples),
                  f" (the first {images} of a fixed random order)" if images else "", label_source, skipped)
         if not self.samples:
-            raise ValueError("no pseudo-labelled image is usable (all dropped by the label policy or unexplained)")
+            raise InputError("no pseudo-labelled image is usable (all dropped by the label policy or unexplained)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

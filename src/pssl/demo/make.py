@@ -17,6 +17,7 @@ from pssl.data.downstream import DATASETS, IGNORE, DatasetSpec
 from pssl.data.pool import DEMO_TRUTH, pool_dir, truth_path
 from pssl.demo import synth
 from pssl.demo.scenes import object_borders
+from pssl.errors import InputError
 from pssl.io import atomic_dir
 from pssl.progress import Progress
 from pssl.settings import DemoSettings
@@ -121,7 +122,7 @@ def make_demo_data(out: str | Path, settings: DemoSettings = DemoSettings()) -> 
     """Write the whole demo tree to `out` (atomically) and return its manifest (also `out/manifest.json`)."""
     s = settings
     if s.min_side > s.max_side:
-        raise ValueError(f"min_side ({s.min_side}) must not exceed max_side ({s.max_side})")
+        raise InputError(f"min_side ({s.min_side}) must not exceed max_side ({s.max_side})")
     counts = {"train": s.downstream_train, "val": s.downstream_val, "test": s.downstream_val}
     total = s.num_classes * (s.images_per_class + s.val_images_per_class) + sum(
         sum(counts[split] for split in spec.demo.splits) + s.pool_images for spec in DATASETS.values())

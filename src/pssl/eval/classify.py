@@ -31,6 +31,7 @@ from PIL import Image
 from pssl.classes import ClassSpaceError, columns, record_classes
 from pssl.data.images import UnreadableImage, load_rgb
 from pssl.device import resolve_device
+from pssl.errors import InputError, MissingInput
 from pssl.io import atomic_file
 from pssl.progress import Progress
 from pssl.settings import ClassifySettings
@@ -50,7 +51,7 @@ def val_images(root: str | Path, classes: list[str]) -> list[tuple[Path, int]]:
         return [(p, index[d.name]) for d in folders for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     solution = next((p for p in (root / SOLUTION, root.parent / SOLUTION) if p.exists()), None)
     if solution is None:
-        raise FileNotFoundError(f"{root}: no class folders named by the index's wnids and no {SOLUTION} in it or "
+        raise MissingInput(f"{root}: no class folders named by the index's wnids and no {SOLUTION} in it or "
                                 f"beside it: the ImageNet val set must be in one of those two layouts")
     files = {p.stem: p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     pairs = []
@@ -65,7 +66,7 @@ def val_images(root: str | Path, classes: list[str]) -> list[tuple[Path, int]]:
 def centre_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
     """Shorter side resized to `resize` (bilinear), then the central crop x crop."""
     if crop > resize:
-        raise ValueError(f"classify crop {crop} is larger than the resized shorter side {resize}")
+        raise InputError(f"classify crop {crop} is larger than the resized shorter side {resize}")
     h, w = rgb.shape[:2]
     scale = resize / min(h, w)
     nh, nw = max(resize, round(h * scale)), max(resize, round(w * scale))
@@ -112,7 +113,7 @@ def evaluate_classification(model_path: str, index: str, root: str, out: str, se
     cols = torch.from_numpy(columns(classes, model_classes, str(model_path))).to(dev)
     items = val_images(root, classes)
     if not items:
-        raise ValueError(f"{root}: no validation image of the index's {len(classes)} classes")
+        raise InputError(f"{root}: no validation image of the index's {len(classes)} classes")
     hits1 = hits5 = done = 0
     unreadable = {}
     with Progress(len(items), f"classify {Path(model_path).parent.name}") as progress:

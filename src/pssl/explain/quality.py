@@ -15,6 +15,7 @@ from PIL import Image
 
 from pssl import store
 from pssl.classes import columns
+from pssl.errors import InputError
 from pssl.io import atomic_file
 from pssl.tables import read_table
 
@@ -155,7 +156,7 @@ def pretrain_quality(checkpoints: list[str], stores: list[str], index: str, mask
     log.info("\n%s", table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if figure:
         if shown is None:
-            raise ValueError("a fused-labels figure needs a model pre-trained with label_mode fused")
+            raise InputError("a fused-labels figure needs a model pre-trained with label_mode fused")
         fused_figure(*shown, figure)
     return table
 

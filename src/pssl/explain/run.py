@@ -37,6 +37,7 @@ from pssl import store
 from pssl.classes import columns, run_space
 from pssl.data.shard_images import ShardBatches
 from pssl.device import allocation, cuda_fp32_math, explain_candidates, resolve_device
+from pssl.errors import InputError
 from pssl.explain.chunking import resolve_chunks
 from pssl.explain.deciles import to_deciles
 from pssl.explain.smoothgrad import TargetScore, prepare_classifier, saliency_map, smoothgrad
@@ -232,7 +233,7 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
     dev = resolve_device(device)
     candidates = explain_candidates(dev)
     if settings.precision == "tf32" and "tf32" not in candidates:
-        raise ValueError(f"precision tf32 needs a CUDA GPU of compute capability 8.0+ (TensorFloat-32 exists only "
+        raise InputError(f"precision tf32 needs a CUDA GPU of compute capability 8.0+ (TensorFloat-32 exists only "
                          f"there), not {dev}")
     frame, meta = read_table(shard)
     root = Path(meta["root"])

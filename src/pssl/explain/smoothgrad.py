@@ -16,6 +16,7 @@ import torch.nn as nn
 from captum.attr import Saliency
 
 from pssl.device import autocast
+from pssl.errors import InputError
 from pssl.explain.deciles import minmax_normalize
 
 
@@ -27,7 +28,7 @@ class TargetScore(nn.Module):
     def __init__(self, classifier: nn.Module, output: str = "prob", columns: torch.Tensor | None = None):
         super().__init__()
         if output not in ("prob", "logit"):
-            raise ValueError(f"explain output must be 'prob' or 'logit', got {output!r}")
+            raise InputError(f"explain output must be 'prob' or 'logit', got {output!r}")
         self.classifier, self.output = classifier, output
         self.register_buffer("columns", None if columns is None else torch.as_tensor(columns, dtype=torch.long))
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pssl.errors import InputError
 from pssl.models import heads  # noqa: F401  (registers every head)
 from pssl.models.catalog import HEAD_CLASSES
 
@@ -39,7 +40,7 @@ class Segmenter(nn.Module):
         super().__init__()
         import timm.data
         if head_name not in HEAD_CLASSES:
-            raise ValueError(f"unknown segmentation head {head_name!r}; known: {', '.join(HEAD_CLASSES)}")
+            raise InputError(f"unknown segmentation head {head_name!r}; known: {', '.join(HEAD_CLASSES)}")
         self.head_name, self.backbone_name, self.num_classes = head_name, backbone_name, num_classes
         self.backbone = backbone(backbone_name, pretrained_backbone)
         self.head = HEAD_CLASSES[head_name](self.backbone.feature_info.channels(), num_classes)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pssl.errors import InputError
 from pssl.models.catalog import TRANSFERS
 from pssl.models.segmenter import Segmenter
 
@@ -30,7 +31,7 @@ def init_backbone_from(model, classifier_path: str | None) -> str:
     record = torch.load(classifier_path, map_location="cpu", weights_only=True)
     loaded, expected = load_backbone_weights(model, record["state_dict"])
     if loaded < 0.9 * expected:
-        raise ValueError(f"{classifier_path} ({record['arch']}) fits only {loaded}/{expected} tensors of the "
+        raise InputError(f"{classifier_path} ({record['arch']}) fits only {loaded}/{expected} tensors of the "
                          f"{model.backbone_name} backbone: use a classifier of the same architecture")
     return f"{Path(classifier_path).name} ({loaded}/{expected} tensors)"
 
@@ -40,11 +41,11 @@ def init_from_pretrained(model: Segmenter, checkpoint: str, transfer: str = "ful
     paper's: backbone + segmentation module), or its backbone alone (transfer backbone: the head starts fresh,
     as from an ImageNet classifier). The layers not loaded stay freshly initialised."""
     if transfer not in TRANSFERS:
-        raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
+        raise InputError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
     record = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = record["config"]
     if (cfg["head"], cfg["backbone"]) != (model.head_name, model.backbone_name):
-        raise ValueError(f"{checkpoint} is a {cfg['head']}-{cfg['backbone']}, not a "
+        raise InputError(f"{checkpoint} is a {cfg['head']}-{cfg['backbone']}, not a "
                          f"{model.head_name}-{model.backbone_name}")
     if transfer == "full":
         fresh = {id(p) for layer in model.classifier_layers() for p in layer.parameters()}
@@ -54,6 +55,6 @@ def init_from_pretrained(model: Segmenter, checkpoint: str, transfer: str = "ful
     state = {k: v for k, v in record["model"].items() if k not in skip}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) - skip or unexpected:  # what was not skipped must load, and nothing be left over
-        raise ValueError(f"{checkpoint}: unexpected checkpoint layout (missing {sorted(set(missing) - skip)}, "
+        raise InputError(f"{checkpoint}: unexpected checkpoint layout (missing {sorted(set(missing) - skip)}, "
                          f"unexpected {unexpected})")
     return f"{Path(checkpoint).parent.name} ({transfer}: {len(state)} tensors, {len(skip)} fresh)"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pssl.classes import timm_classes
 from pssl.data.images import UnreadableImage, load_square
 from pssl.device import resolve_device
+from pssl.errors import InputError
 from pssl.io import atomic_file
 from pssl.settings import ZooSettings
 from pssl.tables import read_table
@@ -72,7 +73,7 @@ def _data_config(model: nn.Module) -> tuple[list[float], list[float]]:
 def save_classifier(path, spec: ClassifierSpec, model: nn.Module, classes: list[str], source: str) -> None:
     """`classes`: the wnid of each output, in order."""
     if len(classes) != model.num_classes:
-        raise ValueError(f"{spec.name}: {len(classes)} class names for {model.num_classes} outputs")
+        raise InputError(f"{spec.name}: {len(classes)} class names for {model.num_classes} outputs")
     mean, std = _data_config(model)
     with atomic_file(path) as tmp:
         torch.save({"name": spec.name, "arch": spec.arch, "kwargs": spec.kwargs, "num_classes": len(classes),

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pssl.data.downstream import DATASETS
+from pssl.errors import InputError
 from pssl.io import atomic_file
 from pssl.report.html import html_page, html_table
 from pssl.report.stats import mean_sd, paired_difference
@@ -81,7 +82,7 @@ def top1_protocol(results: list[dict]) -> str | None:
     e.g. the segmenters at their pre-training crop and the classifier at its own size, is refused."""
     inputs = sorted({r["input"] for r in results})
     if len(inputs) > 1:
-        raise ValueError(f"the top-1 column would compare {len(inputs)} input protocols ({'; '.join(inputs)}): "
+        raise InputError(f"the top-1 column would compare {len(inputs)} input protocols ({'; '.join(inputs)}): "
                          f"rerun eval-classify with one classify setting for every row")
     return inputs[0] if inputs else None
 

@@ -17,6 +17,7 @@ import torch
 
 from pssl.data.downstream import IGNORE, SegmentationSet
 from pssl.device import resolve_device
+from pssl.errors import InputError
 from pssl.eval.classify import load_model
 from pssl.eval.inference import predict
 from pssl.io import atomic_file
@@ -45,7 +46,7 @@ def figure_rows(data, first: int, contains: str | None) -> list[int]:
     if contains is None:
         return rows
     if contains not in data.spec.classes:
-        raise ValueError(f"figure3 contains: {contains!r} is not a class of {data.spec.title} "
+        raise InputError(f"figure3 contains: {contains!r} is not a class of {data.spec.title} "
                          f"({', '.join(data.spec.classes)})")
     wanted = data.spec.classes.index(contains)  # class k of a dataset is train id k
     for i in range(len(data)):
@@ -123,7 +124,7 @@ def figure3(model_path: str, dataset: str, root: str, index: str, out: str | Pat
     dev = resolve_device(device)
     model, kind, wnids = load_model(model_path, dev)  # the classes it was pre-trained on
     if kind != "segmenter":
-        raise ValueError(f"{model_path}: Figure 3 needs a pre-trained segmentation model (pretrain/.../final.pt)")
+        raise InputError(f"{model_path}: Figure 3 needs a pre-trained segmentation model (pretrain/.../final.pt)")
     names = class_names(read_meta(index)["root"])  # only for the short names beside the wnids
     data = SegmentationSet(dataset, root, "val")
     picks = figure_rows(data, images, contains)

@@ -61,6 +61,9 @@ def figure4(curves: pd.DataFrame, out: str | Path, model_titles: dict[str, str])
             kept = run[run["kept"]]
             ax.plot(kept["lr"], kept["val_miou"], "o", **style)
         ax.set_xscale("log")
+        lrs = sorted(panel["lr"].unique())
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs], fontsize=7)  # the lrs tried, as the config writes them
+        ax.minorticks_off()
         ax.set_title(f"{dataset} · {model_titles.get(model, model)}", fontsize=9)
         ax.set_xlabel("initial lr")
         ax.set_ylabel("val mIoU (%)")

@@ -21,6 +21,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 from pssl import store
 from pssl.data.images import load_rgb, resize_nearest
+from pssl.errors import InputError
 from pssl.io import atomic_file
 from pssl.tables import read_table
 
@@ -61,11 +62,11 @@ def read_image(group, row: int, with_models: bool = False) -> StoredImage:
     """Row `row` of an explain store (status done) with its image, read through the store's shard table."""
     n = group["status"].shape[0]
     if not 0 <= row < n:
-        raise IndexError(f"--index {row} is outside the store's {n} images")
+        raise InputError(f"--index {row} is outside the store's {n} images")
     status = int(group["status"][row])
     if status != store.DONE:
         reason = group.attrs["unreadable"].get(str(int(group["image_id"][row])), "")
-        raise ValueError(f"image {row} has status {store.STATUS_NAMES[status]} {reason}".strip())
+        raise InputError(f"image {row} has status {store.STATUS_NAMES[status]} {reason}".strip())
     frame, meta = shard_table(group.attrs["shard_table"])
     rgb = load_rgb(Path(meta["root"]) / frame["relpath"].iloc[row])
     target = int(group["target"][row])
@@ -166,5 +167,5 @@ def gallery(stores: list[str], out: str | Path, count: int = 12) -> None:
     groups = {path: store.open_store(path) for path in stores}
     images = [read_image(groups[path], row) for path, row in spread_sample(stores, count)]
     if not images:
-        raise ValueError("no explained image in the stores: nothing to show in the gallery")
+        raise InputError("no explained image in the stores: nothing to show in the gallery")
     save_figure(images, out, per_row=2, extra_formats=("pdf",), dpi=100)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pssl.errors import InputError
 from pssl.io import atomic_file
 from pssl.report.html import html_page, html_table
 from pssl.settings import SanitySettings
@@ -179,7 +180,7 @@ def epoch_losses(log_csv: Path) -> tuple[float, float, str]:
     one epoch logged its first and last fifth of the steps."""
     frame = pd.read_csv(log_csv).drop_duplicates("step", keep="last")  # a resumed run may log a step twice
     if frame.empty:
-        raise ValueError(f"{log_csv} logs no step")
+        raise InputError(f"{log_csv} logs no step")
     epochs = frame.groupby("epoch")["loss"].mean()
     if len(epochs) >= 2:
         return float(epochs.iloc[0]), float(epochs.iloc[-1]), f"epoch {epochs.index[0]} vs {epochs.index[-1]}"

@@ -18,11 +18,11 @@ import pandas as pd
 
 from pssl.data.downstream import DATASETS
 from pssl.io import atomic_file
-from pssl.report.figures import gallery
-from pssl.report.html import html_page, html_table
 from pssl.report.controls import write_controls
 from pssl.report.figure4 import CAPTION as FIGURE4_CAPTION
 from pssl.report.figure4 import write_figure4
+from pssl.report.figures import gallery
+from pssl.report.html import html_page, html_table
 from pssl.report.stats import mean_sd, paired_difference
 from pssl.settings import init_transfer
 

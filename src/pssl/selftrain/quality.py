@@ -19,6 +19,7 @@ from PIL import Image
 from pssl.data.downstream import DATASETS, IGNORE
 from pssl.data.images import load_rgb
 from pssl.data.pool import truth_path
+from pssl.errors import InputError
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.io import atomic_file
 from pssl.report.label_figure import label_rows_figure
@@ -67,7 +68,7 @@ def write_pseudo_quality(tables: list[str], truth: list[str], teachers: list[str
     rows = []
     for key, paths in grouped.items():
         if key[0] not in roots:
-            raise ValueError(f"no hidden truth given for {key[0]} (--truth {key[0]}=<folder>)")
+            raise InputError(f"no hidden truth given for {key[0]} (--truth {key[0]}=<folder>)")
         rows.append({**dict(zip(TEACHER, key)), "teacher_miou": own.get(key, np.nan),
                      **teacher_scores(sorted(paths), Path(roots[key[0]]))})
     table = pd.DataFrame(rows)

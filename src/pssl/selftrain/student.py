@@ -21,6 +21,7 @@ from PIL import Image
 
 from pssl.data.downstream import IGNORE, SegmentationSet
 from pssl.data.transforms import CropAugment, augment
+from pssl.errors import InputError
 from pssl.selftrain.teacher import CENTROID_COLUMNS
 from pssl.tables import read_table
 from pssl.train.finetune import FinetuneDataset
@@ -38,7 +39,7 @@ class PseudoPool:
         for table_path in map(Path, tables):
             table, meta = read_table(table_path)
             if meta["dataset"] != dataset:
-                raise ValueError(f"{table_path} holds pseudo labels of {meta['dataset']}, not {dataset}")
+                raise InputError(f"{table_path} holds pseudo labels of {meta['dataset']}, not {dataset}")
             done = table[table["status"] == "done"]
             first = len(self.images)
             number = {relpath: first + n for n, relpath in enumerate(done["relpath"])}
@@ -50,7 +51,7 @@ class PseudoPool:
         merged = np.concatenate(centroids) if centroids else np.zeros((0, 4))
         self.by_class = {int(c): merged[merged[:, 1] == c] for c in np.unique(merged[:, 1])}
         if not self.by_class:
-            raise ValueError(f"the pseudo labels of {', '.join(tables)} hold no labelled pixel")
+            raise InputError(f"the pseudo labels of {', '.join(tables)} hold no labelled pixel")
         self.classes = sorted(self.by_class)
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int, tuple[float, float]]:

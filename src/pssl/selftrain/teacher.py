@@ -29,6 +29,7 @@ from pssl.data.downstream import IGNORE
 from pssl.data.images import UnreadableImage, load_rgb
 from pssl.data.pool import list_pool, pool_base, pool_part
 from pssl.device import allocation, autocast, precision_for, resolve_device
+from pssl.errors import InputError
 from pssl.eval.inference import probabilities
 from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
@@ -48,13 +49,13 @@ def selected_weights(selection: str, runs: list[str]) -> Path:
     for run in map(Path, runs):
         if json.loads(run.read_text())["lr"] == chosen:
             return run.parent / "final.pt"
-    raise ValueError(f"{selection} selected lr {chosen}, which none of the runs {', '.join(runs)} has")
+    raise InputError(f"{selection} selected lr {chosen}, which none of the runs {', '.join(runs)} has")
 
 
 def load_finetuned(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     record = torch.load(path, map_location="cpu", weights_only=True)
     if record.get("kind") != "pssl-finetune":
-        raise ValueError(f"{path}: a teacher must be a fine-tuned model (finetune/.../final.pt)")
+        raise InputError(f"{path}: a teacher must be a fine-tuned model (finetune/.../final.pt)")
     cfg = record["config"]
     model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
     model.load_state_dict(record["model"])
@@ -94,7 +95,7 @@ def label_pool(teacher: str, dataset: str, pool: list[str], out_dir: str | Path,
     relpaths = pool_part(list_pool(pool, images, seed), part, parts)
     model, cfg = load_finetuned(teacher, dev)
     if cfg["dataset"] != dataset:
-        raise ValueError(f"{teacher} was fine-tuned on {cfg['dataset']}, not {dataset}")
+        raise InputError(f"{teacher} was fine-tuned on {cfg['dataset']}, not {dataset}")
     identity = {"teacher": fingerprint(teacher), "dataset": dataset, "pool": [str(Path(f).resolve()) for f in pool],
                 "images": relpaths, "geometry": asdict(geometry), "settings": asdict(settings)}
     start_or_resume(out_dir, identity)

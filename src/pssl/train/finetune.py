@@ -29,6 +29,7 @@ import torch
 from pssl.data.downstream import IGNORE, SegmentationSet
 from pssl.data.transforms import CropAugment, augment
 from pssl.device import allocation, precision_for
+from pssl.errors import InputError
 from pssl.eval.evaluate import evaluate, label_notes
 from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
@@ -68,7 +69,7 @@ def training_set(train_set: SegmentationSet, settings: FinetuneSettings, train: 
     if student is None:
         return FinetuneDataset(train_set, settings.crop, settings.base_size, train.seed)
     if (student.data == "pseudo") != bool(pseudo):
-        raise ValueError(f"a student with data {student.data!r} needs "
+        raise InputError(f"a student with data {student.data!r} needs "
                          + ("the teacher's pseudo.parquet tables" if student.data == "pseudo" else "no pseudo labels"))
     from pssl.selftrain.student import PseudoPool, StudentDataset  # a FinetuneDataset subclass
     pool = PseudoPool(pseudo, train_set.name) if pseudo else None
@@ -95,7 +96,7 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
     elif init == "pssl":
         loaded = init_from_pretrained(model, init_from, transfer)
     else:
-        raise ValueError(f"init must be 'imagenet' or 'pssl', got {init!r}")
+        raise InputError(f"init must be 'imagenet' or 'pssl', got {init!r}")
     if info.main:
         log.info(f"finetune {dataset} {head}-{backbone} init {init}: {loaded}; {len(train_set)} train, "
                  f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pssl.errors import InputError
 from pssl.train.distributed import DistInfo, all_reduce_sum
 
 CALIBRATIONS = ("shared", "decoder")
@@ -66,7 +67,7 @@ def mixed(logits: torch.Tensor, strength: torch.Tensor, labels: torch.Tensor, ba
         return gamma * torch.softmax(logits / r, dim=1) + (1.0 - gamma) * prior_channels(
             strength, labels, num_outputs, background)
     if calibration != "shared":
-        raise ValueError(f"fusion_calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
+        raise InputError(f"fusion_calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     rows = torch.arange(logits.shape[0], device=logits.device)
     decoder = torch.stack([logits[rows, labels], logits[:, background]], dim=1)
     prior = torch.stack([strength, 1.0 - strength], dim=1).float()

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pssl.device import precision_for
+from pssl.errors import InputError
 from pssl.progress import Progress
 from pssl.settings import TrainSettings, output_identity
 from pssl.time_limit import TimeLimit
@@ -194,18 +195,18 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if p.batch_size % info.world:
-        raise ValueError(f"batch_size {p.batch_size} is not divisible by the {info.world} ranks")
+        raise InputError(f"batch_size {p.batch_size} is not divisible by the {info.world} ranks")
     per_rank = p.batch_size // info.world
     sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=p.seed,
                                  drop_last=True)
     steps_per_epoch = len(sampler) // per_rank
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(dataset)} training images are fewer than one batch of {p.batch_size}")
+        raise InputError(f"{len(dataset)} training images are fewer than one batch of {p.batch_size}")
     dev = info.device
     model.to(dev)
     if p.sync_bn and info.world > 1:
         if dev.type != "cuda":
-            raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation")
+            raise InputError("sync_bn needs CUDA: torch's SyncBatchNorm has no CPU implementation")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -241,7 +242,7 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     if state is None and start is not None:
         resume, state = Path(start), load_checkpoint(start)
         if state["step"] % steps_per_epoch or state["step"] >= total_steps:
-            raise ValueError(f"{start} ended at step {state['step']}, not at an epoch end before this run's "
+            raise InputError(f"{start} ended at step {state['step']}, not at an epoch end before this run's "
                              f"{total_steps} steps ({steps_per_epoch} per epoch): a continuation needs the same "
                              f"images and batch size, and more epochs")
         if info.main:

@@ -18,6 +18,7 @@ import torch
 
 from pssl.data.pseudo import PSEUDO_IGNORE, PseudoLabelDataset
 from pssl.device import allocation, precision_for
+from pssl.errors import InputError
 from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from
@@ -36,10 +37,10 @@ def label_classes(labels: list[str]) -> list[str]:
     """The pre-training class space: the label tables' `classes`, the same in every table."""
     classes = read_meta(labels[0]).get("classes")
     if not classes:
-        raise ValueError(f"{labels[0]} names no classes (written by an older version): rerun the label jobs")
+        raise InputError(f"{labels[0]} names no classes (written by an older version): rerun the label jobs")
     for path in labels[1:]:
         if read_meta(path).get("classes") != classes:
-            raise ValueError(f"{path} numbers other classes than {labels[0]}: the label tables of one "
+            raise InputError(f"{path} numbers other classes than {labels[0]}: the label tables of one "
                              f"pre-training must share one class space (rerun the label jobs)")
     return classes
 
@@ -53,7 +54,7 @@ def pretrain(stores: list[str], labels: list[str], out_dir: str | Path, *, head:
     state.pt (the last checkpoint: what a continuation of this run starts from)."""
     s = settings
     if bool(s.continue_from) != bool(continue_state):
-        raise ValueError(f"continue_from ({s.continue_from}) names the pre-training this one continues and "
+        raise InputError(f"continue_from ({s.continue_from}) names the pre-training this one continues and "
                          f"continue_state ({continue_state}) its state.pt: give both or neither")
     info = init_distributed(device, expect_world)
     out_dir = Path(out_dir)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pssl.errors import InputError
+
 
 def lr_multiplier(schedule: str, steps_per_epoch: int, total_steps: int, milestones: tuple[int, ...] = (20,),
                   gamma: float = 0.1, power: float = 0.9) -> Callable[[int], float]:
@@ -15,4 +17,4 @@ def lr_multiplier(schedule: str, steps_per_epoch: int, total_steps: int, milesto
         return lambda step: gamma ** sum(step // steps_per_epoch >= m for m in milestones)
     if schedule == "poly":
         return lambda step: max(0.0, 1.0 - step / total_steps) ** power
-    raise ValueError(f"unknown lr schedule {schedule!r} (step | poly)")
+    raise InputError(f"unknown lr schedule {schedule!r} (step | poly)")

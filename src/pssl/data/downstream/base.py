@@ -16,6 +16,8 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
+from pssl.errors import InputError, MissingInput
+
 # Train id of pixels no loss or metric counts (the downstream sets' convention; pseudo labels use -1).
 IGNORE = 255
 
@@ -38,7 +40,7 @@ def lookup_table(pairs: dict[int, int]) -> np.ndarray:
 
 def need(path: Path) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"dataset path missing: {path}")
+        raise MissingInput(f"dataset path missing: {path}")
     return path
 
 
@@ -81,7 +83,7 @@ class DatasetSpec:
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise ValueError(f"{self.name} has no annotated {split!r} split; use one of {', '.join(self.splits)}")
+            raise InputError(f"{self.name} has no annotated {split!r} split; use one of {', '.join(self.splits)}")
 
 
 def pairs_from_list(list_file: Path, image_dir: Path, label_dir: Path, image_suffix: str
@@ -96,7 +98,7 @@ def pairs_from_list(list_file: Path, image_dir: Path, label_dir: Path, image_suf
 
 def spec(dataset: str) -> DatasetSpec:
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     return DATASETS[dataset]
 
 
@@ -124,7 +126,7 @@ class SegmentationSet:
         self.name, self.split = dataset, split
         self.pairs = list_pairs(dataset, root, split)
         if not self.pairs:
-            raise FileNotFoundError(f"{dataset} {split}: no images under {root}")
+            raise MissingInput(f"{dataset} {split}: no images under {root}")
         self.unexpected: Counter = Counter()
 
     @property
@@ -139,9 +141,9 @@ class SegmentationSet:
         rgb = np.asarray(Image.open(image_path).convert("RGB"))
         raw = np.asarray(Image.open(label_path))
         if raw.ndim != 2:
-            raise ValueError(f"{label_path}: label file must be single-channel, got shape {raw.shape}")
+            raise InputError(f"{label_path}: label file must be single-channel, got shape {raw.shape}")
         if raw.shape != rgb.shape[:2]:
-            raise ValueError(f"{label_path}: label size {raw.shape} differs from image size {rgb.shape[:2]}")
+            raise InputError(f"{label_path}: label size {raw.shape} differs from image size {rgb.shape[:2]}")
         labels = self.spec.decode[raw]
         odd = (labels == IGNORE) & ~np.isin(raw, list(self.spec.documented_ignore))
         if odd.any():
