@@ -351,9 +351,9 @@ def test_resume_with_augmentation_and_loader_workers_sees_the_same_crops(tiny_de
     """Fine-tuning data (long-side scale, crop, flip) read by 2 loader processes: a run stopped at step 3 and
     resumed ends with the weights of an uninterrupted run, so every resumed batch had the same crops."""
     from pssl.data.downstream import SegmentationSet
+    from pssl.data.finetune_set import FinetuneDataset
     from pssl.models.segmenter import build_segmenter
     from pssl.settings import TrainSettings
-    from pssl.train.finetune import FinetuneDataset
     from pssl.train.loop import fit
     from pssl.train.losses import class_weights
 

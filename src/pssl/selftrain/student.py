@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from pssl.data.downstream import IGNORE, SegmentationSet
+from pssl.data.finetune_set import FinetuneDataset
 from pssl.data.transforms import CropAugment, augment
 from pssl.errors import InputError
 from pssl.selftrain.teacher import CENTROID_COLUMNS
 from pssl.tables import read_table
-from pssl.train.finetune import FinetuneDataset
 
 log = logging.getLogger(__name__)
 JITTER = (0.1, 0.1, 0.1, 0.1)  # Zhu et al.'s "color jittering (0.1)": brightness, contrast, saturation, hue

@@ -27,13 +27,14 @@ from pathlib import Path
 import torch
 
 from pssl.data.downstream import IGNORE, SegmentationSet
-from pssl.data.transforms import CropAugment, augment
+from pssl.data.finetune_set import FinetuneDataset
 from pssl.device import allocation, precision_for
 from pssl.errors import InputError
 from pssl.eval.evaluate import evaluate, label_notes
 from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
+from pssl.selftrain.student import PseudoPool, StudentDataset
 from pssl.settings import FinetuneSettings, StudentSettings, TrainSettings
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import remove_checkpoints
@@ -44,26 +45,6 @@ from pssl.train.losses import Ohem, class_weights
 log = logging.getLogger(__name__)
 
 
-class FinetuneDataset(torch.utils.data.Dataset):
-    def __init__(self, data: SegmentationSet, crop: int, base_size: int, seed: int):
-        self.data, self.seed, self.epoch = data, seed, 0
-        self.transform = CropAugment(crop, mask_fill=IGNORE, base_size=base_size, heavy=False, long_side=True)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        return self.real_sample(i, i)
-
-    def real_sample(self, image: int, index: int):
-        """Training image `image`, augmented as sample `index` of the epoch."""
-        rgb, labels = self.data.read(image)
-        return augment(self.transform, rgb, labels, self.seed, self.epoch, index)
-
-
 def training_set(train_set: SegmentationSet, settings: FinetuneSettings, train: TrainSettings,
                  student: StudentSettings | None, pseudo: list[str]) -> torch.utils.data.Dataset:
     if student is None:
@@ -71,7 +52,6 @@ def training_set(train_set: SegmentationSet, settings: FinetuneSettings, train: 
     if (student.data == "pseudo") != bool(pseudo):
         raise InputError(f"a student with data {student.data!r} needs "
                          + ("the teacher's pseudo.parquet tables" if student.data == "pseudo" else "no pseudo labels"))
-    from pssl.selftrain.student import PseudoPool, StudentDataset  # a FinetuneDataset subclass
     pool = PseudoPool(pseudo, train_set.name) if pseudo else None
     return StudentDataset(train_set, pool, student.multiplier, settings.crop, settings.base_size, train.seed)
 

@@ -1,0 +1,54 @@
+"""The package's module graph: no import circle, at module level or inside functions (a function-level import
+that closes a circle only hides it until the call)."""
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+SRC = REPO / "src"
+
+
+def module_name(path: Path, src: Path) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The pssl modules `path` imports anywhere in it (a `from pkg import name` of a submodule counts as it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} & modules
+            found |= {f"{node.module}.{a.name}" for a in node.names} & modules
+    return found
+
+
+def circles(src: Path) -> list[str]:
+    files = {module_name(p, src): p for p in (src / "pssl").rglob("*.py")}
+    # a package's __init__ re-exporting its own modules is no circle of concepts
+    graph = {m: {d for d in imports(p, set(files)) - {m}
+                 if not (p.name == "__init__.py" and d.startswith(m + "."))} for m, p in files.items()}
+    state, stack, found = {}, [], []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                found.append(" -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_no_module_imports_itself_through_others():
+    assert not circles(SRC), "\n".join(circles(SRC))
