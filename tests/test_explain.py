@@ -269,6 +269,24 @@ def test_bad_images_get_a_status_and_a_reason(tiny_zoo, tmp_path):
     assert hw["cmyk.JPEG"] == [30, 40] and hw["empty.JPEG"] == [0, 0]
 
 
+def test_each_batch_of_a_shard_draws_its_own_noise(tiny_zoo, tmp_path):
+    """The same 4 pixels-identical images as batch 1 and batch 2 of one shard: their maps differ, because each
+    batch seeds its noise from its first image id (a shard whose batches all drew the same noise would give
+    equal maps here, and no resume test would see it: a resumed run repeats the same noise)."""
+    rgb = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)
+    root = tmp_path / "train" / "n90000001"
+    root.mkdir(parents=True)
+    for i in range(2 * PARAMS.batch_size):
+        Image.fromarray(rgb).save(root / f"same_{i}.JPEG")
+    build_index(tmp_path / "train", tmp_path / "index.parquet")
+    write_shards(tmp_path / "index.parquet", 100, tmp_path / "shards")
+    explain_shard(tmp_path / "shards/shard-00000.parquet", tiny_zoo, tmp_path / "same.zarr", PARAMS)
+    deciles = store.open_store(tmp_path / "same.zarr")["deciles"][:]
+    first, second = deciles[:PARAMS.batch_size], deciles[PARAMS.batch_size:]
+    assert not np.array_equal(first, second)
+    assert all(not np.array_equal(a, b) for a, b in zip(first, second))
+
+
 def test_killed_job_resumes_to_the_identical_store(demo_shard, tiny_zoo, tmp_path):
     params = ExplainSettings(**{**PARAMS.__dict__, "batch_size": 2, "n_samples": 6})
     reference = tmp_path / "reference.zarr"

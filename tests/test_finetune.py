@@ -276,3 +276,21 @@ def test_table3_reports_what_exists(tmp_path):
     assert (tmp_path / "gap.png").exists()
     svg = (tmp_path / "gap.svg").read_text()  # the chart states each bar's value, the model and the axis
     assert "+0.0" in svg and "PSPNet-R" in svg and "mIoU points" in svg and "CamVid" in svg
+
+
+def test_padded_crop_pixels_are_ignored_in_fine_tuning_and_in_students(tiny_demo):
+    """A crop larger than the scaled image (long side at most 2 x 16) is padded; the padding's labels are
+    ignore (255), never a class: at least 64 x 64 - 32 x 32 of every crop's label pixels are ignore, and class 0
+    holds at most the image's 32 x 32 (fine-tuning's set and a student's, the control's real repeats)."""
+    from pssl.data.downstream import IGNORE
+    from pssl.data.finetune_set import FinetuneDataset
+    from pssl.selftrain.student import StudentDataset
+
+    data = SegmentationSet("camvid", tiny_demo, "train")
+    for dataset in (FinetuneDataset(data, 64, 16, seed=0), StudentDataset(data, None, 1, 64, 16, seed=0)):
+        for i in range(len(dataset)):
+            rgb, labels = dataset[i]
+            labels = np.asarray(labels)
+            assert labels.shape == (64, 64)
+            assert (labels == IGNORE).sum() >= 64 * 64 - 32 * 32, (type(dataset).__name__, i)
+            assert (labels == 0).sum() <= 32 * 32, (type(dataset).__name__, i)
