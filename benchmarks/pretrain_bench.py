@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from pssl.data.pseudo import PSEUDO_IGNORE
 from pssl.device import resolve_device
+from pssl.distributed import DistInfo
 from pssl.models.segmenter import build_segmenter
 from pssl.settings import TrainSettings
-from pssl.train.distributed import DistInfo
 from pssl.train.loop import fit
 from pssl.train.losses import class_weights
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from pssl.cli import configure_logging
+from pssl.distributed import init_distributed, shutdown
 from pssl.models.segmenter import build_segmenter
 from pssl.settings import TrainSettings
-from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import Fusion, fit
 from pssl.train.losses import class_weights
 

@@ -9,10 +9,10 @@ import sys
 import torch
 
 from pssl.data.downstream import SegmentationSet
+from pssl.distributed import init_distributed, shutdown
 from pssl.eval.evaluate import evaluate
 from pssl.models.segmenter import build_segmenter
 from pssl.settings import FinetuneSettings
-from pssl.train.distributed import init_distributed, shutdown
 
 
 def main() -> None:

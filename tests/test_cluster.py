@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO, snakemake_env
 from pssl.cluster import TrainLayout, job_resources, train_layout
 from pssl.device import choose_precision
+from pssl.distributed import DistInfo, init_distributed, local_device
 from pssl.train.checkpoint import rank_rng_state, rng_state, set_rng_state
-from pssl.train.distributed import DistInfo, init_distributed, local_device
 
 PAPER = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
 CPU = torch.device("cpu")

@@ -169,10 +169,10 @@ def test_a_continuation_ends_where_the_uninterrupted_run_does(tmp_path):
     optimizer, schedule position, random streams), the continuation ends with the weights of one uninterrupted
     run of all the epochs, and not with those of the shorter run."""
     from ddp_worker import SyntheticSegmentation
+    from pssl.distributed import DistInfo
     from pssl.models.segmenter import build_segmenter
     from pssl.settings import TrainSettings
     from pssl.train.checkpoint import FINAL_STATE, keep_final_state
-    from pssl.train.distributed import DistInfo
     from pssl.train.loop import fit
     from pssl.train.losses import class_weights
 

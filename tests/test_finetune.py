@@ -284,7 +284,7 @@ def test_padded_crop_pixels_are_ignored_in_fine_tuning_and_in_students(tiny_demo
     holds at most the image's 32 x 32 (fine-tuning's set and a student's, the control's real repeats)."""
     from pssl.data.downstream import IGNORE
     from pssl.data.finetune_set import FinetuneDataset
-    from pssl.selftrain.student import StudentDataset
+    from pssl.data.student_set import StudentDataset
 
     data = SegmentationSet("camvid", tiny_demo, "train")
     for dataset in (FinetuneDataset(data, 64, 16, seed=0), StudentDataset(data, None, 1, 64, 16, seed=0)):

@@ -52,3 +52,22 @@ def circles(src: Path) -> list[str]:
 
 def test_no_module_imports_itself_through_others():
     assert not circles(SRC), "\n".join(circles(SRC))
+
+
+# Each package's concept sits on a floor and imports only from floors below it: the data readers know no
+# model, the models no training, training no report. (The top-level modules are the ground floor.)
+FLOORS = [("data", "demo"), ("models",), ("explain", "eval"), ("train",), ("selftrain",), ("report",)]
+
+
+def test_no_package_imports_from_a_floor_above_it():
+    src = SRC
+    files = {module_name(p, src): p for p in (src / "pssl").rglob("*.py")}
+    floor = {package: level for level, packages in enumerate(FLOORS) for package in packages}
+
+    def package(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 or (len(parts) == 2 and (src / "pssl" / parts[1]).is_dir()) else None
+
+    upward = [f"{m} imports {d}" for m, p in files.items() for d in sorted(imports(p, set(files)))
+              if package(m) in floor and package(d) in floor and floor[package(d)] > floor[package(m)]]
+    assert not upward, "\n".join(upward)

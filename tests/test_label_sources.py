@@ -137,7 +137,8 @@ def test_oracle_labels_are_the_masks_and_skip_images_without_one(pseudo_set):
 
 
 def test_quality_rows_of_the_controls_score_their_own_label_maps():
-    from pssl.explain.quality import control_label_scores, foreground_scores
+    from pssl.explain.quality import foreground_scores
+    from pssl.report.pretrain_quality import control_label_scores
     rng = np.random.default_rng(2)
     deciles = [rng.integers(0, 10, (8, 8)).astype(np.uint8) for _ in range(3)]
     masks = [rng.random((8, 8)) < 0.3 for _ in range(3)]

@@ -5,21 +5,21 @@ explanation preprocessing recorded in the store."""
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import yaml
-import numpy as np
 
 from conftest import REPO
 from pssl.config import ConfigError, check_config
 from pssl.data.downstream import SegmentationSet
 from pssl.data.transforms import CropAugment
+from pssl.distributed import DistInfo
 from pssl.eval.inference import predict, scaled_size
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import load_backbone_weights
 from pssl.settings import TrainSettings, finetune_settings
-from pssl.train.distributed import DistInfo
 from pssl.train.loop import fit
 from pssl.train.losses import class_weights
 

@@ -20,9 +20,9 @@ from PIL import Image
 from conftest import snakemake_env
 from pssl.data.downstream import DATASETS, IGNORE, SegmentationSet
 from pssl.data.pool import list_pool, pool_base, pool_dir, pool_folders, pool_part, truth_path
+from pssl.data.student_set import PseudoPool, StudentDataset
 from pssl.data.transforms import CropAugment, sample_generator
 from pssl.selftrain.centroids import class_centroids
-from pssl.selftrain.student import PseudoPool, StudentDataset
 from pssl.selftrain.teacher import label_pool
 from pssl.settings import FinetuneSettings, TeacherSettings, TrainSettings
 from pssl.tables import read_table
@@ -252,7 +252,7 @@ def test_teacher_labels_its_pool_and_records_bad_images(teacher, tiny_demo, tmp_
 
 def truth_as_pseudo_labels(demo: Path, dataset: str, out: Path, tile: int) -> Path:
     """A teacher that is always right: the pool's hidden truth written as a teacher's outputs."""
-    from pssl.selftrain.teacher import CENTROID_COLUMNS
+    from pssl.data.student_set import CENTROID_COLUMNS
     from pssl.tables import write_table
     pool, rows, centroids = pool_dir(dataset, demo), [], []
     for relpath in list_pool([pool]):

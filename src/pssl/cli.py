@@ -123,7 +123,7 @@ def _pretrain(a):
 
 
 def _eval_pretrain(a):
-    from pssl.explain.quality import pretrain_quality
+    from pssl.report.pretrain_quality import pretrain_quality
     pretrain_quality(a.models, a.stores, a.index, a.masks, a.out, device=a.device, figure=a.fused_figure)
 
 
@@ -157,7 +157,7 @@ def _teacher_labels(a):
 
 
 def _pseudo_quality(a):
-    from pssl.selftrain.quality import write_pseudo_quality
+    from pssl.report.selftrain_quality import write_pseudo_quality
     write_pseudo_quality(a.tables, a.truth, a.teachers, a.out, a.figure)
 
 
@@ -184,7 +184,7 @@ def _table3(a):
 
 
 def _report(a):
-    from pssl.report.table3 import write_report
+    from pssl.report.page import write_report
     print(write_report(a.out, a.stores, a.quality, a.experiments, a.figure3, a.sanity))
 
 

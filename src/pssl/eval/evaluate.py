@@ -8,12 +8,12 @@ import torch
 
 from pssl.data.downstream import SegmentationSet
 from pssl.device import autocast
+from pssl.distributed import DistInfo, all_reduce_sum, gather_objects
 from pssl.eval.inference import predict
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.models.segmenter import Segmenter
 from pssl.progress import Progress
 from pssl.settings import FinetuneSettings
-from pssl.train.distributed import DistInfo, all_reduce_sum, gather_objects
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from PIL import Image
 from pssl.data.downstream import IGNORE
 from pssl.data.images import UnreadableImage, load_rgb
 from pssl.data.pool import list_pool, pool_base, pool_part
+from pssl.data.student_set import CENTROID_COLUMNS
 from pssl.device import allocation, autocast, precision_for, resolve_device
 from pssl.errors import InputError
 from pssl.eval.inference import probabilities
@@ -40,7 +41,6 @@ from pssl.tables import write_table
 from pssl.time_limit import TimeLimit
 
 log = logging.getLogger(__name__)
-CENTROID_COLUMNS = ["relpath", "class", "y", "x", "pixels"]
 
 
 def selected_weights(selection: str, runs: list[str]) -> Path:

@@ -28,17 +28,17 @@ import torch
 
 from pssl.data.downstream import IGNORE, SegmentationSet
 from pssl.data.finetune_set import FinetuneDataset
+from pssl.data.student_set import PseudoPool, StudentDataset
 from pssl.device import allocation, precision_for
+from pssl.distributed import init_distributed, shutdown
 from pssl.errors import InputError
 from pssl.eval.evaluate import evaluate, label_notes
 from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
-from pssl.selftrain.student import PseudoPool, StudentDataset
 from pssl.settings import FinetuneSettings, StudentSettings, TrainSettings
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import remove_checkpoints
-from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import fit
 from pssl.train.losses import Ohem, class_weights
 

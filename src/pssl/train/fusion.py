@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pssl.distributed import DistInfo, all_reduce_sum
 from pssl.errors import InputError
-from pssl.train.distributed import DistInfo, all_reduce_sum
 
 CALIBRATIONS = ("shared", "decoder")
 

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pssl.device import precision_for
+from pssl.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from pssl.errors import InputError
 from pssl.progress import Progress
 from pssl.settings import TrainSettings, output_identity
@@ -38,7 +39,6 @@ from pssl.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pssl.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from pssl.train.losses import Ohem
 from pssl.train.objectives import FusedLabels, HardLabels
 from pssl.train.schedules import lr_multiplier

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from pssl.device import autocast
-from pssl.train.distributed import DistInfo
+from pssl.distributed import DistInfo
 from pssl.train.fusion import fuse, soft_ce_sums
 from pssl.train.losses import Ohem, weighted_ce_sums
 

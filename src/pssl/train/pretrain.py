@@ -2,7 +2,7 @@
 the D9 label maps (eq. 3) or, with label_mode fused, on PseudoSeg's fused soft labels (pssl.train.fusion).
 
 Runs as one process, under torchrun (one node) or under srun (one task per GPU across nodes); see
-pssl.train.distributed. Output: <out_dir>/final.pt = {"model", "config", "kind": "pssl-pretrain"}; the config's
+pssl.distributed. Output: <out_dir>/final.pt = {"model", "config", "kind": "pssl-pretrain"}; the config's
 `classes` names output k < K (the label tables' classes, pssl.classes), output K is background. Beside it
 state.pt, the last checkpoint (weights, optimizer, schedule, random streams), from which a pre-training with
 `continue_from` trains on (Table 4's 60 epochs: "continue to train ... for another 30 epochs").
@@ -18,6 +18,7 @@ import torch
 
 from pssl.data.pseudo import PSEUDO_IGNORE, PseudoLabelDataset
 from pssl.device import allocation, precision_for
+from pssl.distributed import init_distributed, shutdown
 from pssl.errors import InputError
 from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
@@ -26,7 +27,6 @@ from pssl.settings import PretrainSettings, TrainSettings, output_identity
 from pssl.tables import read_meta
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import FINAL_STATE, keep_final_state
-from pssl.train.distributed import init_distributed, shutdown
 from pssl.train.loop import Fusion, fit
 from pssl.train.losses import class_weights
 

@@ -23,10 +23,10 @@ from pssl.data.downstream import IGNORE, SegmentationSet
 from pssl.data.finetune_set import FinetuneDataset
 from pssl.data.transforms import CropAugment, augment
 from pssl.errors import InputError
-from pssl.selftrain.teacher import CENTROID_COLUMNS
 from pssl.tables import read_table
 
 log = logging.getLogger(__name__)
+CENTROID_COLUMNS = ["relpath", "class", "y", "x", "pixels"]  # a teacher's centroids.parquet (pssl.selftrain.teacher)
 JITTER = (0.1, 0.1, 0.1, 0.1)  # Zhu et al.'s "color jittering (0.1)": brightness, contrast, saturation, hue
 
 
