@@ -106,3 +106,21 @@ def test_slurm_jobs_sharing_a_node_lock_apart():
     base = {"PSSL_GPU_LOCK_DIR": "/locks"}
     assert lock_dir(base) == Path("/locks")
     assert lock_dir({**base, "SLURM_JOB_ID": "11"}) != lock_dir({**base, "SLURM_JOB_ID": "12"})
+
+
+def test_lock_folders_are_shared_by_every_user_and_an_existing_lock_opens_read_only(tmp_path):
+    """Every folder the locks need is made sticky and world-writable (a SLURM job of one user may create the
+    base folder another user's job needs next); a lock file that exists is opened without O_CREAT, so a file
+    another user made in a sticky folder can be locked (protected_regular refuses O_CREAT on it)."""
+    import stat
+
+    from pssl.gpu_slots import lock_path, shared_dir, try_take
+    folder = tmp_path / "base" / "slurm-7"
+    shared_dir(folder)
+    for f in (folder, folder.parent):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o1777, f
+    lock_path(folder, "0").touch(mode=0o444)  # read-only, as another user's file is to us
+    slots, fds = try_take(1, ["0"], folder)
+    assert slots == ["0"]
+    for fd in fds:
+        os.close(fd)

@@ -517,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(the GPU rules' prefix; waits while fewer are free)",
                        description="The pool: a SLURM job's own GPUs; else PSSL_GPU_SLOTS (comma-separated ids); "
                                    "else the CUDA_VISIBLE_DEVICES the run started with; else every GPU nvidia-smi "
-                                   "lists. Locks in PSSL_GPU_LOCK_DIR (default /tmp/pssl-gpu-slots).")
+                                   "lists. Locks in PSSL_GPU_LOCK_DIR (default /run/lock/pssl-gpu-slots, "
+                                   "or /tmp/pssl-gpu-slots where /run/lock is not writable).")
     s.add_argument("gpus", type=int, help="GPUs the command takes: its ranks on this node (0: it sees none)")
     s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments")
     s.set_defaults(func=_gpu_slots)

@@ -28,8 +28,15 @@ log = logging.getLogger(__name__)
 
 POOL_ENV = "PSSL_GPU_SLOTS"        # comma-separated device ids; overrides what the machine shows
 LOCK_DIR_ENV = "PSSL_GPU_LOCK_DIR"
-# One directory for every run on the machine, so two pipelines (or two users) never share a GPU either.
-DEFAULT_LOCK_DIR = "/tmp/pssl-gpu-slots"
+# One directory for every run on the machine, so two pipelines (or two users) never share a GPU either. In
+# /run/lock where users may write there (systemd never ages files out of it; /tmp's cleaner removes files
+# older than 10 days, and a multi-day job's lock file with them), else /tmp.
+RUN_LOCK = "/run/lock"
+
+
+def default_lock_dir() -> str:
+    base = RUN_LOCK if os.path.isdir(RUN_LOCK) and os.access(RUN_LOCK, os.W_OK | os.X_OK) else "/tmp"
+    return f"{base}/pssl-gpu-slots"
 POLL_SECONDS = 0.5
 
 
@@ -59,20 +66,44 @@ def slot_pool(environ: dict) -> list[str]:
 
 
 def lock_dir(environ: dict) -> Path:
-    base = Path(environ.get(LOCK_DIR_ENV, DEFAULT_LOCK_DIR))
+    base = Path(environ.get(LOCK_DIR_ENV) or default_lock_dir())
     # SLURM numbers each job's GPUs from 0 (cgroups), so jobs sharing a node must not share lock files.
     return base / f"slurm-{environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in environ else base
 
 
+def shared_dir(directory: Path) -> None:
+    """Make `directory` and the folders it needs, each shared by every user of the machine (sticky, like /tmp):
+    a SLURM job of one user may create the base folder another user's job on the node needs next."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        try:
+            folder.chmod(0o1777)
+        except PermissionError:  # another user made it first: theirs is shared already
+            pass
+
+
+def lock_path(directory: Path, slot: str) -> Path:
+    return directory / (re.sub(r"[^A-Za-z0-9._-]", "_", slot) + ".lock")
+
+
 def _open_lock(directory: Path, slot: str) -> int:
     if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        try:  # shared by every user of the machine (sticky, like /tmp)
-            directory.chmod(0o1777)
-        except PermissionError:
-            pass
-    path = directory / (re.sub(r"[^A-Za-z0-9._-]", "_", slot) + ".lock")
-    return os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access
+        shared_dir(directory)
+    path = lock_path(directory, slot)
+    try:  # another user's lock file in a sticky folder opens read-only (O_CREAT on it is refused where
+        return os.open(path, os.O_RDONLY)  # fs.protected_regular is set); flock needs no write access
+    except FileNotFoundError:
+        return os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+
+
+def _still_linked(fd: int, path: Path) -> bool:
+    """The locked file is still the one at `path` (a tmp cleaner or rm did not replace it): else a later job
+    would lock a new file of the same name and share the slot."""
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 def try_take(n: int, pool: list[str], directory: Path) -> tuple[list[str], list[int]] | None:
@@ -84,6 +115,9 @@ def try_take(n: int, pool: list[str], directory: Path) -> tuple[list[str], list[
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
+            continue
+        if not _still_linked(fd, lock_path(directory, slot)):  # locked a removed file: not a slot
             os.close(fd)
             continue
         slots.append(slot)
