@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from pssl.layout import CELL_KEYS, cell_of
+
 
 def cells(results: Path) -> dict[tuple[str, str, str, int], dict]:
     """(dataset, model, init, seed) -> the cell's selected metrics.json."""
     found = {}
     for path in results.glob("finetune/*/*/*/seed*/metrics.json"):
-        dataset, model, init, seed = path.parts[-5:-1]
-        found[(dataset, model, init, int(seed.removeprefix("seed")))] = json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
+        found[tuple(cell_of(metrics, str(path))[k] for k in CELL_KEYS)] = metrics
     return found
 
 

@@ -259,7 +259,8 @@ def test_the_top1_column_takes_one_input_protocol(tmp_path):
     for i, init in enumerate(("imagenet", "pssl")):
         cell = tmp_path / "finetune/voc_aug/m" / init / "seed0/metrics.json"
         cell.parent.mkdir(parents=True)
-        cell.write_text(json.dumps({"miou": 0.4 + i / 100, "pixel_acc": 0.5, "lr": 0.01, "eval": {"split": "val"}}))
+        cell.write_text(json.dumps({"miou": 0.4 + i / 100, "pixel_acc": 0.5, "lr": 0.01, "eval": {"split": "val"},
+                                    "cell": {"dataset": "voc_aug", "model": "m", "init": init, "seed": 0}}))
         cells.append(str(cell))
     same = "shorter side 256, centre crop 224 x 224, single scale"
     for init, size in (("imagenet", 224), ("pssl", 256)):

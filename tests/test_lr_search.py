@@ -158,7 +158,8 @@ def test_figure4_lists_every_lr_tried_and_marks_the_kept_one(tmp_path):
         path = tmp_path / f"finetune/camvid/psp/{init}/seed0/metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"lr": kept, "selection": {"split": "val", "miou": tried[str(kept)]},
-                                    "lrs_tried": tried}))
+                                    "lrs_tried": tried,
+                                    "cell": {"dataset": "camvid", "model": "psp", "init": init, "seed": 0}}))
         cells.append(str(path))
     curves = lr_curves(cells)
     assert list(curves["init"]) == ["imagenet"] * 3 + ["pssl"]

@@ -2,6 +2,7 @@
 metrics, benchmark files): each passes, fails or is missing for the reason it names."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -192,7 +193,8 @@ def cell(root, dataset, init, miou, classes=11):
     path = root / f"finetune/{dataset}/psp/{init}/seed0/metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"miou": miou, "classes": [f"c{i}" for i in range(classes)], "lr": 0.01,
-                                "eval": {"split": "test"}}))
+                                "eval": {"split": "test"},
+                                "cell": {"dataset": dataset, "model": "psp", "init": init, "seed": 0}}))
     return str(path)
 
 
@@ -201,6 +203,11 @@ def test_finetune_miou_against_chance_plus_margin(tmp_path):
     good = cell(tmp_path, "camvid", "imagenet", 0.62)
     bad = cell(tmp_path, "camvid", "pssl", 0.09)  # 9.0 < 4.76 + 5
     checks = finetune_miou([good, bad, str(tmp_path / "finetune/camvid/psp/x/seed0/metrics.json")], 5.0)
+    # the identity comes from the file, not its path: a cell copied elsewhere keeps its name
+    moved = tmp_path / "elsewhere/metrics.json"
+    moved.parent.mkdir()
+    moved.write_text(Path(good).read_text())
+    assert finetune_miou([str(moved)], 5.0)[0].subject == "camvid psp imagenet seed0"
     assert [c.status for c in checks] == [PASS, FAIL, MISSING]
     assert checks[0].subject == "camvid psp imagenet seed0" and checks[0].measured == 62.0
     assert checks[1].expected == "> 9.76" and "chance 4.76 (11 classes)" in checks[1].reason

@@ -150,7 +150,9 @@ def _teacher_labels(a):
     from pssl.device import set_threads
     from pssl.selftrain.teacher import label_pool, selected_weights
     set_threads(a.threads)
-    label_pool(str(selected_weights(a.selected, a.runs)), a.dataset, a.pool, a.out_dir,
+    with open(a.selected) as f:  # the teacher cell, named in its tables
+        cell = json.load(f).get("cell")
+    label_pool(str(selected_weights(a.selected, a.runs)), a.dataset, a.pool, a.out_dir, cell=cell,
                geometry=settings_from_args(FinetuneSettings, a), settings=settings_from_args(TeacherSettings, a),
                part=a.part, parts=a.parts, images=a.images, seed=a.seed, device=a.device,
                requeue_margin_min=a.requeue_margin_min)
@@ -170,7 +172,8 @@ def _figure3(a):
 
 def _select_lr(a):
     from pssl.report.lr_grid import select_best_lr
-    select_best_lr(a.runs, a.out, a.start)
+    from pssl.layout import cell_identity
+    select_best_lr(a.runs, a.out, a.start, cell_identity(a.cell) if a.cell else None)
 
 
 def _lr_search_round(a):
@@ -436,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", nargs="+", required=True, help="metrics.json of each lr")
     s.add_argument("--start", type=float, default=None, help="the cell's own lr: a tie goes to the lr nearer it "
                                                              "(default: the smallest lr tried)")
+    s.add_argument("--cell", nargs=4, default=None, metavar="KEY=VALUE",
+                   help="the cell's identity, written into its metrics.json for the reports: dataset=... model=... "
+                        "init=... seed=...")
     s.add_argument("--out", required=True, help="the cell's metrics.json (the best lr's, with every lr tried)")
     s.set_defaults(func=_select_lr)
 
@@ -575,7 +581,8 @@ EXAMPLES = {
                      "--root /data/imagenet/val --out results/classify/psp/pssl.json",
     "figure3": "--model results/pretrain/psp/main/final.pt --dataset voc_aug --root /data/segmentation "
                "--index results/index.parquet --images 3 --contains person --out results/report/figure3.png",
-    "select-lr": "--runs ft/lr0.01/metrics.json ft/lr0.02/metrics.json --out ft/metrics.json",
+    "select-lr": "--runs ft/lr0.01/metrics.json ft/lr0.02/metrics.json --cell dataset=camvid model=psp "
+                 "init=imagenet seed=0 --out ft/metrics.json",
     "lr-search-round": "--runs ft/lr0.005/metrics.json ft/lr0.01/metrics.json ft/lr0.02/metrics.json --ladder 0.001 "
                        "0.002 0.005 0.01 0.02 0.05 --start 0.01 --out ft/lr_search/round0.json",
     "plan": "--configfile presets/paper.yaml --config imagenet_root=/data/imagenet/train "

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pssl.layout import BENCHMARKS
+
 # Rough throughput of one modern GPU (bf16), used to size SLURM runtimes; cluster.runtime_scale multiplies
 # every estimate for slower hardware.
 EXPLAIN_FWD_BWD_PER_MIN = 60_000   # 224 px ResNet-50-class forward+backward passes per minute
@@ -282,19 +284,6 @@ def zoo_gpus(config: dict) -> int:
 def explain_cpus(config: dict) -> int:
     """torch threads plus the image-decoding workers."""
     return config["threads"] + config["explain"]["num_workers"]
-
-
-# Where each heavy rule's `benchmark:` file goes under <results>/benchmarks (the rules and `pssl runtimes`
-# both read this table).
-BENCHMARKS = {
-    "zoo_model": "zoo_model/{classifier}.tsv",
-    "explain_shard": "explain_shard/{shard}.tsv",
-    "label_shard": "label_shard/{shard}.tsv",
-    "pretrain": "pretrain/{model}/{variant}.tsv",
-    "finetune": "finetune/{dataset}/{model}/{init}/seed{seed}/lr{lr}.tsv",
-    "teacher_labels": "teacher_labels/{dataset}/{model}/{init}/seed{seed}/pool-{part}.tsv",
-    "self_train": "self_train/{dataset}/{model}/{init}+{data}/seed{seed}/lr{lr}.tsv",
-}
 
 
 def benchmark_path(config: dict, rule: str) -> str:

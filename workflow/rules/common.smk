@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_minutes, train_layout, zoo_gpus
 from pssl.config import imagenet_root, zoo_specs
 from pssl.data.pool import DEMO_TRUTH, pool_folders
+from pssl.layout import FINETUNE_CELL, FINETUNE_RUN, LR_SEARCH_ROUND, PRETRAINED, PSEUDO_PART, STUDENT_RUN
 from pssl.lr_search import cell_lrs, every_lr, read_round
 from pssl.models.catalog import model_title
 from pssl.settings import (
@@ -111,12 +112,12 @@ def label_tables(wildcards=None):
 
 
 def pretrained(model, variant=MAIN):
-    return f"{RESULTS}/pretrain/{model}/{variant}/final.pt"
+    return f"{RESULTS}/{PRETRAINED.format(model=model, variant=variant)}/final.pt"
 
 
 def pretrained_state(model, variant=MAIN):
     """A finished pre-training's last checkpoint, what a continuation trains on from."""
-    return f"{RESULTS}/pretrain/{model}/{variant}/state.pt"
+    return f"{RESULTS}/{PRETRAINED.format(model=model, variant=variant)}/state.pt"
 
 
 def continued_state(wildcards):
@@ -206,7 +207,7 @@ def benchmark(rule):
 
 def finetune_cells(datasets, models, inits):
     """Each cell's selected-lr metrics, once per seed."""
-    return expand(f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/metrics.json",
+    return expand(f"{RESULTS}/{FINETUNE_CELL}/metrics.json",
                   dataset=datasets, model=models, init=inits, seed=SEEDS)
 
 
@@ -224,7 +225,7 @@ def finetune_results(wildcards=None):
 
 def cell_dir(wildcards, init=None):
     w = wildcards
-    return f"{RESULTS}/finetune/{w.dataset}/{w.model}/{init or w.init}/seed{w.seed}"
+    return f"{RESULTS}/{FINETUNE_CELL.format(dataset=w.dataset, model=w.model, init=init or w.init, seed=w.seed)}"
 
 
 def cell_runs(wildcards, lrs):
@@ -291,13 +292,14 @@ def teacher_flags(wildcards):
 def teacher_tables(wildcards):
     """All parts of the pool labelled by the teacher cell the student's init and seed name."""
     w = wildcards
-    return expand(f"{RESULTS}/pseudo/{w.dataset}/{w.model}/{w.init}/seed{w.seed}/pool-{{part}}/pseudo.parquet",
+    part = PSEUDO_PART.format(dataset=w.dataset, model=w.model, init=w.init, seed=w.seed, part="{part}")
+    return expand(f"{RESULTS}/{part}/pseudo.parquet",
                   part=POOL_PARTS)
 
 
 def selftrain_tables(wildcards=None):
     """Every teacher's pseudo labels (the quality table's input)."""
-    return expand(f"{RESULTS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}/pseudo.parquet",
+    return expand(f"{RESULTS}/{PSEUDO_PART}/pseudo.parquet",
                   dataset=SELF_TRAINING["datasets"], model=SELF_TRAINING["models"], init=SELF_TRAINING["inits"],
                   seed=SEEDS, part=POOL_PARTS)
 

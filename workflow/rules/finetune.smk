@@ -14,8 +14,8 @@ rule finetune:
         init=finetune_init,
         data=demo_data_if_enabled,
     output:
-        metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}/metrics.json",
-        weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}/final.pt",
+        metrics=f"{RESULTS}/{FINETUNE_RUN}/metrics.json",
+        weights=f"{RESULTS}/{FINETUNE_RUN}/final.pt",
     wildcard_constraints:
         init=one_of(BASE_INITS),
     params:
@@ -37,7 +37,7 @@ rule finetune:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr{{lr}}.log",
+        f"{LOGS}/{FINETUNE_RUN}.log",
     benchmark:
         benchmark("finetune")
     shell:
@@ -55,7 +55,7 @@ checkpoint lr_search:
     input:
         round_runs,
     output:
-        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr_search/round{{round}}.json",
+        f"{RESULTS}/{LR_SEARCH_ROUND}.json",
     params:
         ladder=" ".join(map(str, FINETUNE["lr_grid"])),
         start=start_lr,
@@ -64,7 +64,7 @@ checkpoint lr_search:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/lr_search/round{{round}}.log",
+        f"{LOGS}/{LR_SEARCH_ROUND}.log",
     shell:
         "python -m pssl lr-search-round --runs {input} --ladder {params.ladder} --start {params.start}"
         " --margin {params.margin} --max-values {params.max_values} --out {output} > {log} 2>&1"
@@ -74,15 +74,17 @@ rule select_lr:
     input:
         lambda wc: cell_runs(wc, searched_lrs(wc)),
     output:
-        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/metrics.json",
+        f"{RESULTS}/{FINETUNE_CELL}/metrics.json",
     params:
         start=start_lr,
+        cell=lambda wc: f"dataset={wc.dataset} model={wc.model} init={wc.init} seed={wc.seed}",
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/select_lr.log",
+        f"{LOGS}/{FINETUNE_CELL}/select_lr.log",
     shell:
-        "python -m pssl select-lr --runs {input} --start {params.start} --out {output} > {log} 2>&1"
+        "python -m pssl select-lr --runs {input} --start {params.start} --cell {params.cell} --out {output}"
+        " > {log} 2>&1"
 
 
 if config["demo"]["enabled"]:  # hidden object masks exist for synthetic data only

@@ -56,7 +56,7 @@ rule pretrain:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/pretrain/{{model}}/{{variant}}.log",
+        f"{LOGS}/{PRETRAINED}.log",
     benchmark:
         benchmark("pretrain")
     shell:

@@ -11,8 +11,8 @@ rule teacher_labels:
         weights=lambda wc: expand(f"{cell_dir(wc)}/lr{{lr}}/final.pt", lr=searched_lrs(wc)),
         data=demo_data_if_enabled,
     output:
-        table=f"{RESULTS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}/pseudo.parquet",
-        centroids=f"{RESULTS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}/centroids.parquet",
+        table=f"{RESULTS}/{PSEUDO_PART}/pseudo.parquet",
+        centroids=f"{RESULTS}/{PSEUDO_PART}/centroids.parquet",
     wildcard_constraints:
         init=one_of(BASE_INITS),
     params:
@@ -31,7 +31,7 @@ rule teacher_labels:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/pseudo/{{dataset}}/{{model}}/{{init}}/seed{{seed}}/pool-{{part}}.log",
+        f"{LOGS}/{PSEUDO_PART}.log",
     benchmark:
         benchmark("teacher_labels")
     shell:
@@ -48,8 +48,8 @@ rule self_train:
         pseudo=lambda wc: teacher_tables(wc) if wc.data == "st" else [],
         data=demo_data_if_enabled,
     output:
-        metrics=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}+{{data}}/seed{{seed}}/lr{{lr}}/metrics.json",
-        weights=f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{init}}+{{data}}/seed{{seed}}/lr{{lr}}/final.pt",
+        metrics=f"{RESULTS}/{STUDENT_RUN}/metrics.json",
+        weights=f"{RESULTS}/{STUDENT_RUN}/final.pt",
     wildcard_constraints:
         init=one_of(BASE_INITS),
     params:
@@ -72,7 +72,7 @@ rule self_train:
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/finetune/{{dataset}}/{{model}}/{{init}}+{{data}}/seed{{seed}}/lr{{lr}}.log",
+        f"{LOGS}/{STUDENT_RUN}.log",
     benchmark:
         benchmark("self_train")
     shell:

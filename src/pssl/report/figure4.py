@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pssl.layout import cell_of
 from pssl.io import atomic_file
 
 CAPTION = "Figure 4: val mIoU against the initial learning rate (every lr each cell tried; filled: the kept one)"
@@ -19,11 +20,9 @@ def lr_curves(cells: list[str]) -> pd.DataFrame:
     """One row per lr tried by a cell and seed: dataset, model, init, seed, lr, val mIoU (%), kept."""
     rows = []
     for path in map(Path, cells):
-        dataset, model, init, seed = path.parts[-5:-1]
         metrics = json.loads(path.read_text())
         tried = metrics.get("lrs_tried") or {str(metrics["lr"]): metrics["selection"]["miou"]}
-        rows += [{"dataset": dataset, "model": model, "init": init, "seed": int(seed.removeprefix("seed")),
-                  "lr": float(lr), "val_miou": 100 * miou, "kept": np.isclose(float(lr), metrics["lr"])}
+        rows += [{**cell_of(metrics, str(path)), "lr": float(lr), "val_miou": 100 * miou, "kept": np.isclose(float(lr), metrics["lr"])}
                  for lr, miou in tried.items()]
     columns = ["dataset", "model", "init", "seed", "lr", "val_miou", "kept"]
     return pd.DataFrame(rows, columns=columns).sort_values(columns[:5], ignore_index=True)

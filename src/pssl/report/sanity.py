@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pssl.layout import cell_of
 from pssl.errors import InputError
 from pssl.io import atomic_file
 from pssl.report.html import html_page, html_table
@@ -215,18 +216,18 @@ def chance_miou(num_classes: int) -> float:
 
 
 def finetune_miou(cells: list[str], margin: float) -> list[Check]:
-    """Every fine-tuned cell (finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json) above chance + margin."""
+    """Every fine-tuned cell (its metrics.json, which names the cell) above chance + margin."""
     name = "fine-tune mIoU above chance"
     if not cells:
         return [missing(name, "fine-tune cells", f"> chance + {margin:g}", "no fine-tune cell given")]
     checks = []
     for path in map(Path, cells):
-        parts = path.parts[-5:-1]  # dataset, model, init, seed<n>
-        subject = " ".join(parts) if len(parts) == 4 else str(path)
         if not path.exists():
-            checks.append(missing(name, subject, f"> chance + {margin:g}", f"no {path}"))
+            checks.append(missing(name, str(path), f"> chance + {margin:g}", f"no {path}"))
             continue
         metrics = json.loads(path.read_text())
+        cell = cell_of(metrics, str(path))
+        subject = f"{cell['dataset']} {cell['model']} {cell['init']} seed{cell['seed']}"
         k = len(metrics["classes"])
         floor = chance_miou(k) + margin
         miou = 100 * float(metrics["miou"])

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from pssl.layout import CELL_KEYS, cell_of
 from pssl.data.downstream import DATASETS, IGNORE
 from pssl.data.images import load_rgb
 from pssl.data.pool import truth_path
@@ -26,13 +27,14 @@ from pssl.report.label_figure import label_rows_figure
 from pssl.tables import read_table
 
 log = logging.getLogger(__name__)
-TEACHER = ["dataset", "model", "init", "seed"]
 
 
 def teacher_of(table: Path) -> dict:
-    """pseudo/<dataset>/<model>/<init>/seed<seed>/pool-<part>/pseudo.parquet -> its teacher's keys."""
-    dataset, model, init, seed = table.parts[-6:-2]
-    return {"dataset": dataset, "model": model, "init": init, "seed": int(seed.removeprefix("seed"))}
+    """A pseudo-label table's teacher cell (recorded in its metadata by the teacher job)."""
+    meta = read_table(table)[1]
+    if "teacher_cell" not in meta:
+        raise InputError(f"{table} names no teacher cell (written by an older version): rerun its teacher job")
+    return meta["teacher_cell"]
 
 
 def teacher_scores(tables: list[Path], truth_root: Path) -> dict:
@@ -60,16 +62,17 @@ def write_pseudo_quality(tables: list[str], truth: list[str], teachers: list[str
     roots = dict(item.split("=", 1) for item in truth)
     grouped: dict[tuple, list[Path]] = {}
     for path in map(Path, tables):
-        grouped.setdefault(tuple(teacher_of(path).values()), []).append(path)
+        grouped.setdefault(tuple(teacher_of(path)[k] for k in CELL_KEYS), []).append(path)
     own = {}
-    for path in map(Path, teachers):  # finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json
-        dataset, model, init, seed = path.parts[-5:-1]
-        own[(dataset, model, init, int(seed.removeprefix("seed")))] = 100 * json.loads(path.read_text())["miou"]
+    for path in map(Path, teachers):  # the teacher cells' metrics.json
+        metrics = json.loads(path.read_text())
+        cell = cell_of(metrics, str(path))
+        own[tuple(cell[k] for k in CELL_KEYS)] = 100 * metrics["miou"]
     rows = []
     for key, paths in grouped.items():
         if key[0] not in roots:
             raise InputError(f"no hidden truth given for {key[0]} (--truth {key[0]}=<folder>)")
-        rows.append({**dict(zip(TEACHER, key)), "teacher_miou": own.get(key, np.nan),
+        rows.append({**dict(zip(CELL_KEYS, key)), "teacher_miou": own.get(key, np.nan),
                      **teacher_scores(sorted(paths), Path(roots[key[0]]))})
     table = pd.DataFrame(rows)
     with atomic_file(out) as tmp:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pssl.layout import cell_of
 from pssl.data.downstream import DATASETS
 from pssl.io import atomic_file
 from pssl.report.controls import write_controls
@@ -26,13 +27,12 @@ from pssl.settings import init_transfer
 
 
 def collect(cells: list[str]) -> pd.DataFrame:
-    """One row per finetune/<dataset>/<model>/<init>/seed<seed>/metrics.json: miou, pixel_acc, lr, the lr grid
-    size (every run is kept: the statistics are computed from these rows)."""
+    """One row per cell's metrics.json (select_lr's: its `cell` names dataset, model, init and seed): miou,
+    pixel_acc, lr, how many lrs it tried (every run is kept: the statistics are computed from these rows)."""
     rows = []
     for path in map(Path, cells):
-        dataset, model, init, seed = path.parts[-5:-1]
         r = json.loads(path.read_text())
-        rows.append({"dataset": dataset, "model": model, "init": init, "seed": int(seed.removeprefix("seed")),
+        rows.append({**cell_of(r, str(path)),
                      "split": r["eval"]["split"], "miou": 100 * r["miou"], "pixel_acc": 100 * r["pixel_acc"],
                      "lr": r["lr"], "lrs_tried": len(r.get("lrs_tried", {})) or 1})
     return pd.DataFrame(rows)

@@ -88,9 +88,10 @@ def start_or_resume(out_dir: Path, identity: dict) -> None:
 
 def label_pool(teacher: str, dataset: str, pool: list[str], out_dir: str | Path, *, geometry: FinetuneSettings,
                settings: TeacherSettings, part: int = 0, parts: int = 1, images: int = 0, seed: int = 0,
-               device: str = "auto", requeue_margin_min: float = 15.0) -> pd.DataFrame:
+               device: str = "auto", requeue_margin_min: float = 15.0, cell: dict | None = None) -> pd.DataFrame:
     """Label part `part` of `parts` of the pool's folders (their first `images` of a fixed order by `seed`, 0:
-    all). The tables' `pool` is the folders' common parent, which the image paths are relative to."""
+    all). The tables' `pool` is the folders' common parent, which the image paths are relative to;
+    `teacher_cell` names the teacher's cell (`cell`, from its metrics.json) for the reports."""
     out_dir, dev, base = Path(out_dir), resolve_device(device), pool_base(pool)
     relpaths = pool_part(list_pool(pool, images, seed), part, parts)
     model, cfg = load_finetuned(teacher, dev)
@@ -134,7 +135,7 @@ def label_pool(teacher: str, dataset: str, pool: list[str], out_dir: str | Path,
     table = pd.DataFrame(rows)
     meta = {"dataset": dataset, "classes": cfg["classes"], "num_classes": cfg["num_classes"],
             "pool": str(base), "folders": identity["pool"], "teacher": str(teacher),
-            "teacher_sha256": identity["teacher"],
+            "teacher_sha256": identity["teacher"], "teacher_cell": cell,
             "part": part, "parts": parts,
             "geometry": asdict(geometry), "settings": asdict(settings), "precision": precision}
     write_table(pd.DataFrame(centroids, columns=CENTROID_COLUMNS), out_dir / "centroids.parquet", meta)
