@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls test install clean-demo
+.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls test check install clean-demo
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ CONTROLS := finetune='{seeds: [0, 1, 2], inits: [imagenet, pssl, pssl~backbone, 
 demo-controls: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all --config $(CONTROLS)
 	$(VENV)/bin/pssl summary --results results
+
+# The fast tier, for every change: lint, then the unit tests (no Snakemake DAG, no SLURM, no test marked slow),
+# about a minute and a half on the 2-core machine. `make test` is the whole suite.
+check: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -m "not e2e and not slurm and not slow" tests
 
 # pytest exits 5 when it collects no test; that is reported, not hidden, but is no failure of the project.
 test: $(STAMP)

@@ -147,6 +147,7 @@ def test_label_policies_on_a_subset_number_the_tables_classes(subset, zoo, polic
         assert [classes[k] for k in table["label"]] == frame["wnid"].tolist() and table["keep"].all()
 
 
+@pytest.mark.slow
 def test_pretraining_figure3_and_top1_read_the_label_tables_classes(subset, zoo, tiny_demo, tmp_path):
     from pssl.eval.classify import evaluate_classification
     from pssl.report.figure3 import figure3
@@ -167,6 +168,7 @@ def test_pretraining_figure3_and_top1_read_the_label_tables_classes(subset, zoo,
         assert result["classes"] == 2 and result["images"] > 0
 
 
+@pytest.mark.slow
 def test_a_class_folder_no_classifier_knows_stops_with_one_line(tiny_demo, zoo, tmp_path):
     train = tree(tiny_demo, tmp_path / "imagenet", [*SUBSET, "n90000000"])
     (train / "n99999999").mkdir()

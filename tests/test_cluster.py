@@ -207,6 +207,7 @@ def run_eval(root, out, nproc):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_two_ranks_evaluate_half_the_images_each_and_sum_to_one_process(tiny_demo, tmp_path):
     one = run_eval(tiny_demo, tmp_path / "one.json", 1)
     two = run_eval(tiny_demo, tmp_path / "two.json", 2)
@@ -375,6 +376,7 @@ def test_resume_with_augmentation_and_loader_workers_sees_the_same_crops(tiny_de
         assert torch.equal(value, resumed[key]), key
 
 
+@pytest.mark.slow
 def test_freed_tensor_memory_is_reused_not_faulted_in_again():
     """keep_freed_memory (called by every `pssl` command): allocating and freeing a 64 MB tensor 20 times
     page-faults a fraction of what it does when glibc unmaps every freed buffer."""

@@ -70,9 +70,9 @@ def test_camvid_segnet_layout(tiny_demo):
         labels = sorted((base / f"{split}annot").glob("*.png"))
         assert [p.name for p in images] == [p.name for p in labels] and len(images) == n
         assert len((base / f"{split}.txt").read_text().splitlines()) == n
-        for i, l in zip(images, labels):
-            assert Image.open(i).mode == "RGB" and Image.open(l).mode == "L"
-            assert Image.open(i).size == Image.open(l).size
+        for image, label in zip(images, labels):
+            assert Image.open(image).mode == "RGB" and Image.open(label).mode == "L"
+            assert Image.open(image).size == Image.open(label).size
         assert _label_values(labels) <= set(range(12))
 
 
@@ -82,7 +82,7 @@ def test_voc_aug_layout(tiny_demo):
     val = (base / "ImageSets/Segmentation/val.txt").read_text().split()
     assert len(train) == 4 and len(val) == 2 and not set(train) & set(val)
     labels = [base / "SegmentationClassAug" / f"{s}.png" for s in train + val]
-    for s, l in zip(train + val, labels):
+    for s in train + val:
         assert Image.open(base / "JPEGImages" / f"{s}.jpg").format == "JPEG"
     values = _label_values(labels)
     assert values <= set(range(21)) | {255} and 255 in values and 0 in values
@@ -113,7 +113,7 @@ def test_cityscapes_layout_uses_label_ids(tiny_demo):
         assert len(images) == n
         labels = [Path(str(p).replace("leftImg8bit/", "gtFine/").replace("_leftImg8bit", "_gtFine_labelIds"))
                   for p in images]
-        assert all(l.exists() for l in labels)
+        assert all(label.exists() for label in labels)
         values = _label_values(labels)
         assert values <= set(CITYSCAPES_LABELID_TO_TRAINID) | {0}
         # label ids, not train ids: decoding gives valid train ids

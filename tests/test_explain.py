@@ -287,6 +287,7 @@ def test_each_batch_of_a_shard_draws_its_own_noise(tiny_zoo, tmp_path):
     assert all(not np.array_equal(a, b) for a, b in zip(first, second))
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_identical_store(demo_shard, tiny_zoo, tmp_path):
     params = ExplainSettings(**{**PARAMS.__dict__, "batch_size": 2, "n_samples": 6})
     reference = tmp_path / "reference.zarr"
@@ -317,7 +318,7 @@ def test_killed_job_resumes_to_the_identical_store(demo_shard, tiny_zoo, tmp_pat
 
     rerun = subprocess.run(cmd, env=snakemake_env(), capture_output=True, text=True, check=True)
     batches_total = -(-n_total // params.batch_size)
-    first_line = next(l for l in (rerun.stdout + rerun.stderr).splitlines() if "batches to do" in l)
+    first_line = next(line for line in (rerun.stdout + rerun.stderr).splitlines() if "batches to do" in line)
     to_do = int(first_line.split("batches to do")[0].split(",")[-1].strip().split("/")[0])
     assert to_do <= batches_total - done // params.batch_size < batches_total  # finished rows not recomputed
     assert store_content(out) == store_content(reference)

@@ -26,6 +26,7 @@ def on_slots(n: int, script: str, env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_concurrent_jobs_never_share_a_slot(tmp_path):
     """14 jobs of one or two GPUs started at once on 3 slots: each logs the CUDA_VISIBLE_DEVICES it saw and
     when it held them; jobs that saw a common id never held it at the same time, and all slots were used."""

@@ -75,6 +75,7 @@ def pilot_tree(tmp_path_factory):
     return fake_imagenet(tmp_path_factory.mktemp("pilot") / "train", 50)
 
 
+@pytest.mark.slow
 def test_pilot_plans_the_slice_within_two_gpu_hours(pilot_tree, trees, tmp_path):
     """The pilot: 100 classes x 50 images (one paper-sized shard), 3 classifiers + PSPNet's init, one
     pre-training, CamVid x 2 inits x 2 lrs, the sanity page; by the workflow's own runtime estimates at most
@@ -151,6 +152,7 @@ def test_pilot_differs_from_the_paper_only_where_it_says_why():
         assert any(c.startswith("# Pilot") for c in above), f"{'.'.join(key)}: no '# Pilot: why' comment above it"
 
 
+@pytest.mark.slow
 def test_paper_preset_with_segmentation_teachers(trees, tmp_path):
     """Self-training on Cityscapes (its train_extra pool) and the PSSL-fused column on top of the paper's DAG:
     16 teacher jobs (2 inits x 8 pool parts), 2 x 2 students x 9 lrs, one fused pre-training per model (the lr
@@ -178,6 +180,7 @@ def test_paper_preset_with_segmentation_teachers(trees, tmp_path):
     assert len(fused) == 3 and all("/fused --head" in c for c in fused)
 
 
+@pytest.mark.slow
 def test_self_training_needs_a_pool(trees, tmp_path):
     voc = run_snakemake(tmp_path, "-n", "--configfile", str(PAPER), *roots(trees),
                         "self_training={datasets: [voc_aug], models: [pspnet_resnet50d]}", check=False)
@@ -188,6 +191,7 @@ def test_self_training_needs_a_pool(trees, tmp_path):
     assert missing.returncode != 0 and "nowhere, is not a directory" in missing.stderr
 
 
+@pytest.mark.slow
 def test_pssl_plan_prices_the_paper_preset_for_every_lr_search(trees, tmp_path):
     """`pssl plan` on the paper preset before anything ran: 43 Table 1-4 cells x 9 lrs in the grid; the peak
     search trains 3 (round 0 from 0.01) to 5 (max_values) of them per cell; shard jobs estimated from
@@ -221,6 +225,7 @@ def demo_names() -> set[str]:
     return set(zoo) | set(DEMO["pretrain"]["models"]) | {DEMO["demo"]["root"]}
 
 
+@pytest.mark.slow
 def test_paper_dag_at_every_partial_state(trees, tmp_path):
     paper = yaml.safe_load(PAPER.read_text())
     n_zoo = len(paper["zoo"]["models"]) + len(paper["zoo"]["init_only"])
@@ -324,6 +329,7 @@ def test_paper_dag_at_every_partial_state(trees, tmp_path):
                                   **({"eval_classify": 3} if target == "table4" else {})}), target
 
 
+@pytest.mark.slow
 def test_wrong_roots_fail_before_any_job_with_one_line(trees, tmp_path):
     missing = tmp_path / "no-such-dir"
     proc = run_snakemake(tmp_path, "-n", "--configfile", str(PAPER), "--config", f"imagenet_root={missing}",

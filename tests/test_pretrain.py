@@ -129,6 +129,7 @@ def run_worker(out, ckpt, nproc=1, extra=()):
     return subprocess.run(cmd, env=snakemake_env(), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", ["hard", "fused"])
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, labels):
     """Label maps (eq. 3) and PseudoSeg's fused soft labels (whose logit RMS spans the global batch)."""
@@ -149,6 +150,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path,
     assert moved > 10, "training changed the weights"
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(tmp_path):
     reference = run_worker(tmp_path / "ref.pt", tmp_path / "ref", extra=["--epochs", "3"])
     assert reference.returncode == 0, reference.stderr[-3000:]

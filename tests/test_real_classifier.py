@@ -21,6 +21,8 @@ from pssl.store import open_store
 from pssl.tables import read_table
 from real_weights import fill_hf_cache
 
+pytestmark = pytest.mark.slow  # real weights and a real explain run: about 30 s
+
 IMAGENET = timm.data.ImageNetInfo().label_names()  # timm's ImageNet-1k output order: the sorted 1000 wnids
 SIZE = 224  # the classifier's and the explanation's resolution
 # photo -> (its class folder: the classifier's measured top-1, the wnids accepted as a right top-1)

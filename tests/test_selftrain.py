@@ -298,6 +298,7 @@ def _wait_and_kill(proc, ready, what: str) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_teacher_inference_resumes_to_identical_labels(teacher, tiny_demo, tmp_path):
     pool = tmp_path / "pool"
     pool.mkdir()
@@ -328,6 +329,7 @@ def test_killed_teacher_inference_resumes_to_identical_labels(teacher, tiny_demo
     assert read_table(out / "centroids.parquet")[0].equals(read_table(tmp_path / "reference/centroids.parquet")[0])
 
 
+@pytest.mark.slow
 def test_killed_student_resumes_to_the_same_metrics(tiny_demo, tmp_path):
     import timm
     truth_as_pseudo_labels(tiny_demo, "cityscapes", tmp_path / "pool-0", tile=1024)

@@ -171,8 +171,8 @@ def _figure3(a):
 
 
 def _select_lr(a):
-    from pssl.report.lr_grid import select_best_lr
     from pssl.layout import cell_identity
+    from pssl.report.lr_grid import select_best_lr
     select_best_lr(a.runs, a.out, a.start, cell_identity(a.cell) if a.cell else None)
 
 

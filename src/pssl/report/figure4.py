@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pssl.layout import cell_of
 from pssl.io import atomic_file
+from pssl.layout import cell_of
 
 CAPTION = "Figure 4: val mIoU against the initial learning rate (every lr each cell tried; filled: the kept one)"
 

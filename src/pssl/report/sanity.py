@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pssl.layout import cell_of
 from pssl.errors import InputError
 from pssl.io import atomic_file
+from pssl.layout import cell_of
 from pssl.report.html import html_page, html_table
 from pssl.settings import SanitySettings
 

@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pssl.layout import CELL_KEYS, cell_of
 from pssl.data.downstream import DATASETS, IGNORE
 from pssl.data.images import load_rgb
 from pssl.data.pool import truth_path
 from pssl.errors import InputError
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.io import atomic_file
+from pssl.layout import CELL_KEYS, cell_of
 from pssl.report.label_figure import label_rows_figure
 from pssl.tables import read_table
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pssl.layout import cell_of
 from pssl.data.downstream import DATASETS
 from pssl.io import atomic_file
+from pssl.layout import cell_of
 from pssl.report.controls import write_controls
 from pssl.report.figure4 import write_figure4
 from pssl.report.html import html_page, html_table
