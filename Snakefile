@@ -10,9 +10,9 @@ from pssl.config import ConfigError, check_data_roots, typed_cli_config, validat
 min_version("9.0")
 
 
-# A config file is exactly what it says: config.yaml (the demo) is read only when no --configfile is given,
-# so nothing of the demo leaks into a preset (Snakemake would deep-merge them). Several --configfile
-# arguments are merged in order, for a user who wants to layer files on purpose.
+# config.yaml (the demo) is read only when no --configfile is given, so nothing of the demo leaks into a preset
+# (Snakemake would deep-merge them). A config file holds what differs from the defaults; several --configfile
+# arguments merge in order, for a user who layers files on purpose (a preset, then the cluster's own).
 if not workflow.overwrite_configfiles:
 
     configfile: os.path.join(workflow.basedir, "config.yaml")
@@ -22,8 +22,10 @@ if not workflow.overwrite_configfiles:
 # as YAML would, so the command line means what the same text means in a config file.
 update_config(config, typed_cli_config(workflow.config_settings.config))
 try:
-    # snakemake.utils.validate against the schema, then cross-key checks; errors name the offending key.
-    validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+    # The defaults (pssl.settings, the schema) fill every key the config leaves out, the schema validates, and
+    # cross-key checks run; errors name the offending key. `pssl config` prints the result with where each
+    # value comes from.
+    validate_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
     # The data roots and every configured dataset's documented layout, before any job runs.
     check_data_roots(config)
 except ConfigError as error:

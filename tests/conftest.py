@@ -10,6 +10,16 @@ from pssl.settings import DemoSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def full_config(path: Path) -> dict:
+    """A config file as the workflow sees it: every default filled, the built-in variants added (no checks
+    across keys: a preset's data roots are not given here)."""
+    import yaml
+
+    from pssl.config import complete_config
+    return complete_config(yaml.safe_load(Path(path).read_text()), SCHEMA)
 TINY_DEMO = DemoSettings(seed=0, num_classes=3, images_per_class=6, min_side=48, max_side=80, downstream_train=4,
                          downstream_val=2, pool_images=4)
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, full_config, run_snakemake
 from pssl.cluster import (
     explain_minutes,
     indexed_images,
@@ -27,7 +27,7 @@ SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
 
 def demo_config():
-    return yaml.safe_load((REPO / "config.yaml").read_text())
+    return full_config(REPO / "config.yaml")
 
 
 def test_default_and_tiny_configs_are_valid():
@@ -88,7 +88,7 @@ def test_runtimes_read_only_existing_tables(tmp_path):
     (lambda c: c["demo"].update(enabled="yes"), "demo.enabled"),           # wrong type, nested
     (lambda c: c["demo"].update(num_classes=1), "num_classes"),            # below minimum
     (lambda c: c.update(results=""), "results"),                           # empty string
-    (lambda c: c.pop("shard_size"), "shard_size"),                         # missing required key
+    (lambda c: c.pop("figure3"), "figure3"),                               # missing required key
 ])
 def test_schema_rejections_name_the_key(mutate, key):
     cfg = copy.deepcopy(demo_config())
@@ -156,7 +156,7 @@ def test_runtime_estimates_against_their_formulas():
     """SLURM runtimes (minutes): explain = scale x (15 + shard x models x (samples + 1) x (S / 224)^2 / 60,000)
     + 1; training = scale x (30 + 1.5 x images x epochs x (crop / 256)^2 / (6,000 x GPUs)) + 1; a timm zoo
     entry 20. Worked out by hand for the paper preset, so a changed constant or term fails."""
-    paper = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
+    paper = full_config(REPO / "presets/paper.yaml")
     assert explain_minutes(paper) == 79          # 5000 x 15 x 51 / 60000 = 63.75; + 15 -> 78.75
     assert train_minutes(paper, 1_281_167, 30, 256, 8) == 1232   # 800.73 x 1.5 + 30 = 1231.09
     assert train_minutes(paper, 20_210, 180, 480, 4) == 830      # ADE20K: 532.88 x 1.5 + 30 = 829.3
@@ -170,7 +170,7 @@ def test_runtime_estimates_against_their_formulas():
 def test_start_up_allowance_work_terms_and_the_slice_bound(tmp_path):
     """cluster.startup_min is a training job's allowance (explain: half, labels: a third); work_minutes is
     the rest of the estimate at scale 1; before the index exists, an imagenet_subset bounds the images."""
-    paper = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
+    paper = full_config(REPO / "presets/paper.yaml")
     paper["results"] = str(tmp_path)
     paper["cluster"]["startup_min"] = 10
     assert explain_minutes(paper) == 69          # 5 + 63.75
@@ -203,7 +203,7 @@ def test_a_slice_of_more_classes_than_the_tree_has_is_refused(tmp_path):
 def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_path):
     """runtime_minutes is what every heavy rule requests (one formula per rule, by hand for the paper preset),
     and `measured_vs_estimated` pairs each benchmark file with that estimate for the job it names."""
-    paper = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
+    paper = full_config(REPO / "presets/paper.yaml")
     paper["results"] = str(tmp_path)
     assert runtime_minutes(paper, "explain_shard", {"shard": "shard-00000"}) == 79
     assert runtime_minutes(paper, "label_shard", {"shard": "shard-00000"}) == 79 // 5 + 10

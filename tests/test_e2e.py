@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_snakemake
+from conftest import full_config, run_snakemake
 from pssl import store
 from pssl.report.summary import summarize
 from pssl.shards import list_shards
@@ -306,7 +306,7 @@ def test_unlabelled_images_with_a_pretrained_zoo_and_teacher_labels(tmp_path, mo
     cache = tmp_path / "weights"
     fill_weights_cache_offline(cache, ["test_efficientnet", "test_convnext", "test_resnet"])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network on this machine either: the cache must suffice
-    config = yaml.safe_load(TINY.read_text())
+    config = full_config(TINY)
     config.update(labelled=False, shard_size=18)
     config["zoo"].update(source="timm", cache_dir=str(cache), models=["test_efficientnet", "test_convnext"],
                          init_only=["test_resnet"])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, full_config
 from pssl import store
 from pssl.cli import main
 from pssl.cluster import runtime_minutes, work_minutes
@@ -216,7 +216,7 @@ def test_finetune_miou_against_chance_plus_margin(tmp_path):
 # ---- minutes against the estimate ---------------------------------------------------------------------------
 
 def pilot(tmp_path) -> dict:
-    config = yaml.safe_load((REPO / "presets/pilot.yaml").read_text())
+    config = full_config(REPO / "presets/pilot.yaml")
     config["results"] = str(tmp_path)
     return config
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import snakemake_env
+from conftest import full_config, snakemake_env
 from pssl.data.downstream import DATASETS, IGNORE, SegmentationSet
 from pssl.data.pool import list_pool, pool_base, pool_dir, pool_folders, pool_part, truth_path
 from pssl.data.student_set import PseudoPool, StudentDataset
@@ -597,14 +597,13 @@ def test_a_pool_of_several_folders_keeps_images_of_the_same_name_apart(teacher, 
 
 
 def test_the_paper_preset_trains_students_on_ohem_and_a_pool_may_be_a_list():
-    import yaml
 
     from pssl.config import validate_config
     repo = Path(__file__).resolve().parents[1]
-    paper = yaml.safe_load((repo / "presets/paper.yaml").read_text())
+    paper = full_config(repo / "presets/paper.yaml")
     assert {k: paper["self_training"][k] for k in ("loss", "ohem_threshold", "ohem_min_kept")} == \
         {"loss": "ohem", "ohem_threshold": 0.7, "ohem_min_kept": 100000}
-    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config = full_config(repo / "config.yaml")
     config["self_training"]["pools"] = {"cityscapes": ["/data/coarse", "/data/mapillary"], "voc_aug": "/data/voc"}
     validate_config(config, str(repo / "workflow/schemas/config.schema.yaml"))
 
@@ -664,11 +663,10 @@ def test_pretraining_resumes_its_inputs_checkpoint_and_retrains_when_a_store_is_
 
 def test_fusion_settings_touch_only_fused_pretrainings():
     """The fusion keys of the pretrain section do not change a hard-label job's settings (nor rerun it)."""
-    import yaml
 
     from conftest import TINY
     from pssl.settings import pretrain_settings
-    config = yaml.safe_load(TINY.read_text())
+    config = full_config(TINY)
     tuned = {**config, "pretrain": {**config["pretrain"], "fusion_gamma": 0.3, "fusion_prior": "models"}}
     assert pretrain_settings(tuned, "main") == pretrain_settings(config, "main")
     fused = pretrain_settings(tuned, "fused")[0]

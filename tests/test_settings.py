@@ -3,9 +3,8 @@
 import shlex
 
 import pytest
-import yaml
 
-from conftest import REPO, TINY
+from conftest import REPO, SCHEMA, TINY, full_config
 from pssl.cli import build_parser
 from pssl.errors import InputError
 from pssl.settings import (
@@ -52,7 +51,7 @@ def parsed(command: str, flags: str, *classes):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_config_to_flags_to_cli_round_trip(name):
     """What the rules pass is exactly what the library receives, for every stage of every shipped config."""
-    config = yaml.safe_load(CONFIGS[name].read_text())
+    config = full_config(CONFIGS[name])
     stages = [("index", (index_settings(config),)), ("sanity", (sanity_settings(config),)),
               ("zoo", (zoo_settings(config),)), ("explain", (explain_settings(config),)),
               ("label", (label_settings(config),)), ("pretrain", pretrain_settings(config))]
@@ -66,7 +65,7 @@ def test_config_to_flags_to_cli_round_trip(name):
 
 
 def test_settings_carry_the_config_values():
-    tiny = yaml.safe_load(TINY.read_text())
+    tiny = full_config(TINY)
     geometry, train = finetune_settings(tiny, "cityscapes", "ocr", lr=0.5)
     assert geometry == FinetuneSettings(crop=32, base_size=48, window=64, eval_split="val", scales=(1.0,),
                                         flip=False)
@@ -92,7 +91,7 @@ def test_cli_defaults_are_the_dataclass_defaults_and_documented():
 
 
 def test_a_missing_setting_is_named():
-    tiny = yaml.safe_load(TINY.read_text())
+    tiny = full_config(TINY)
     del tiny["explain"]["noise_level"]
     with pytest.raises(InputError, match="ExplainSettings: the config gives no noise_level"):
         explain_settings(tiny)
@@ -101,3 +100,144 @@ def test_a_missing_setting_is_named():
 def test_bad_boolean_flag_is_refused():
     with pytest.raises(SystemExit):
         parsed("explain", "--keep-model-deciles maybe", ExplainSettings)
+
+
+# ---- one place per setting: the schema's entries are generated from the dataclasses ---------------------------
+
+# Settings fields a config does not hold in their own class's section, and where their value comes from.
+SET_ELSEWHERE = {
+    ("DemoSettings", "seed"): "seed", ("ZooSettings", "seed"): "seed", ("ExplainSettings", "seed"): "seed",
+    ("TrainSettings", "seed"): "seed (pre-training) and finetune.seeds",
+    ("LabelSettings", "num_workers"): "explain.num_workers",
+    ("StudentSettings", "data"): "the init's suffix (+st, +dup)",
+}
+
+
+def test_every_stage_setting_has_a_place_in_the_config():
+    """Every field of every settings class is a key of some config section (pssl.settings.CONFIG_SECTIONS),
+    or comes from the one other key SET_ELSEWHERE names."""
+    import dataclasses
+
+    from pssl import settings
+    placed = {(part.cls.__name__, f.name) for section in settings.CONFIG_SECTIONS.values() for part in section.parts
+              for f in part.fields()}
+    classes = [c for c in vars(settings).values() if isinstance(c, type) and c.__name__.endswith("Settings")
+               and dataclasses.is_dataclass(c)]
+    assert len(classes) == 13
+    unplaced = {(c.__name__, f.name) for c in classes for f in dataclasses.fields(c)} - placed
+    assert unplaced == set(SET_ELSEWHERE)
+
+
+def test_the_schema_entry_of_a_setting_is_generated_from_its_field():
+    from pssl.config import config_schema
+    schema = config_schema(SCHEMA)
+    entry = schema["properties"]["explain"]["properties"]["n_samples"]
+    assert entry == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50,
+                     "description": "SmoothGrad noisy samples per image"}
+    finetune = schema["properties"]["finetune"]["properties"]
+    assert finetune["schedule"] == {"enum": ["step", "poly"], "default": "poly",  # the section's own default
+                                    "description": TrainSettings.__dataclass_fields__["schedule"].metadata["help"]}
+    assert finetune["lr_search"]["properties"]["max_values"]["minimum"] == 3
+    dataset = finetune["datasets"]["additionalProperties"]["properties"]
+    assert dataset["window"]["type"] == ["integer", "null"] and "default" not in dataset["epochs"]
+    variant = schema["properties"]["pretrain_variants"]["additionalProperties"]["properties"]
+    assert "default" not in variant["w_bg"] and variant["ignore_deciles"]["items"] == {"type": "integer",
+                                                                                       "minimum": 0, "maximum": 9}
+
+
+def test_adding_a_setting_is_one_edit(monkeypatch):
+    """A new field of a settings class is validated (type, range, choices), defaulted and named in errors with
+    no other file touched: the schema's entry is generated."""
+    import dataclasses
+
+    from pssl import settings
+    from pssl.config import ConfigError, validate_config
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(ExplainSettings):
+        smoothing: float = settings.setting(0.5, "a new setting", ge=0, le=1)
+
+    sections = dict(settings.CONFIG_SECTIONS, explain=settings.Section((settings.Fields(Extended, exclude=("seed",)),)))
+    monkeypatch.setattr(settings, "CONFIG_SECTIONS", sections)
+    config = full_config(REPO / "config.yaml")
+    del config["explain"]["smoothing"]
+    validate_config(config, SCHEMA)
+    assert config["explain"]["smoothing"] == 0.5
+    config["explain"]["smoothing"] = 2
+    with pytest.raises(ConfigError, match="explain.smoothing: 2 is greater than the maximum of 1"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_setting_written_in_the_schema_too_is_refused(tmp_path):
+    import yaml
+
+    from pssl.config import config_schema
+    schema = yaml.safe_load(SCHEMA.read_text())
+    schema["properties"]["explain"]["properties"] = {"n_samples": {"type": "integer"}}
+    copy = tmp_path / "schema.yaml"
+    copy.write_text(yaml.safe_dump(schema))
+    with pytest.raises(ValueError, match="explain.n_samples is a setting of pssl.settings"):
+        config_schema(copy)
+
+
+def test_a_variants_unknown_setting_is_refused_with_the_nearest_name():
+    from pssl.config import ConfigError, validate_config
+    config = full_config(REPO / "config.yaml")
+    config["pretrain_variants"]["x"] = {"w_bgg": 1.0}
+    with pytest.raises(ConfigError, match=r"unknown config key 'pretrain_variants.x.w_bgg' \(did you mean 'w_bg'"):
+        validate_config(config, SCHEMA)
+
+
+# ---- config files hold only what differs from the defaults ------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_shipped_config_states_no_default(name):
+    """Leaving out any key a shipped config states would change its value: the file holds differences only."""
+    import copy
+
+    import yaml
+
+    from pssl.config import ConfigError, complete_config, leaves
+    raw = yaml.safe_load(CONFIGS[name].read_text())
+    defaults = []
+    for path in leaves(raw):
+        if path[0] in ("experiments", "pretrain_variants"):
+            continue  # entries the config names; they have no defaults
+        without = copy.deepcopy(raw)
+        node = without
+        for part in path[:-1]:
+            node = node[part]
+        value = node.pop(path[-1])
+        try:
+            filled = complete_config(without, SCHEMA)
+        except ConfigError:
+            continue  # required
+        node = filled
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node == value:
+            defaults.append(".".join(path))
+    assert defaults == []
+
+
+def test_the_paper_preset_is_the_papers_choices():
+    """97 values (the former complete file: 244): 60 of them the variants and experiments of Tables 1, 2 and
+    4 and the D8 ablation; the rest the zoo, the models, the datasets' protocols, loader workers and GPUs."""
+    import yaml
+
+    from pssl.config import leaves
+    paper = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
+    assert len(leaves(paper)) <= 100
+    assert sum(path[0] in ("experiments", "pretrain_variants") for path in leaves(paper)) == 60
+
+
+def test_pssl_config_says_where_each_value_comes_from(capsys):
+    from pssl.cli import main
+    main(["config", "--configfile", str(TINY), "--config", "explain={n_samples: 3}"])
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["explain.n_samples"].endswith("# --config") and ": 3 " in lines["explain.n_samples"]
+    assert lines["explain.image_size"].endswith(f"# {TINY}")
+    assert lines["explain.output"].endswith("# default: pssl.settings.ExplainSettings")
+    assert lines["finetune.schedule"].endswith("# default: pssl.settings.TrainSettings (finetune's)")
+    assert lines["cluster.runtime_scale"].endswith("# default: workflow/schemas/config.schema.yaml")
+    assert lines["pretrain_variants.oracle.label_source"].endswith("# built-in: pssl.settings.BUILTIN_VARIANTS")

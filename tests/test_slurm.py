@@ -21,7 +21,7 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from conftest import REPO, TINY, run_snakemake, snakemake_env
+from conftest import REPO, TINY, full_config, run_snakemake, snakemake_env
 from pssl import store
 from pssl.config import zoo_specs
 from pssl.tables import read_table
@@ -370,7 +370,7 @@ def test_pretraining_at_its_time_limit_requeues_and_ends_like_an_uninterrupted_r
 
 
 def tiny_config(**overrides) -> dict:
-    config = yaml.safe_load(TINY.read_text())
+    config = full_config(TINY)
     update_config(config, overrides)
     return config
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY, run_snakemake, snakemake_env
+from conftest import REPO, TINY, full_config, run_snakemake, snakemake_env
 from pssl.gpu_slots import try_take
 from pssl.status import DONE, FAILED, RUNNING, job_states, stage_table
 
@@ -32,7 +32,7 @@ GPU_LOGS = ("zoo/*.log", "explain/*.log", "labels/*.log", "pretrain/*/*.log", "f
 def workstation_config(tmp: Path) -> Path:
     """The tiny config, smaller where the checks allow: one classifier, two shards, one model (pre-trained on 2
     GPUs: torchrun with 2 ranks), CamVid only."""
-    config = yaml.safe_load(TINY.read_text())
+    config = full_config(TINY)
     config["zoo"]["models"] = ["test_efficientnet"]
     config["shard_size"] = 9
     config["pretrain"]["gpus_per_node"] = 2

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pssl import __version__
 from pssl.allocator import keep_freed_memory
@@ -192,10 +193,9 @@ def _report(a):
 
 
 def _sanity(a):
-    import yaml
-
+    from pssl.config import load_config
     from pssl.report.sanity import write_sanity
-    config = json.loads(a.config) if a.config.lstrip().startswith("{") else yaml.safe_load(open(a.config))
+    config = json.loads(a.config) if a.config.lstrip().startswith("{") else load_config([a.config], [], check=False)[0]
     print(write_sanity(a.out, index=a.index, labels=a.labels, stores=a.stores, pretrained=a.pretrained,
                        cells=a.cells, config=config, settings=settings_from_args(SanitySettings, a)))
 
@@ -224,6 +224,15 @@ def _status(a):
     print(format_status(job_states(a.results, a.snakemake_logs)))
 
 
+def _config(a):
+    import yaml
+
+    from pssl.config import format_config, load_config
+    config, sources = load_config(a.configfile, a.config, a.snakefile and Path(a.snakefile).resolve().parent,
+                                  check=not a.no_check)
+    print(yaml.safe_dump(config, sort_keys=False) if a.yaml else format_config(config, sources), end="")
+
+
 def _plan(a):
     from pssl.plan import format_plan, plan
     table, config = plan(a.configfile, a.config, a.snakefile, a.directory, a.profile)
@@ -234,10 +243,10 @@ def _plan(a):
 
 def _runtimes(a):
     import pandas as pd
-    import yaml
 
     from pssl.cluster import measured_vs_estimated
-    config = yaml.safe_load(open(a.configfile))
+    from pssl.config import load_config
+    config = load_config([a.configfile], [], check=False)[0]
     if a.results:
         config["results"] = a.results
     rows = measured_vs_estimated(config)
@@ -502,6 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True, help="where <name>.csv, .md, .html and <name>_runs.csv go")
     s.set_defaults(func=_experiment_table)
 
+    s = sub.add_parser("config", help="the effective config a run would use, every key with where its value comes "
+                                      "from (a config file, --config, or the default in pssl.settings or the schema)")
+    s.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config.yaml, the demo)")
+    s.add_argument("--config", nargs="+", default=[], help="as snakemake's key=value overrides")
+    s.add_argument("--snakefile", default=None, help="the pipeline's Snakefile, whose schema and config.yaml are "
+                                                     "used (default: this package's checkout)")
+    s.add_argument("--yaml", action="store_true", help="print the effective config as YAML, without sources")
+    s.add_argument("--no-check", action="store_true", help="the schema only, not the checks across keys (e.g. a "
+                                                           "preset before its data roots are known)")
+    s.set_defaults(func=_config)
+
     s = sub.add_parser("plan", help="a run's jobs and GPU-hours per rule before it runs, for each lr search "
                                     "(grid, peak best and worst case, fixed), from a Snakemake dry run")
     s.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config.yaml)")
@@ -598,6 +618,7 @@ EXAMPLES = {
                         "--imagenet true "
                         "--out-dir results/report/experiments",
     "runtimes": "--configfile presets/paper.yaml",
+    "config": "--configfile presets/paper.yaml --config finetune='{seeds: [0, 1, 2]}'",
     "summary": "--results results",
     "gpu-slots": "2 -- torchrun --standalone --nproc_per_node 2 -m pssl pretrain ...",
     "status": "--results results/pilot",

@@ -31,20 +31,142 @@ def _describe(err) -> str:
     return f"config key {path}: {err.message}"
 
 
-def validate_config(config: dict, schema_path: str | Path) -> None:
-    """Validate with snakemake.utils.validate (which also fills schema defaults); re-raise a one-line ConfigError."""
-    import jsonschema
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+def config_schema(path: str | Path) -> dict:
+    """The config schema: the YAML file's structure (data roots, models, datasets, experiments, cluster) with
+    every stage setting's entry generated from its dataclass (pssl.settings.CONFIG_SECTIONS)."""
+    import yaml
 
-    try:
-        validate(config, str(schema_path))
-    except WorkflowError as e:
-        err = e.__context__  # snakemake flattens the jsonschema error into text; the original is the context
-        if not isinstance(err, jsonschema.ValidationError):
-            raise
-        raise ConfigError(_describe(err)) from None
+    from pssl.settings import CONFIG_SECTIONS, section_schema
+    schema = yaml.safe_load(Path(path).read_text())
+    for dotted, section in CONFIG_SECTIONS.items():
+        node = schema
+        for part in dotted.split("."):
+            node = node["additionalProperties"] if part == "*" else node["properties"][part]
+        properties = node.setdefault("properties", {})
+        twice = sorted(set(properties) & set(section_schema(section)))
+        if twice:
+            raise ValueError(f"{path}: {dotted}.{twice[0]} is a setting of pssl.settings; remove it from the schema")
+        properties.update(section_schema(section))
+    return schema
+
+
+def fill_and_validate(config: dict, schema: dict) -> None:
+    """Fill every absent key that has a default (in place, nested sections included), then validate; raise a
+    one-line ConfigError naming the key of the first error."""
+    import copy
+
+    import jsonschema
+    from jsonschema import validators
+    base = jsonschema.Draft202012Validator
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if validator.is_type(instance, "object"):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    validator = validators.extend(base, {"properties": properties_with_defaults})(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise ConfigError(_describe(error))
+
+
+def complete_config(config: dict, schema_path: str | Path) -> dict:
+    """`config` (in place) with every default filled and the built-in pre-training variants (controls,
+    PseudoSeg's fusion) it does not name itself, validated against the schema."""
+    from pssl.settings import BUILTIN_VARIANTS
+    fill_and_validate(config, config_schema(schema_path))
+    config["pretrain_variants"] = {**BUILTIN_VARIANTS, **config["pretrain_variants"]}
+    return config
+
+
+def validate_config(config: dict, schema_path: str | Path) -> None:
+    """complete_config, then the checks across keys."""
+    complete_config(config, schema_path)
     check_config(config)
+
+
+# ---- layers: defaults < config files < --config -----------------------------------------------------------
+
+def merge(into: dict, layer: dict) -> dict:
+    """Snakemake's merge of config files: mappings merged key by key, anything else replaced."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def default_source(path: tuple[str, ...]) -> str:
+    """Where a key's default is written: its settings dataclass, or the schema (structure, cluster)."""
+    from pssl.settings import BUILTIN_VARIANTS, CONFIG_SECTIONS
+    if path[0] == "pretrain_variants" and len(path) > 1 and path[1] in BUILTIN_VARIANTS:
+        return "built-in: pssl.settings.BUILTIN_VARIANTS"
+    for pattern, section in CONFIG_SECTIONS.items():
+        head = pattern.split(".")
+        if len(path) == len(head) + 1 and all(h in ("*", p) for h, p in zip(head, path)):
+            for part in section.parts:
+                if path[-1] in {f.name for f in part.fields()}:
+                    own = f" ({pattern}'s)" if path[-1] in part.defaults else ""
+                    return f"default: pssl.settings.{part.cls.__name__}{own}"
+    return "default: workflow/schemas/config.schema.yaml"
+
+
+def workflow_dir() -> Path:
+    """The checkout holding the Snakefile and the schema this package belongs to (an editable install), else
+    the working directory."""
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout if (checkout / "workflow/schemas/config.schema.yaml").is_file() else Path.cwd()
+
+
+def load_config(configfiles: list[str], overrides: list[str], basedir: str | Path | None = None,
+                check: bool = True) -> tuple[dict, dict[tuple[str, ...], str]]:
+    """(the effective config, key path -> the layer that set it) as the Snakefile builds it: config.yaml when
+    no file is given, else the files in order, the --config key=value values read by Snakemake's own parser
+    and typed as the Snakefile types them, then the defaults. check=False: the schema only, not the checks
+    across keys (a preset read before its data roots are known)."""
+    import yaml
+    from snakemake.cli import parse_config
+    basedir = workflow_dir() if basedir is None else basedir
+    layers = [(path, yaml.safe_load(Path(path).read_text()) or {})
+              for path in configfiles or [str(Path(basedir) / "config.yaml")]]
+    layers.append(("--config", typed_cli_config(parse_config(overrides))))
+    config: dict = {}
+    sources: dict[tuple[str, ...], str] = {}
+    for name, layer in layers:
+        merge(config, layer)
+        for path in leaves(layer):
+            sources = {k: v for k, v in sources.items() if k[:len(path)] != path}
+            sources[path] = name
+    schema = Path(basedir) / "workflow/schemas/config.schema.yaml"
+    validate_config(config, schema) if check else complete_config(config, schema)
+    return config, {k: sources.get(k) or default_source(k) for k in leaves(config)}
+
+
+def leaves(config: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Key paths of every value that is not a non-empty mapping."""
+    paths = []
+    for key, value in config.items():
+        path = (*prefix, str(key))
+        paths += leaves(value, path) if isinstance(value, dict) and value else [path]
+    return paths
+
+
+def format_config(config: dict, sources: dict[tuple[str, ...], str]) -> str:
+    """One line per setting: `key.path: value  # where it came from` (values as JSON)."""
+    import json
+
+    def value_of(path: tuple[str, ...]):
+        node = config
+        for part in path:
+            node = node[part]
+        return node
+
+    lines = [(f"{'.'.join(k)}: {json.dumps(value_of(k))}", sources[k]) for k in leaves(config)]
+    width = min(max(len(text) for text, _ in lines), 70)
+    return "".join(f"{text:<{width}}  # {source}\n" for text, source in lines)
 
 
 def check_config(config: dict) -> None:
@@ -90,17 +212,8 @@ def check_config(config: dict) -> None:
 
 
 def check_experiments(config: dict) -> None:
-    """Pre-training variants override settings that exist; experiments name models, datasets and variants
-    that exist; run_experiments names experiments."""
-    import dataclasses
-
-    from pssl.settings import MAIN, PretrainSettings, TrainSettings
-    settable = {f.name for cls in (PretrainSettings, TrainSettings) for f in dataclasses.fields(cls)} - {"seed"}
-    for name, overrides in config["pretrain_variants"].items():
-        unknown = sorted(set(overrides or {}) - settable)
-        if unknown:
-            raise ConfigError(f"config key pretrain_variants.{name}: {', '.join(unknown)} is not a pre-training "
-                              f"setting ({', '.join(sorted(settable))})")
+    """Experiments name models, datasets and variants that exist; run_experiments names experiments."""
+    from pssl.settings import MAIN
     check_continuations(config)
     for name, e in config["experiments"].items():
         known = {"model": config["pretrain"]["models"], "datasets": config["finetune"]["datasets"],

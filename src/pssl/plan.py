@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pssl.config import load_config
+
 SCENARIOS = ("grid", "peak best", "peak worst", "fixed")
 SEARCHED_RULES = ("finetune", "self_train")  # one job per {lr}: what the lr search multiplies
 SHARD_RULES = ("explain_shard", "label_shard")
@@ -129,26 +131,11 @@ def dry_run(configfiles: list[str], overrides: list[str], snakefile: str, workdi
     return proc.stdout
 
 
-def effective_config(configfiles: list[str], overrides: list[str], default: str) -> dict:
-    """The config the dry run saw: the config files merged in order (config.yaml without one) and the
-    --config key=value overrides, read by Snakemake's own parser and typed as the Snakefile types them."""
-    import yaml
-    from snakemake.cli import parse_config
-    from snakemake.utils import update_config
-
-    from pssl.config import typed_cli_config
-    config: dict = {}
-    for path in configfiles or [default]:
-        update_config(config, yaml.safe_load(Path(path).read_text()))
-    update_config(config, typed_cli_config(parse_config(overrides)))
-    return config
-
-
 def plan(configfiles: list[str], overrides: list[str], snakefile: str, workdir: str, profile: str | None = None
          ) -> tuple[pd.DataFrame, dict]:
     """(the plan's table, the effective config) of a configuration run in `workdir`."""
     text = dry_run(configfiles, overrides, snakefile, workdir, profile)
-    config = effective_config(configfiles, overrides, str(Path(snakefile).parent / "config.yaml"))
+    config = load_config(configfiles, overrides, Path(snakefile).resolve().parent)[0]
     if not Path(config["results"]).is_absolute():
         config["results"] = str(Path(workdir) / config["results"])  # where indexed_images looks for the index
     return plan_table(parse_dry_run(text), config), config

@@ -18,23 +18,29 @@ from dataclasses import dataclass, field
 from pssl.errors import InputError
 
 
-def setting(default, help: str, choices: tuple | None = None, output: bool = True):
-    """A settings field. output=False marks a setting that cannot change what the stage writes (loader
-    workers): it is left out of the identity hash of a resumable output."""
-    return field(default=default, metadata={"help": help, "choices": choices, "output": output})
+def setting(default, help: str, choices: tuple | None = None, output: bool = True, *, ge=None, gt=None, le=None,
+            lt=None):
+    """A settings field: its default, help, choices and range (ge/gt/le/lt: >=, >, <=, <; of each item of a
+    tuple), from which the config schema's entry is generated (`section_schema`). output=False marks a setting
+    that cannot change what the stage writes (loader workers): it is left out of the identity hash of a
+    resumable output."""
+    bounds = {"minimum": ge, "exclusiveMinimum": gt, "maximum": le, "exclusiveMaximum": lt}
+    return field(default=default, metadata={"help": help, "choices": choices, "output": output,
+                                            "bounds": {k: v for k, v in bounds.items() if v is not None}})
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    seed: int = setting(0, "master seed of every synthetic image")
-    num_classes: int = setting(6, "classification classes (ImageNet-style wnids)")
-    images_per_class: int = setting(32, "classification images per class")
-    val_images_per_class: int = setting(8, "held-out classification images per class (imagenet/val)")
-    min_side: int = setting(80, "smallest side length of a classification image (pixels)")
-    max_side: int = setting(200, "largest side length of a classification image (pixels)")
-    downstream_train: int = setting(32, "train images of every downstream dataset")
-    downstream_val: int = setting(16, "val (and CamVid test) images of every downstream dataset")
-    pool_images: int = setting(32, "unlabelled pool images of every downstream dataset (their labels hidden)")
+    seed: int = setting(0, "master seed of every synthetic image", ge=0)
+    num_classes: int = setting(6, "classification classes (ImageNet-style wnids)", ge=2, le=40)
+    images_per_class: int = setting(32, "classification images per class", ge=2, le=10000)
+    val_images_per_class: int = setting(8, "held-out classification images per class (imagenet/val)", ge=0, le=10000)
+    min_side: int = setting(80, "smallest side length of a classification image (pixels)", ge=32, le=2048)
+    max_side: int = setting(200, "largest side length of a classification image (pixels)", ge=32, le=2048)
+    downstream_train: int = setting(32, "train images of every downstream dataset", ge=1, le=10000)
+    downstream_val: int = setting(16, "val (and CamVid test) images of every downstream dataset", ge=1, le=10000)
+    pool_images: int = setting(32, "unlabelled pool images of every downstream dataset (their labels hidden)",
+                               ge=0, le=10000)
 
 
 @dataclass(frozen=True)
@@ -42,90 +48,104 @@ class IndexSettings:
     """Which images of the tree the index lists (config: imagenet_subset): the whole tree, or a slice of it
     for a pilot run. The slice is what indexing a tree of symlinks to the same files would give."""
     classes: int = setting(0, "index this many class folders, evenly spread over the sorted folders (every "
-                              "n/classes-th: 100 of ImageNet's 1000 is every 10th; 0: all)")
-    images_per_class: int = setting(0, "index the first N images of each class folder in file-name order (0: all)")
+                              "n/classes-th: 100 of ImageNet's 1000 is every 10th; 0: all)", ge=0)
+    images_per_class: int = setting(0, "index the first N images of each class folder in file-name order (0: all)",
+                                    ge=0)
 
 
 @dataclass(frozen=True)
 class ZooSettings:
     """Training a classifier from scratch (zoo.source: train)."""
-    image_size: int = setting(48, "input size S (images resized to S x S)")
-    epochs: int = setting(5, "training epochs")
-    batch_size: int = setting(16, "images per step")
-    lr: float = setting(3e-3, "peak learning rate (AdamW, one-cycle)")
-    holdout: float = setting(0.2, "fraction of each class held out to measure accuracy")
-    seed: int = setting(0, "seed of the hold-out split, initialisation and order")
+    image_size: int = setting(48, "input size S (images resized to S x S)", ge=16, le=1024)
+    epochs: int = setting(5, "training epochs", ge=1, le=1000)
+    batch_size: int = setting(16, "images per step", ge=2, le=4096)
+    lr: float = setting(3e-3, "peak learning rate (AdamW, one-cycle)", gt=0, le=10)
+    holdout: float = setting(0.2, "fraction of each class held out to measure accuracy", gt=0, lt=1)
+    seed: int = setting(0, "seed of the hold-out split, initialisation and order", ge=0)
 
 
 @dataclass(frozen=True)
 class ExplainSettings:
-    image_size: int = setting(224, "S: images are resized to S x S (no crop) and explained at that size")
-    n_samples: int = setting(50, "SmoothGrad noisy samples per image")
-    noise_level: float = setting(0.15, "noise sigma as a fraction of the [0, 1] pixel range")
+    image_size: int = setting(224, "S: images are resized to S x S (no crop) and explained at that size",
+                              ge=8, le=1024)
+    n_samples: int = setting(50, "SmoothGrad noisy samples per image", ge=1, le=1000)
+    noise_level: float = setting(0.1, "noise sigma as a fraction of the [0, 1] pixel range (InterpretDL's "
+                                      "SmoothGrad: 0.1 x (max - min) of the input)", ge=0, le=1)
     output: str = setting("prob", "gradient of the target's softmax probability (prob) or logit", ("prob", "logit"))
     target: str = setting("class", "the image's label (class) or the zoo's top-1 (top1; unlabelled rows always)",
                           ("class", "top1"))
-    batch_size: int = setting(16, "images per batch")
+    batch_size: int = setting(16, "images per batch", ge=1, le=4096)
     sample_chunk: int | str = setting("auto", "noisy copies of each image per forward pass, or auto: per model, "
-                                      "the fastest that fits the memory budget (measured)", output=False)
+                                      "the fastest that fits the memory budget (measured)", output=False,
+                                      ge=1, le=4096)
     memory_budget_gb: float = setting(0.0, "activation memory for sample_chunk auto (0: 0.8 x the GPU's free "
-                                      "memory, 0.5 x the host's on CPU)", output=False)
+                                      "memory, 0.5 x the host's on CPU)", output=False, ge=0)
     keep_model_deciles: bool = setting(False, "also store each model's deciles (model_deciles)")
     precision: str = setting("auto", "auto: fp32, or the first of bf16 and TF32 (CUDA) the hardware runs natively "
                              "that moves the D9 mask at most half as far from fp32's as a second noise draw does "
                              "(measured on the first batch); fp32 is IEEE fp32 on CUDA too",
                              ("auto", "fp32", "bf16", "tf32"))
-    num_workers: int = setting(0, "DataLoader workers decoding images (0: in the main process)", output=False)
-    seed: int = setting(0, "seed of the SmoothGrad noise")
+    num_workers: int = setting(0, "DataLoader workers decoding images (0: in the main process)", output=False,
+                               ge=0, le=64)
+    seed: int = setting(0, "seed of the SmoothGrad noise", ge=0)
 
 
 @dataclass(frozen=True)
 class LabelSettings:
     policy: str = setting("gt", "gt: the dataset's class; teacher: the zoo's top-1; agree: gt if in the "
                           "teacher's top_k", ("gt", "teacher", "agree"))
-    top_k: int = setting(5, "agree: the teacher's top-k classes that must contain the label")
-    min_conf: float = setting(0.0, "drop images whose teacher top-1 probability is below this")
-    decile_threshold: int = setting(9, "pixels with decile >= this get the image's class")
-    num_workers: int = setting(0, "DataLoader workers decoding images", output=False)
+    top_k: int = setting(5, "agree: the teacher's top-k classes that must contain the label", ge=1)
+    min_conf: float = setting(0.0, "drop images whose teacher top-1 probability is below this", ge=0, le=1)
+    decile_threshold: int = setting(9, "pixels with decile >= this get the image's class", ge=1, le=9)
+    num_workers: int = setting(0, "DataLoader workers decoding images", output=False, ge=0)
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The optimisation of pre-training and fine-tuning (one training loop for both)."""
-    epochs: int = setting(30, "training epochs")
-    batch_size: int = setting(64, "global batch, split evenly over the ranks")
-    lr: float = setting(0.01, "SGD learning rate of the head")
-    backbone_lr_mult: float = setting(1.0, "the backbone trains at lr x this (PaddleSeg's relative_lr)")
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(1e-4, "SGD weight decay")
+    """The optimisation of pre-training and fine-tuning (one training loop for both). Defaults: the paper's
+    pre-training (section 5.4: batch 64, 30 epochs, lr 0.01 -> 0.001 at epoch 20; PaddleSeg's relative_lr 0.1
+    for the backbone); fine-tuning's own are FINETUNE_DEFAULTS."""
+    epochs: int = setting(30, "training epochs", ge=1)
+    batch_size: int = setting(64, "global batch, split evenly over the ranks", ge=2)
+    lr: float = setting(0.01, "SGD learning rate of the head", gt=0)
+    backbone_lr_mult: float = setting(0.1, "the backbone trains at lr x this (PaddleSeg's relative_lr)", gt=0)
+    momentum: float = setting(0.9, "SGD momentum", ge=0, le=1)
+    weight_decay: float = setting(1e-4, "SGD weight decay", ge=0)
     schedule: str = setting("step", "step (paper pre-training) or poly (fine-tuning)", ("step", "poly"))
-    milestone: int = setting(20, "step schedule: the epoch where lr is multiplied by gamma")
-    gamma: float = setting(0.1, "step schedule: lr factor at the milestone")
-    aux_weight: float = setting(0.4, "weight of the auxiliary head's loss")
-    checkpoint_every: int = setting(100, "steps between checkpoints (also at every epoch end)", output=False)
-    num_workers: int = setting(0, "DataLoader workers per rank", output=False)
-    sync_bn: bool = setting(False, "SyncBatchNorm across GPUs (CUDA only)")
+    milestone: int = setting(20, "step schedule: the epoch where lr is multiplied by gamma", ge=0)
+    gamma: float = setting(0.1, "step schedule: lr factor at the milestone", gt=0)
+    aux_weight: float = setting(0.4, "weight of the auxiliary head's loss", ge=0)
+    checkpoint_every: int = setting(1000, "steps between checkpoints (also at every epoch end)", output=False, ge=1)
+    num_workers: int = setting(0, "DataLoader workers per rank", output=False, ge=0)
+    sync_bn: bool = setting(True, "SyncBatchNorm across GPUs (CUDA only)")
     freeze_bn: bool = setting(False, "BatchNorm on its running statistics (small per-GPU batches)")
     precision: str = setting("auto", "auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU",
                              ("auto", "fp32", "bf16", "fp16"))
-    seed: int = setting(0, "seed of initialisation, sampling order and augmentation")
+    seed: int = setting(0, "seed of initialisation, sampling order and augmentation", ge=0)
+
+
+# Fine-tuning's optimisation where it differs from pre-training's (the paper's section 5.4: batch 16, poly lr;
+# the whole model at one lr).
+FINETUNE_DEFAULTS = {"batch_size": 16, "schedule": "poly", "backbone_lr_mult": 1.0, "checkpoint_every": 500}
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
     """What pre-training learns from (eq. 3 and the label maps); the optimisation is TrainSettings."""
-    crop: int = setting(256, "training crop (random scale: shorter side 0.5-2.0 x crop)")
-    w_bg: float = setting(0.1, "background weight of the weighted cross entropy (eq. 3)")
-    pad_label: str = setting("ignore", "label of padded pixels (crop, rotation)", ("ignore", "background"))
-    decile_threshold: int = setting(9, "pixels with decile >= this get the image's class, others background")
-    ignore_deciles: tuple[int, ...] = setting((), "deciles whose pixels the loss ignores")
+    crop: int = setting(256, "training crop (random scale: shorter side 0.5-2.0 x crop)", ge=16, le=4096)
+    w_bg: float = setting(0.1, "background weight of the weighted cross entropy (eq. 3)", ge=0)
+    pad_label: str = setting("background", "label of padded pixels (crop, rotation; the authors' code at the "
+                             "paper's commit: background, later PaddleSeg: ignore)", ("ignore", "background"))
+    decile_threshold: int = setting(9, "pixels with decile >= this get the image's class, others background",
+                                    ge=1, le=9)
+    ignore_deciles: tuple[int, ...] = setting((), "deciles whose pixels the loss ignores", ge=0, le=9)
     images: int = setting(0, "train on the first N usable images of one fixed random order, so smaller sets "
-                             "are inside larger ones (0: all)")
+                             "are inside larger ones (0: all)", ge=0)
     label_mode: str = setting("hard", "hard: the D>=threshold label map (eq. 3); fused: PseudoSeg's calibrated "
                               "fusion of the model's own weak-view prediction with the explanation prior, soft "
                               "labels on the strong view", ("hard", "fused"))
-    fusion_gamma: float = setting(0.5, "fused: weight of the model's prediction (1 - gamma: the prior)")
-    fusion_temperature: float = setting(0.5, "fused: sharpening temperature T")
+    fusion_gamma: float = setting(0.5, "fused: weight of the model's prediction (1 - gamma: the prior)", ge=0, le=1)
+    fusion_temperature: float = setting(0.5, "fused: sharpening temperature T", gt=0)
     fusion_prior: str = setting("deciles", "fused: prior s on the image's class from the ensemble deciles: D/9 "
                                 "(deciles), 1 on D9 and 0 elsewhere (d9, the region the paper's labels take), or "
                                 "the fraction of models whose own decile is 9 (models; needs keep_model_deciles)",
@@ -137,7 +157,7 @@ class PretrainSettings:
                                       "the demo, shared collapsed pre-training to background",
                                       ("decoder", "shared"))
     cutout: float = setting(0.1, "fused: side of the strong view's CutOut square as a fraction of the crop (the "
-                            "paper: 50 of 513 pixels, 0.1; the authors' code 100, 0.2; 0: none)")
+                            "paper: 50 of 513 pixels, 0.1; the authors' code 100, 0.2; 0: none)", ge=0, lt=1)
     label_source: str = setting("deciles", "the label maps' foreground: the image's own explanation (deciles, the "
                                 "method) or a control: its true object mask (oracle, from imagenet_masks_root), "
                                 "another image's region (shuffled), a centred ellipse of its region's area (centre)",
@@ -150,14 +170,16 @@ class PretrainSettings:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """One dataset's fine-tuning and evaluation geometry; the optimisation is TrainSettings."""
-    crop: int = setting(512, "training crop")
-    base_size: int = setting(520, "training: long side random in [0.5, 2] x base; evaluation: scale x base")
-    window: int | None = setting(None, "sliding-window size for evaluation (none: the whole image)")
+    """One dataset's fine-tuning and evaluation geometry; the optimisation is TrainSettings. Defaults: the
+    paper's section 5.4 (crop 480, base size 520; multi-scale 0.5-1.75 and flipped evaluation)."""
+    crop: int = setting(480, "training crop", ge=16)
+    base_size: int = setting(520, "training: long side random in [0.5, 2] x base; evaluation: scale x base", ge=16)
+    window: int | None = setting(None, "sliding-window size for evaluation (none: the whole image)", ge=16)
     eval_split: str = setting("val", "the split the metrics report (a lr grid is always chosen on val)",
                               ("val", "test"))
-    scales: tuple[float, ...] = setting((1.0,), "evaluation scales, relative to base_size")
-    flip: bool = setting(False, "evaluation also on the horizontally flipped image")
+    scales: tuple[float, ...] = setting((0.5, 0.75, 1.0, 1.25, 1.5, 1.75), "evaluation scales, relative to "
+                                        "base_size", gt=0)
+    flip: bool = setting(True, "evaluation also on the horizontally flipped image")
 
 
 @dataclass(frozen=True)
@@ -166,9 +188,11 @@ class LrSearchSettings:
     5.4 searched the {5, 2, 1} x 10^-n ladder for a clear peak)."""
     mode: str = setting("peak", "peak: the paper's search on the lr_grid ladder from the cell's lr; grid: every "
                                 "lr_grid value; fixed: the cell's lr alone", ("peak", "grid", "fixed"))
-    margin: float = setting(0.0, "peak: a neighbour of the best lr is clearly worse when its val mIoU is more "
-                                 "than this many points below the best's; else the search goes on that way")
-    max_values: int = setting(5, "peak: the most learning rates one cell's search trains (at least 3: round 0)")
+    margin: float = setting(0.5, "peak: a neighbour of the best lr is clearly worse when its val mIoU is more "
+                                 "than this many points below the best's (about one seed's spread at full scale); "
+                                 "else the search goes on that way", ge=0)
+    max_values: int = setting(5, "peak: the most learning rates one cell's search trains (at least 3: round 0)",
+                              ge=3)
     seeds: str = setting("first", "peak: first: search on the first seed, train the other seeds at its choice; "
                                   "each: search every seed", ("first", "each"))
 
@@ -177,19 +201,21 @@ class LrSearchSettings:
 class SanitySettings:
     """The floors of the sanity page (pssl.report.sanity), e.g. of a pilot run before the paper run."""
     min_zoo_top1: float = setting(0.7, "the zoo ensemble's top-1 must agree with the label on more than this "
-                                       "fraction of the labelled images it explains")
+                                       "fraction of the labelled images it explains", ge=0, le=1)
     min_stability_iou: float = setting(0.3, "mean D9 IoU of two SmoothGrad noise draws on a store's first "
-                                            "images must exceed this (real classifiers, 50 samples: about 0.43)")
+                                            "images must exceed this (real classifiers, 50 samples: about 0.43)",
+                                       ge=0, le=1)
     min_miou_over_chance: float = setting(5.0, "every fine-tuned cell's mIoU must exceed chance by this many "
-                                               "points (chance: 100 / (2K - 1) for K classes, a uniform guess)")
+                                               "points (chance: 100 / (2K - 1) for K classes, a uniform guess)",
+                                          ge=0, le=100)
 
 
 @dataclass(frozen=True)
 class ClassifySettings:
     """Table 4's ImageNet top-1 (pssl eval-classify): one input protocol for every row, the pre-trained
     segmentation models and the ImageNet classifier alike, single scale (the paper's section 6.1)."""
-    resize: int = setting(256, "the shorter side of every val image is resized to this (bilinear)")
-    crop: int = setting(224, "the central crop x crop of it is classified")
+    resize: int = setting(256, "the shorter side of every val image is resized to this (bilinear)", ge=1)
+    crop: int = setting(224, "the central crop x crop of it is classified", ge=1)
 
 
 # What a teacher takes from its dataset's FinetuneSettings: the evaluation geometry, not the training crop.
@@ -200,22 +226,121 @@ EVAL_GEOMETRY = ("base_size", "window", "scales", "flip")
 class TeacherSettings:
     """Teacher inference on an unlabelled pool (self-training); the geometry is the dataset's evaluation's."""
     confidence: float = setting(0.0, "pixels whose teacher probability is below this become ignore (0: hard "
-                                "argmax labels everywhere, the paper's choice)")
-    tile: int = setting(1024, "class centroids are taken per tile x tile tile (NVIDIA's uniform sampler)")
+                                "argmax labels everywhere, the paper's choice)", ge=0, le=1)
+    tile: int = setting(1024, "class centroids are taken per tile x tile tile (NVIDIA's uniform sampler)", ge=16)
 
 
 @dataclass(frozen=True)
 class StudentSettings:
-    """What a self-training student adds to its dataset's fine-tuning."""
+    """What a self-training student adds to its dataset's fine-tuning (defaults: Zhu et al.'s Cityscapes
+    setting, OHEM as OCNet's and CCNet's OhemCrossEntropy2d)."""
     data: str = setting("pseudo", "pseudo: real set + centroid-sampled pseudo-labelled pool; duplicate: the "
                         "paper's control, the real set repeated to the same epoch size", ("pseudo", "duplicate"))
-    multiplier: int = setting(1, "k: every epoch is a random half of the real set + k x as many pseudo samples "
-                              "(the control: the real set repeated to the same size)")
-    loss: str = setting("ce", "the student's loss: cross entropy, or OHEM's (Zhu et al.) on the hard pixels",
+    multiplier: int = setting(7, "k: every epoch is a random half of the real set + k x as many pseudo samples "
+                              "(the control: the real set repeated to the same size)", ge=1)
+    loss: str = setting("ohem", "the student's loss: cross entropy, or OHEM's (Zhu et al.) on the hard pixels",
                         ("ce", "ohem"))
     ohem_threshold: float = setting(0.7, "ohem: keep the pixels whose predicted probability of their label is at "
-                                         "most this")
-    ohem_min_kept: int = setting(100000, "ohem: keep at least this many pixels of every image (the hardest)")
+                                         "most this", gt=0, le=1)
+    ohem_min_kept: int = setting(100000, "ohem: keep at least this many pixels of every image (the hardest)", ge=0)
+
+
+# ---- config sections -> schema ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fields:
+    """Fields of `cls` that a config section holds: all but `exclude` (set elsewhere in the config), or only
+    `only`; `defaults` where the section's default differs from the field's; `no_default` fields a config must
+    name or may leave out (see `Section`)."""
+    cls: type
+    exclude: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None
+    defaults: dict = field(default_factory=dict)
+    no_default: tuple[str, ...] = ()
+
+    def fields(self) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(self.cls)
+                if f.name not in self.exclude and (self.only is None or f.name in self.only)]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A config section's settings (a dotted path; `*` is every entry of a mapping). overrides: the section
+    only overrides another's settings (pretrain_variants, per_model), so nothing has a default there."""
+    parts: tuple[Fields, ...]
+    overrides: bool = False
+
+
+PRETRAIN_FIELDS = (Fields(PretrainSettings, exclude=("decile_threshold", "ignore_deciles")),
+                   Fields(TrainSettings, exclude=("seed",)))
+DATASET_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip")),
+                  Fields(TrainSettings, only=("epochs", "weight_decay", "lr"), no_default=("epochs", "lr")))
+
+# Where each stage setting lives in a config. The schema's entries for them are generated from the dataclasses
+# (pssl.config.config_schema), so a setting, its default, type, range, choices and help are written once.
+CONFIG_SECTIONS: dict[str, Section] = {
+    "demo": Section((Fields(DemoSettings, exclude=("seed",)),)),
+    "imagenet_subset": Section((Fields(IndexSettings),)),
+    "zoo.train": Section((Fields(ZooSettings, exclude=("seed",)),)),
+    "explain": Section((Fields(ExplainSettings, exclude=("seed",)),)),
+    "labels": Section((Fields(LabelSettings, exclude=("num_workers",)),
+                       Fields(PretrainSettings, only=("ignore_deciles",)))),
+    "pretrain": Section(PRETRAIN_FIELDS),
+    "pretrain_variants.*": Section((*PRETRAIN_FIELDS, Fields(PretrainSettings, only=("decile_threshold",
+                                                                                     "ignore_deciles"))),
+                                   overrides=True),
+    "finetune": Section((Fields(TrainSettings, exclude=("epochs", "weight_decay", "milestone", "gamma", "seed"),
+                                defaults=FINETUNE_DEFAULTS),)),
+    "finetune.lr_search": Section((Fields(LrSearchSettings),)),
+    "finetune.datasets.*": Section(DATASET_FIELDS),
+    "finetune.datasets.*.per_model.*": Section(DATASET_FIELDS, overrides=True),
+    "eval": Section((Fields(FinetuneSettings, only=("scales", "flip")),)),
+    "classify": Section((Fields(ClassifySettings),)),
+    "sanity": Section((Fields(SanitySettings),)),
+    "self_training": Section((Fields(TeacherSettings), Fields(StudentSettings, exclude=("data",)))),
+}
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def field_schema(f: dataclasses.Field, hint) -> dict:
+    """The JSON schema of one settings field: its type (from the annotation), choices, range and help."""
+    meta, bounds = f.metadata, dict(f.metadata["bounds"])
+    if meta["choices"]:
+        schema = {"enum": list(meta["choices"])}
+    elif hint is bool:
+        schema = {"type": "boolean"}
+    elif typing.get_origin(hint) is tuple:
+        item = {int: "integer", float: "number"}[typing.get_args(hint)[0]]
+        schema = {"type": "array", "items": {"type": item, **bounds}}
+        if item == "number":
+            schema["minItems"] = 1
+        else:
+            schema["uniqueItems"] = True
+    elif hint == (int | str):  # a number or auto
+        schema = {"oneOf": [{"type": "integer", **bounds}, {"const": "auto"}]}
+    else:
+        nullable = type(None) in typing.get_args(hint)
+        base = next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+        kind = {int: "integer", float: "number", str: "string"}[base]
+        schema = {"type": [kind, "null"] if nullable else kind, **bounds}
+    return {**schema, "description": meta["help"]}
+
+
+def section_schema(section: Section) -> dict[str, dict]:
+    """Property name -> JSON schema (with `default` unless the section only overrides) of a config section's
+    settings."""
+    properties = {}
+    for part in section.parts:
+        hints = typing.get_type_hints(part.cls)
+        for f in part.fields():
+            schema = field_schema(f, hints[f.name])
+            if not section.overrides and f.name not in part.no_default:
+                schema["default"] = _json(part.defaults.get(f.name, f.default))
+            properties[f.name] = schema
+    return properties
 
 
 # ---- config -> settings (the workflow) --------------------------------------------------------------------
@@ -261,6 +386,11 @@ def label_settings(config: dict) -> LabelSettings:
 
 
 MAIN = "main"  # the pre-training of the pretrain section itself (Table 3); other names: pretrain_variants
+
+# Pre-training variants every config has (a config's own entry of the same name replaces one): the label-source
+# controls (README, "Controls") and PseudoSeg's fused labels. Each runs only where an init or experiment names it.
+BUILTIN_VARIANTS = {"oracle": {"label_source": "oracle"}, "shuffled": {"label_source": "shuffled"},
+                    "centre": {"label_source": "centre"}, "fused": {"label_mode": "fused"}}
 
 
 FUSION_FIELDS = ("fusion_gamma", "fusion_temperature", "fusion_prior", "fusion_calibration", "cutout")

@@ -30,7 +30,8 @@ rule zoo_model:
         spec=lambda wc: json.dumps(ZOO[wc.classifier]),
         source=config["zoo"]["source"],
         cache=f"--cache-dir {config['zoo']['cache_dir']}" if config["zoo"]["cache_dir"] else "",
-        settings=settings_flags(zoo_settings(config)),
+        # the from-scratch training's settings; pretrained weights (timm) have none
+        settings=settings_flags(zoo_settings(config)) if config["zoo"]["source"] == "train" else "",
         device=config["device"],
     threads: config["threads"]
     resources:
