@@ -27,6 +27,8 @@ rule finetune:
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
         init_kind=lambda wc: "imagenet" if wc.init == "imagenet" else "pssl",
         transfer=lambda wc: init_transfer(wc.init)[1],
+        command="finetune",
+        student="",  # rule self_train's pseudo labels and student settings
         settings=finetune_flags,
         device=config["device"],
     threads: FINETUNE_LAYOUT.threads_per_rank
@@ -42,9 +44,9 @@ rule finetune:
         benchmark("finetune")
     shell:
         "python -m pssl gpu-slots {resources.gpu_slots} --"
-        " {params.launcher} -m pssl finetune --dataset {wildcards.dataset} --root {params.root}"
+        " {params.launcher} -m pssl {params.command} --dataset {wildcards.dataset} --root {params.root}"
         " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
-        " --transfer {params.transfer}"
+        " --transfer {params.transfer}{params.student}"
         " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 

@@ -42,7 +42,7 @@ rule teacher_labels:
         " --threads {threads} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
-rule self_train:
+use rule finetune as self_train with:
     input:
         init=finetune_init,
         pseudo=lambda wc: teacher_tables(wc) if wc.data == "st" else [],
@@ -50,38 +50,18 @@ rule self_train:
     output:
         metrics=f"{RESULTS}/{STUDENT_RUN}/metrics.json",
         weights=f"{RESULTS}/{STUDENT_RUN}/final.pt",
-    wildcard_constraints:
-        init=one_of(BASE_INITS),
     params:
-        launcher=FINETUNE_LAYOUT.launcher(),
-        world=FINETUNE_LAYOUT.world,
-        root=lambda wc: dataset_root(wc.dataset),
-        head=lambda wc: PRETRAIN[wc.model]["head"],
-        backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
-        out_dir=lambda wc, output: os.path.dirname(output.metrics),
-        init_kind=lambda wc: "imagenet" if wc.init == "imagenet" else "pssl",
-        transfer=lambda wc: init_transfer(wc.init)[1],
-        settings=finetune_flags,
-        student=lambda wc: settings_flags(student_settings(config, STUDENT_DATA[wc.data])),
-        device=config["device"],
-    threads: FINETUNE_LAYOUT.threads_per_rank
-    resources:
+        command="self-train",
+        student=lambda wc, input: f" --pseudo {' '.join(input.pseudo)} "
+        + settings_flags(student_settings(config, STUDENT_DATA[wc.data])),
+    resources:  # a `with:` section replaces the rule's whole section
         **job_resources(config, "finetune", layout=FINETUNE_LAYOUT),
         runtime=runtime("self_train"),
         requeue_margin_min=config["cluster"]["requeue_margin_min"],
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/{STUDENT_RUN}.log",
     benchmark:
         benchmark("self_train")
-    shell:
-        "python -m pssl gpu-slots {resources.gpu_slots} --"
-        " {params.launcher} -m pssl self-train --dataset {wildcards.dataset} --root {params.root}"
-        " --head {params.head} --backbone {params.backbone} --init {params.init_kind} --init-from {input.init}"
-        " --transfer {params.transfer} --pseudo {input.pseudo} {params.student}"
-        " --out-dir {params.out_dir} {params.settings} --device {params.device} --threads {threads}"
-        " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
 if config["demo"]["enabled"]:  # the pools' hidden truth exists for synthetic data only
