@@ -306,7 +306,7 @@ def test_a_checkpoint_of_other_settings_is_discarded_not_resumed(tmp_path, caplo
     assert latest_checkpoint(tmp_path / "rerun").name == "ckpt-000000008.pt"
     with caplog.at_level(logging.WARNING, logger="pssl"):
         rerun = run(tmp_path / "rerun", *new)
-    assert f"(changed: {'train.lr' if changed == 'lr' else 'pretrain.fusion_prior'}): training anew" in caplog.text
+    assert f"(changed: {'train.lr' if changed == 'lr' else 'pretrain.fusion_prior'}): starting over" in caplog.text
     for key, value in reference.items():
         assert torch.equal(value, rerun[key]), key
     same = run(tmp_path / "rerun", *new)  # the same settings again resume (here: at the end, nothing to do)
@@ -341,7 +341,7 @@ def test_a_checkpoint_that_does_not_load_as_plain_tensors_is_discarded(tmp_path,
     torch.save(state, path)
     with caplog.at_level(logging.WARNING, logger="pssl"):
         rerun = run(tmp_path / "old")
-    assert "training anew" in caplog.text
+    assert "starting over" in caplog.text
     assert all(torch.equal(value, rerun[key]) for key, value in reference.items())
 
 

@@ -648,7 +648,7 @@ def test_pretraining_resumes_its_inputs_checkpoint_and_retrains_when_a_store_is_
 
     first, store_print, label_print = run(), fingerprint(stores[0]), fingerprint(labels[0])
     again = run()
-    assert "resuming from state.pt at step 2/2" in caplog.text and "training anew" not in caplog.text
+    assert "resuming from state.pt at step 2/2" in caplog.text and "starting over" not in caplog.text
     assert all(torch.equal(first[k], again[k]) for k in first)
     shutil.copy(labels[0], tmp_path / "moved.parquet")
     assert fingerprint(tmp_path / "moved.parquet") == label_print and fingerprint(stores[0]) == store_print
@@ -657,7 +657,7 @@ def test_pretraining_resumes_its_inputs_checkpoint_and_retrains_when_a_store_is_
     one_image_store(tmp_path, model_votes=False)
     assert fingerprint(stores[0]) != store_print
     rewritten = run()
-    assert "belongs to another job (changed: stores): training anew" in caplog.text
+    assert "belongs to another job (changed: stores): starting over" in caplog.text
     assert all(torch.equal(first[k], rewritten[k]) for k in first)
 
 

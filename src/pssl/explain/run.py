@@ -41,6 +41,7 @@ from pssl.errors import InputError
 from pssl.explain.chunking import resolve_chunks
 from pssl.explain.deciles import to_deciles
 from pssl.explain.smoothgrad import TargetScore, prepare_classifier, saliency_map, smoothgrad
+from pssl.job_state import resumable
 from pssl.models.zoo import ensemble_softmax, load_classifier
 from pssl.progress import Progress
 from pssl.settings import ExplainSettings, output_identity
@@ -249,8 +250,8 @@ def explain_shard(shard: str | Path, zoo_paths: list[str], out: str | Path, sett
     if partial.exists():
         try:
             group = store.open_store(partial, mode="r+")
-            if group.attrs.get("config_hash") != digest:
-                log.warning(f"{partial}: parameters changed since it was started; starting over")
+            # the store records its job's identity as one digest (attrs config_hash; pssl.job_state's rule)
+            if not resumable({"config_hash": group.attrs.get("config_hash")}, {"config_hash": digest}, str(partial)):
                 group = None
         except Exception as e:  # an unreadable partial store is rebuilt, never trusted
             log.warning(f"{partial}: cannot resume ({e}); starting over")

@@ -33,6 +33,7 @@ from pssl.device import allocation, autocast, precision_for, resolve_device
 from pssl.errors import InputError
 from pssl.eval.inference import probabilities
 from pssl.io import atomic_file, fingerprint
+from pssl.job_state import read_identity, resumable, write_identity
 from pssl.models.segmenter import build_segmenter
 from pssl.progress import Progress
 from pssl.selftrain.centroids import class_centroids
@@ -75,15 +76,10 @@ def pseudo_label(model, rgb: np.ndarray, num_classes: int, geometry: FinetuneSet
 
 
 def start_or_resume(out_dir: Path, identity: dict) -> None:
-    """Keep the finished labels of a run with the same identity; start over otherwise."""
-    record = out_dir / "identity.json"
-    identity = json.loads(json.dumps(identity))  # as read back: tuples are lists
-    if record.exists() and json.loads(record.read_text()) != identity:
-        log.info("%s: the teacher, settings or pool changed: starting over", out_dir)
+    """Keep the finished label tables of a run with the same identity (pssl.job_state); start over otherwise."""
+    if not resumable(read_identity(out_dir), identity, f"{out_dir}/labels"):
         shutil.rmtree(out_dir / "labels", ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(record) as tmp:
-        tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+    write_identity(out_dir, identity)
 
 
 def label_pool(teacher: str, dataset: str, pool: list[str], out_dir: str | Path, *, geometry: FinetuneSettings,

@@ -1,7 +1,8 @@
 """The training loop: SGD + momentum, weighted CE (+ auxiliary head), DDP, checkpoints, resume, CSV log.
 
-Shaped like torchvision's references/segmentation/train.py: `fit` sets up (optimizer, schedule, resume, DDP)
-and calls `train_one_epoch` per epoch; evaluation lives in pssl.eval.evaluate.
+Shaped like torchvision's references/segmentation/train.py: `fit` builds the run (`build_trainer`: optimizer,
+schedule, loss), moves it to where its job stopped (`resume`), and runs it (`run`: DDP, `train_one_epoch` per
+epoch); evaluation lives in pssl.eval.evaluate.
 
 Resume: a restarted job loads the newest checkpoint (model, optimizer, scheduler, step, RNG state) and
 continues inside the epoch at the next batch. The sampler order depends only on (seed, epoch) and each
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pssl.device import precision_for
 from pssl.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from pssl.errors import InputError
+from pssl.job_state import resumable
 from pssl.progress import Progress
 from pssl.settings import TrainSettings, output_identity
 from pssl.time_limit import TimeLimit
@@ -163,20 +165,6 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
     return False
 
 
-def changed_keys(saved: dict, current: dict) -> str:
-    """The settings that differ between two job identities, e.g. "pretrain.fusion_prior"."""
-    if not saved:
-        return "nothing recorded: an older release"
-    keys = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            keys.append(key)
-    return ", ".join(keys)
-
-
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path, info: DistInfo,
         ignore_index: int, time_limit: TimeLimit | None = None, fusion: Fusion | None = None,
         job: dict | None = None, ohem: Ohem | None = None, start: str | Path | None = None) -> nn.Module:
@@ -185,13 +173,22 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     learnt on OHEM's hard pixels.
 
     `job`: what else decides the result (model, the stage's settings, the fingerprints of the data and init
-    files). A checkpoint resumes only a job of the same identity (this and p's output settings); one left by
-    other settings or inputs is discarded, so a rerun after a change upstream trains anew instead of
-    finishing the old run.
+    files). A checkpoint resumes only a job of the same identity (this and p's output settings; pssl.job_state);
+    one left by other settings or inputs is discarded, so a rerun after a change upstream trains anew instead
+    of finishing the old run.
     `start`: the final checkpoint of a finished run (pssl.train.checkpoint.FINAL_STATE) that this one continues
     to `p.epochs`, when it has no checkpoint of its own yet: its weights, optimizer, schedule position and
     random streams, so a continuation ends where an uninterrupted run of all the epochs would.
     With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
+    t, sampler = build_trainer(model, dataset, weight, p, out_dir, info, ignore_index, fusion, job, ohem)
+    resume(t, start)
+    return run(t, dataset, sampler, time_limit)
+
+
+def build_trainer(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path,
+                  info: DistInfo, ignore_index: int, fusion: Fusion | None, job: dict | None, ohem: Ohem | None
+                  ) -> tuple[Trainer, DistributedSampler]:
+    """The run at step 0: the model on its device, the optimizer, the schedule, the loss, this rank's sampler."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if p.batch_size % info.world:
@@ -222,58 +219,68 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
         FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature, fusion.calibration,
                     info)
     identity = {"train": output_identity(p), **(job or {})}
-    t = Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir, steps_per_epoch,
-                total_steps, identity)
-    resume = latest_checkpoint(out_dir)
-    if resume is None and (out_dir / FINAL_STATE).exists():
-        resume = out_dir / FINAL_STATE  # a finished pre-training keeps its last checkpoint only: rerun, resume there
+    return Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir,
+                   steps_per_epoch, total_steps, identity), sampler
+
+
+def resume(t: Trainer, start: str | Path | None) -> None:
+    """Move `t` to where its job stopped: its own latest checkpoint of the same identity (a finished
+    pre-training: its final state), else the finished run `start` it continues; else it stays at step 0."""
+    info, out_dir = t.info, t.out_dir
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None and (out_dir / FINAL_STATE).exists():
+        checkpoint = out_dir / FINAL_STATE  # a finished pre-training keeps its last checkpoint only
     try:
-        state = load_checkpoint(resume) if resume is not None else None
+        state = load_checkpoint(checkpoint) if checkpoint is not None else None
     except pickle.UnpicklingError:  # an older version's checkpoint (numpy RNG state): not resumable, discarded
         state = {}
-    if state is not None and state.get("identity") != identity:
-        if info.main:
-            log.warning("%s belongs to another job (changed: %s): training anew", resume.name,
-                        changed_keys(state.get("identity") or {}, identity))
+    if state is not None and not resumable(state.get("identity") or {}, t.identity, str(checkpoint)):
         barrier(info)  # every rank has read the stale checkpoint before the primary removes it
         if info.main:
             remove_checkpoints(out_dir)
         state = None
     if state is None and start is not None:
-        resume, state = Path(start), load_checkpoint(start)
-        if state["step"] % steps_per_epoch or state["step"] >= total_steps:
+        checkpoint, state = Path(start), load_checkpoint(start)
+        if state["step"] % t.steps_per_epoch or state["step"] >= t.total_steps:
             raise InputError(f"{start} ended at step {state['step']}, not at an epoch end before this run's "
-                             f"{total_steps} steps ({steps_per_epoch} per epoch): a continuation needs the same "
-                             f"images and batch size, and more epochs")
+                             f"{t.total_steps} steps ({t.steps_per_epoch} per epoch): a continuation needs the "
+                             f"same images and batch size, and more epochs")
         if info.main:
             log.info("continuing the finished run of %s (%d epochs) to %d epochs", start,
-                     state["step"] // steps_per_epoch, p.epochs)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        t.step = state["step"]
-        set_rng_state(rank_rng_state(state["rng"], info.rank), dev)
-        if info.main:
-            log.info("resuming from %s at step %d/%d", resume.name, t.step, total_steps)
-            if len(state["rng"]) != info.world:
-                log.info("saved by %d rank(s), now %d: random streams differ", len(state["rng"]), info.world)
+                     state["step"] // t.steps_per_epoch, t.settings.epochs)
+    if state is None:
+        return
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    t.step = state["step"]
+    set_rng_state(rank_rng_state(state["rng"], info.rank), info.device)
     if info.main:
-        log.info("precision %s (asked: %s)", precision, p.precision)
+        log.info("resuming from %s at step %d/%d", checkpoint.name, t.step, t.total_steps)
+        if len(state["rng"]) != info.world:
+            log.info("saved by %d rank(s), now %d: random streams differ", len(state["rng"]), info.world)
+
+
+def run(t: Trainer, dataset, sampler: DistributedSampler, time_limit: TimeLimit | None) -> nn.Module:
+    """Train from `t.step` to the last step, epoch by epoch; return the bare model."""
+    p, info, dev = t.settings, t.info, t.info.device
+    per_rank = p.batch_size // info.world
+    if info.main:
+        log.info("precision %s (asked: %s)", t.precision, p.precision)
     if info.world > 1:
-        t.net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    progress = Progress(total_steps, f"train {out_dir.name}", unit="step", initial=t.step) if info.main else None
-    with training_log(out_dir, fresh=t.step == 0, main=info.main) as log_csv:
-        for epoch in range(t.step // steps_per_epoch, p.epochs):
+        t.net = DistributedDataParallel(t.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    progress = Progress(t.total_steps, f"train {t.out_dir.name}", unit="step", initial=t.step) if info.main else None
+    with training_log(t.out_dir, fresh=t.step == 0, main=info.main) as log_csv:
+        for epoch in range(t.step // t.steps_per_epoch, p.epochs):
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
-            first = (t.step - epoch * steps_per_epoch) * per_rank  # inside the epoch when resuming
+            first = (t.step - epoch * t.steps_per_epoch) * per_rank  # inside the epoch when resuming
             loader = DataLoader(dataset, batch_size=per_rank, sampler=list(sampler)[first:], drop_last=True,
                                 num_workers=p.num_workers, pin_memory=dev.type == "cuda",
                                 generator=torch.Generator().manual_seed(p.seed + epoch))
-            if train_one_epoch(t, loader, epoch, log_csv, progress, time_limit) and t.step < total_steps:
+            if train_one_epoch(t, loader, epoch, log_csv, progress, time_limit) and t.step < t.total_steps:
                 time_limit.requeue_and_wait(requeue=info.main)
     if progress:
         progress.close()
