@@ -48,11 +48,13 @@ demo-controls: $(STAMP)
 # about a minute and a half on the 2-core machine. `make test` is the whole suite.
 check: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -m "not e2e and not slurm and not slow" tests
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not e2e and not slurm and not slow" tests
 
 # pytest exits 5 when it collects no test; that is reported, not hidden, but is no failure of the project.
+# Two workers (-n 2), each test file on one of them (a file's tests share its fixtures: the e2e and SLURM runs);
+# the SLURM tests wait on the cluster while the other worker computes.
 test: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -rs --durations=12 tests; \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -rs --durations=12 -n 2 --dist loadfile tests; \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
 clean-demo:

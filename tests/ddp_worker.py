@@ -71,7 +71,7 @@ def main() -> None:
         if isinstance(m, nn.Dropout2d):
             m.p = 0.0
     params = TrainSettings(epochs=args.epochs, batch_size=4, lr=0.02, schedule="step", milestone=1,
-                           checkpoint_every=args.checkpoint_every, freeze_bn=True, seed=0)
+                           checkpoint_every=args.checkpoint_every, freeze_bn=True, sync_bn=False, seed=0)
     data = SyntheticFusedViews() if args.fused else SyntheticSegmentation()
     model = fit(model, data, class_weights(3, 2, 0.1), params, args.ckpt_dir, info, ignore_index=-1,
                 fusion=Fusion(background=2, gamma=0.5, temperature=0.5, calibration="decoder") if args.fused else None)
