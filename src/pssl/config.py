@@ -213,7 +213,12 @@ def check_config(config: dict) -> None:
 
 def check_experiments(config: dict) -> None:
     """Experiments name models, datasets and variants that exist; run_experiments names experiments."""
-    from pssl.settings import MAIN
+    from pssl.settings import MAIN, pretrain_variant
+    for name in config["pretrain_variants"]:
+        try:
+            pretrain_variant(config, name)
+        except InputError as error:
+            raise ConfigError(f"config key pretrain_variants.{name}.like: {error}") from None
     check_continuations(config)
     for name, e in config["experiments"].items():
         known = {"model": config["pretrain"]["models"], "datasets": config["finetune"]["datasets"],
@@ -279,13 +284,13 @@ def check_continuations(config: dict) -> None:
 
 def check_init(config: dict, key: str, init: str) -> None:
     """pssl-<variant> names a pre-training variant; an oracle variant has masks to learn from."""
-    from pssl.settings import init_transfer
+    from pssl.settings import init_transfer, pretrain_variant
     init = init_transfer(init)[0]
     variant = init.removeprefix("pssl-")
     if init.startswith("pssl-") and variant not in config["pretrain_variants"]:
         raise ConfigError(f"config key {key}: {init!r} names no pre-training variant {variant!r} (pretrain_variants: "
                           f"{', '.join(config['pretrain_variants']) or 'none'})")
-    overrides = (config["pretrain_variants"].get(variant) or {}) if init.startswith("pssl-") else {}
+    overrides = pretrain_variant(config, variant) if init.startswith("pssl-") else {}
     source = overrides.get("label_source", config["pretrain"]["label_source"])
     if source == "oracle" and not (config["imagenet_masks_root"] or config["demo"]["enabled"]):
         raise ConfigError(f"config key imagenet_masks_root is required: {key} {init!r} pre-trains on the true "

@@ -85,7 +85,7 @@ class ExplainSettings:
                              "that moves the D9 mask at most half as far from fp32's as a second noise draw does "
                              "(measured on the first batch); fp32 is IEEE fp32 on CUDA too",
                              ("auto", "fp32", "bf16", "tf32"))
-    num_workers: int = setting(0, "DataLoader workers decoding images (0: in the main process)", output=False,
+    num_workers: int = setting(8, "DataLoader workers decoding images (0: in the main process)", output=False,
                                ge=0, le=64)
     seed: int = setting(0, "seed of the SmoothGrad noise", ge=0)
 
@@ -116,7 +116,7 @@ class TrainSettings:
     gamma: float = setting(0.1, "step schedule: lr factor at the milestone", gt=0)
     aux_weight: float = setting(0.4, "weight of the auxiliary head's loss", ge=0)
     checkpoint_every: int = setting(1000, "steps between checkpoints (also at every epoch end)", output=False, ge=1)
-    num_workers: int = setting(0, "DataLoader workers per rank", output=False, ge=0)
+    num_workers: int = setting(8, "DataLoader workers per rank (0: in the main process)", output=False, ge=0)
     sync_bn: bool = setting(True, "SyncBatchNorm across GPUs (CUDA only)")
     freeze_bn: bool = setting(False, "BatchNorm on its running statistics (small per-GPU batches)")
     precision: str = setting("auto", "auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU",
@@ -431,13 +431,22 @@ def student_init(init: str, suffix: str) -> str:
     return f"{init}+{suffix}"
 
 
-def pretrain_variant(config: dict, variant: str) -> dict:
+LIKE = "like"  # a variant's key naming the variant whose overrides it starts from
+
+
+def pretrain_variant(config: dict, variant: str, seen: tuple[str, ...] = ()) -> dict:
+    """A variant's overrides of the pretrain section: its own, then those of the variant it is `like`
+    (recursively; main: none), e.g. Table 1's w_B rows each like the row of the same images and schedule."""
     if variant == MAIN:
         return {}
     variants = config.get("pretrain_variants") or {}
     if variant not in variants:
         raise InputError(f"no pre-training variant {variant!r}; pretrain_variants: {', '.join(variants) or 'none'}")
-    return variants[variant] or {}
+    if variant in seen:
+        raise InputError(f"pretrain_variants.{seen[0]}.like: {' -> '.join([*seen, variant])} is a circle")
+    own = dict(variants[variant] or {})
+    base = pretrain_variant(config, own.pop(LIKE), (*seen, variant)) if LIKE in own else {}
+    return {**own, **{k: v for k, v in base.items() if k not in own}}
 
 
 def lr_search_settings(config: dict) -> LrSearchSettings:

@@ -24,6 +24,7 @@ from pssl.settings import (
     label_settings,
     lr_search_settings,
     pretrain_settings,
+    pretrain_variant,
     pssl_init,
     sanity_settings,
     settings_flags,
@@ -336,7 +337,7 @@ def experiment_classify(wildcards):
 
 def experiment_variants(name):
     """JSON: each variant of the experiment -> its overrides, in the table's row order."""
-    return json.dumps({v: config["pretrain_variants"].get(v) for v in EXPERIMENTS[name]["variants"]})
+    return json.dumps({v: pretrain_variant(config, v) if v != MAIN else None for v in EXPERIMENTS[name]["variants"]})
 
 
 def experiment_table(name):
