@@ -57,3 +57,13 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, cores: str | No
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+LONGEST_FILES = ("test_slurm.py", "test_e2e.py")  # the two real runs of the tiny DAG (SLURM, local)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first: with two xdist workers (`make test`, --dist loadfile) each starts on one of
+    them and the short files fill in around them; without xdist only the order changes."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
