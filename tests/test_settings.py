@@ -191,6 +191,14 @@ def test_a_variants_unknown_setting_is_refused_with_the_nearest_name():
 # ---- config files hold only what differs from the defaults ------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_shipped_config_gives_no_key_twice(name):
+    from pssl.config import ConfigError, strict_yaml
+    strict_yaml(CONFIGS[name].read_text(), name)
+    with pytest.raises(ConfigError, match="key 'figure3' is given twice in one mapping"):
+        strict_yaml(CONFIGS[name].read_text() + "\nfigure3: {model: x, dataset: y}\n", name)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_shipped_config_states_no_default(name):
     """Leaving out any key a shipped config states would change its value: the file holds differences only."""
     import copy
@@ -221,14 +229,14 @@ def test_a_shipped_config_states_no_default(name):
 
 
 def test_the_paper_preset_is_the_papers_choices():
-    """79 values, a third of the former complete file's 244: 45 of them the variants and experiments of
+    """79 values, a third of the former complete file's 244: 43 of them the variants and experiments of
     Tables 1, 2 and 4 and the D8 ablation; the rest the zoo, the models, the datasets' protocols and GPUs."""
     import yaml
 
     from pssl.config import leaves
     paper = yaml.safe_load((REPO / "presets/paper.yaml").read_text())
     assert len(leaves(paper)) <= 244 // 3
-    assert sum(path[0] in ("experiments", "pretrain_variants") for path in leaves(paper)) == 45
+    assert sum(path[0] in ("experiments", "pretrain_variants") for path in leaves(paper)) == 43
 
 
 def test_a_variant_like_another_takes_its_overrides_under_its_own():

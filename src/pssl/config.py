@@ -114,6 +114,23 @@ def default_source(path: tuple[str, ...]) -> str:
     return "default: workflow/schemas/config.schema.yaml"
 
 
+def strict_yaml(text: str, name: str):
+    """YAML as safe_load reads it, except that a key given twice in one mapping is an error (safe_load keeps
+    the last silently)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            twice = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+            if twice:
+                raise ConfigError(f"config file {name}: key {twice[0]!r} is given twice in one mapping "
+                                  f"(line {node.start_mark.line + 1})")
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=StrictLoader)
+
+
 def workflow_dir() -> Path:
     """The checkout holding the Snakefile and the schema this package belongs to (an editable install), else
     the working directory."""
@@ -127,10 +144,9 @@ def load_config(configfiles: list[str], overrides: list[str], basedir: str | Pat
     no file is given, else the files in order, the --config key=value values read by Snakemake's own parser
     and typed as the Snakefile types them, then the defaults. check=False: the schema only, not the checks
     across keys (a preset read before its data roots are known)."""
-    import yaml
     from snakemake.cli import parse_config
     basedir = workflow_dir() if basedir is None else basedir
-    layers = [(path, yaml.safe_load(Path(path).read_text()) or {})
+    layers = [(path, strict_yaml(Path(path).read_text(), path) or {})
               for path in configfiles or [str(Path(basedir) / "config.yaml")]]
     layers.append(("--config", typed_cli_config(parse_config(overrides))))
     config: dict = {}

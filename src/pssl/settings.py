@@ -85,7 +85,7 @@ class ExplainSettings:
                              "that moves the D9 mask at most half as far from fp32's as a second noise draw does "
                              "(measured on the first batch); fp32 is IEEE fp32 on CUDA too",
                              ("auto", "fp32", "bf16", "tf32"))
-    num_workers: int = setting(8, "DataLoader workers decoding images (0: in the main process)", output=False,
+    num_workers: int = setting(0, "DataLoader workers decoding images (0: in the main process)", output=False,
                                ge=0, le=64)
     seed: int = setting(0, "seed of the SmoothGrad noise", ge=0)
 
@@ -116,7 +116,7 @@ class TrainSettings:
     gamma: float = setting(0.1, "step schedule: lr factor at the milestone", gt=0)
     aux_weight: float = setting(0.4, "weight of the auxiliary head's loss", ge=0)
     checkpoint_every: int = setting(1000, "steps between checkpoints (also at every epoch end)", output=False, ge=1)
-    num_workers: int = setting(8, "DataLoader workers per rank (0: in the main process)", output=False, ge=0)
+    num_workers: int = setting(0, "DataLoader workers per rank (0: in the main process)", output=False, ge=0)
     sync_bn: bool = setting(True, "SyncBatchNorm across GPUs (CUDA only)")
     freeze_bn: bool = setting(False, "BatchNorm on its running statistics (small per-GPU batches)")
     precision: str = setting("auto", "auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU",
