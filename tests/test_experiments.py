@@ -50,6 +50,10 @@ def test_paired_interval_is_the_t_interval_of_the_differences():
     more = pd.concat([runs, pd.DataFrame([{"dataset": "camvid", "seed": 3, "init": "pssl", "miou": 99.0}])])
     assert paired_difference(more, "pssl", "imagenet", ["dataset"]).iloc[0]["pairs"] == 3
     assert math.isnan(mean_sd([1.0])[1]) and mean_sd([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 2)
+    # an init no run has, on either side: no pairs, the table's columns all the same
+    for treated, control in (("pssl-x", "imagenet"), ("pssl", "imagenet-x"), ("a", "b")):
+        none = paired_difference(runs, treated, control, ["dataset"])
+        assert none.empty and list(none.columns) == ["dataset", "diff", "ci95", "pairs", "excludes_zero"]
 
 
 def test_table3_with_seeds_gives_mean_sd_and_interval():

@@ -72,6 +72,11 @@ def test_ties_go_to_the_lr_nearer_the_start_and_the_last_rung_to_the_higher_end(
     assert decision.next == (0.002,)
     decision = decide(LADDER, 0.01, {0.005: 49.0, 0.01: 50.0, 0.02: 50.0}, max_values=4)
     assert decision.next == (0.05,)
+    # both ends inside the peak and one rung left: it goes past the end with the higher mIoU, either side
+    decision = decide(LADDER, 0.01, {0.005: 49.8, 0.01: 50.0, 0.02: 50.0}, margin=0.5, max_values=4)
+    assert decision.next == (0.05,)
+    decision = decide(LADDER, 0.01, {0.005: 50.0, 0.01: 50.0, 0.02: 49.8}, margin=0.5, max_values=4)
+    assert decision.next == (0.002,)
 
 
 def test_the_margin_says_what_a_clearly_worse_neighbour_is():
@@ -131,6 +136,10 @@ def test_a_round_reads_runs_and_writes_its_decision(tmp_path):
     assert read_round(str(tmp_path / "round0.json")) == decision
     record = json.loads((tmp_path / "round0.json").read_text())
     assert record["tried"] == {"0.005": 30.0, "0.01": 35.0, "0.02": 40.0}
+    assert record | {"tried": None} == {"ladder": LADDER, "start": 0.01, "margin": 0.5, "max_values": 5,
+                                        "tried": None, "next": [0.05], "best": 0.02}
+    # the round's budget is the one given: 3 lrs tried of at most 3, nothing more
+    assert write_round(runs, LADDER, 0.01, 0.5, 3, str(tmp_path / "round1.json")).done
 
 
 def test_a_start_off_the_ladder_or_an_unsorted_ladder_is_refused():
