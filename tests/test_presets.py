@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import REPO, full_config, run_snakemake
-from paper_trees import fake_downstream, fake_imagenet
 from pssl.config import validate_config
+from pssl.data.fake_tree import fake_downstream, fake_imagenet
 from pssl.plan import parse_dry_run
 from pssl.tables import read_table
 
@@ -376,3 +376,17 @@ def test_stage_targets_dry_run_on_an_empty_results_folder(tmp_path, target):
     """Nothing run yet: runtimes and inputs of every stage target are planned without reading a job's output."""
     proc = run_snakemake(tmp_path, "-n", target)
     assert "Job stats:" in proc.stdout and not (tmp_path / "results").exists()
+
+
+def test_pssl_fake_tree_lets_the_paper_preset_pass_its_data_checks(tmp_path, capsys):
+    """`pssl fake-tree` builds what the checks expect and prints the --config values that point to it."""
+    from pssl.cli import main
+    from pssl.config import check_data_roots, load_config
+    assert main(["fake-tree", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[0] == "--config" and [v.split("=")[0] for v in printed[1:]] == [
+        "imagenet_root", "imagenet_val_root", "downstream_root"]
+    config, _ = load_config([str(PAPER)], [*printed[1:], "self_training={datasets: [cityscapes], models: "
+                                                          "[pspnet_resnet50d]}"], REPO)
+    check_data_roots(config)  # every dataset's documented tree, Cityscapes' unlabelled pool, 1000 classes
+    assert len(list((tmp_path / "imagenet/train").iterdir())) == 1000

@@ -224,6 +224,12 @@ def _status(a):
     print(format_status(job_states(a.results, a.snakemake_logs)))
 
 
+def _fake_tree(a):
+    from pssl.data.fake_tree import fake_trees
+    roots = fake_trees(a.out, a.images_per_class)
+    print("--config " + " ".join(f"{key}={path}" for key, path in roots.items()))
+
+
 def _config(a):
     import yaml
 
@@ -511,6 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True, help="where <name>.csv, .md, .html and <name>_runs.csv go")
     s.set_defaults(func=_experiment_table)
 
+    s = sub.add_parser("fake-tree", help="empty ImageNet (train, val) and downstream trees in the real layouts, "
+                                         "to dry-run and plan a preset without the data; prints the --config "
+                                         "values that point to them")
+    s.add_argument("--out", required=True, help="folder to build them in")
+    s.add_argument("--images-per-class", type=int, default=1,
+                   help="empty images per ImageNet class folder (default: %(default)s; the plan sizes ImageNet's "
+                        "jobs from its real size until it is indexed)")
+    s.set_defaults(func=_fake_tree)
+
     s = sub.add_parser("config", help="the effective config a run would use, every key with where its value comes "
                                       "from (a config file, --config, or the default in pssl.settings or the schema)")
     s.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config.yaml, the demo)")
@@ -618,6 +633,7 @@ EXAMPLES = {
                         "--imagenet true "
                         "--out-dir results/report/experiments",
     "runtimes": "--configfile presets/paper.yaml",
+    "fake-tree": "--out /tmp/fake-data",
     "config": "--configfile presets/paper.yaml --config finetune='{seeds: [0, 1, 2]}'",
     "summary": "--results results",
     "gpu-slots": "2 -- torchrun --standalone --nproc_per_node 2 -m pssl pretrain ...",

@@ -1,9 +1,10 @@
 """One frozen settings dataclass per stage: the single source of each stage's options and their defaults.
 
-The CLI builds its flags from these classes (`add_settings_flags`), the workflow turns a config section into
-the same flags (`settings_flags(<stage>_settings(config, ...))`), and the library takes the objects as
-keyword arguments. Defaults are the paper's values where the paper sets one, else the demo's; every config
-section names all of its keys, so the defaults matter only to a user calling `pssl` by hand.
+The CLI builds its flags from these classes (`add_settings_flags`), the config schema's entries are generated
+from them (`CONFIG_SECTIONS`, `section_schema`), the workflow turns a config section into the same flags
+(`settings_flags(<stage>_settings(config, ...))`), and the library takes the objects as keyword arguments.
+Defaults are the paper's values where the paper sets one, else the demo's; they fill every key a config
+leaves out (pssl.config), so a config file holds only its differences.
 
 Torch-free, so that `pssl --help` and Snakemake's DAG building start fast.
 """
@@ -347,8 +348,8 @@ def section_schema(section: Section) -> dict[str, dict]:
 
 def pick(cls, values: dict, optional: tuple[str, ...] = (), **overrides):
     """An instance of `cls` from the keys of `values` that are its fields (others belong to other stages).
-    Every field but the `optional` ones must be given: a config states each setting, so no default decides a
-    run unseen."""
+    Every field but the `optional` ones must be given: the validated config has every default filled, so a
+    missing key is a config that skipped validation."""
     names = [f.name for f in dataclasses.fields(cls)]
     chosen = {**{k: v for k, v in values.items() if k in names}, **overrides}
     missing = [n for n in names if n not in chosen and n not in optional]
