@@ -5,7 +5,7 @@ import sys
 
 from snakemake.utils import min_version, update_config
 
-from pssl.config import ConfigError, check_data_roots, typed_cli_config, validate_config
+from pssl.config import ConfigError, check_config_files, check_data_roots, typed_cli_config, validate_config
 
 min_version("9.0")
 
@@ -25,6 +25,7 @@ try:
     # The defaults (pssl.settings, the schema) fill every key the config leaves out, the schema validates, and
     # cross-key checks run; errors name the offending key. `pssl config` prints the result with where each
     # value comes from.
+    check_config_files(workflow.overwrite_configfiles or [os.path.join(workflow.basedir, "config.yaml")])
     validate_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
     # The data roots and every configured dataset's documented layout, before any job runs.
     check_data_roots(config)

@@ -59,15 +59,9 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, cores: str | No
     return proc
 
 
-LONGEST_FILES = ("test_slurm.py", "test_e2e.py")  # the two real runs of the tiny DAG (SLURM, local)
-
-
 def pytest_collection_modifyitems(config, items):
-    """The longest files first: with two xdist workers (`make test`, --dist loadfile) each starts on one of
-    them and the short files fill in around them; without xdist only the order changes. Under mutmut
-    (docs/development.md), the fast tier only: the mutants live in this process, not in Snakemake's jobs."""
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    """Under mutmut (docs/development.md), the fast tier only: the mutants live in this process, not in
+    Snakemake's jobs."""
     if "MUTANT_UNDER_TEST" in os.environ:
         fast = [item for item in items if not any(item.get_closest_marker(m) for m in ("e2e", "slurm", "slow"))]
         config.hook.pytest_deselected(items=[item for item in items if item not in fast])

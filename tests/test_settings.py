@@ -1,5 +1,6 @@
 """Stage settings: a config section becomes flags, the CLI parses them back into the same settings."""
 
+import dataclasses
 import shlex
 
 import pytest
@@ -8,6 +9,7 @@ from conftest import REPO, SCHEMA, TINY, full_config
 from pssl.cli import build_parser
 from pssl.errors import InputError
 from pssl.settings import (
+    FINETUNE_DEFAULTS,
     DemoSettings,
     ExplainSettings,
     FinetuneSettings,
@@ -83,7 +85,10 @@ def test_cli_defaults_are_the_dataclass_defaults_and_documented():
                              ("explain", (ExplainSettings,)), ("label", (LabelSettings,)),
                              ("pretrain", (PretrainSettings, TrainSettings)),
                              ("finetune", (FinetuneSettings, TrainSettings))):
-        assert parsed(command, "", *classes) == tuple(cls() for cls in classes)
+        expected = tuple(cls() for cls in classes)
+        if command == "finetune":  # fine-tuning's own optimisation defaults
+            expected = (expected[0], dataclasses.replace(expected[1], **FINETUNE_DEFAULTS))
+        assert parsed(command, "", *classes) == expected
     sub = build_parser()._subparsers._group_actions[0].choices["explain"]
     helps = {a.dest: a.help for a in sub._actions}
     assert "(default: %(default)s)" in helps["n_samples"] and helps["device"]
@@ -267,3 +272,40 @@ def test_pssl_config_says_where_each_value_comes_from(capsys):
     assert lines["finetune.schedule"].endswith("# default: pssl.settings.TrainSettings (finetune's)")
     assert lines["cluster.runtime_scale"].endswith("# default: workflow/schemas/config.schema.yaml")
     assert lines["pretrain_variants.oracle.label_source"].endswith("# built-in: pssl.settings.BUILTIN_VARIANTS")
+
+
+def test_a_configs_entry_of_a_built_in_variants_name_changes_it():
+    from pssl.config import validate_config
+    config = full_config(REPO / "config.yaml")
+    config["pretrain_variants"]["fused"] = {"fusion_prior": "d9"}
+    validate_config(config, SCHEMA)
+    fused = pretrain_settings(config, "fused")[0]
+    assert (fused.label_mode, fused.fusion_prior) == ("fused", "d9")
+    assert full_config(REPO / "config.yaml")["pretrain_variants"]["oracle"] == {"label_source": "oracle"}
+
+
+def test_a_models_overrides_cannot_change_the_split_the_table_reports():
+    from pssl.config import ConfigError, validate_config
+    config = full_config(REPO / "config.yaml")
+    config["finetune"]["datasets"]["voc_aug"]["per_model"] = {"pspnet_resnet10t": {"eval_split": "test"}}
+    with pytest.raises(ConfigError, match="per_model.pspnet_resnet10t.eval_split"):
+        validate_config(config, SCHEMA)
+
+
+def test_the_source_of_a_value_is_the_last_layer_that_set_it(tmp_path):
+    from pssl.config import load_config
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("pretrain_variants: {w05: {w_bg: 0.5}}\nexplain: {n_samples: 3}\n")
+    b.write_text("pretrain_variants: {}\nexplain: {n_samples: 5}\n")
+    config, sources = load_config([str(REPO / "config.yaml"), str(a), str(b)], [], REPO)
+    assert config["pretrain_variants"]["w05"] == {"w_bg": 0.5}
+    assert sources[("pretrain_variants", "w05", "w_bg")] == str(a)  # an empty mapping changes nothing
+    assert sources[("explain", "n_samples")] == str(b)
+
+
+def test_a_key_given_twice_in_a_config_file_stops_the_workflow(tmp_path):
+    from pssl.config import ConfigError, check_config_files
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("explain: {n_samples: 3}\nexplain: {n_samples: 5}\n")
+    with pytest.raises(ConfigError, match="key 'explain' is given twice"):
+        check_config_files([str(REPO / "config.yaml"), str(twice)])

@@ -15,6 +15,7 @@ from pssl.errors import InputError
 from pssl.models.catalog import HEAD_NAMES, TRANSFERS
 from pssl.settings import (
     EVAL_GEOMETRY,
+    FINETUNE_DEFAULTS,
     ClassifySettings,
     DemoSettings,
     ExplainSettings,
@@ -392,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="metrics.json, final.pt, log.csv (resume checkpoints while it runs)")
         add_long_job_flags(s, distributed=True)
         add_settings_flags(s, FinetuneSettings)
-        add_settings_flags(s, TrainSettings)
+        add_settings_flags(s, TrainSettings, defaults=FINETUNE_DEFAULTS)
         s.set_defaults(func=_finetune)
     s.add_argument("--pseudo", nargs="*", default=[],
                    help="the teacher's pseudo.parquet tables (all parts of its pool); none for data duplicate")

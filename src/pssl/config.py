@@ -74,10 +74,14 @@ def fill_and_validate(config: dict, schema: dict) -> None:
 
 def complete_config(config: dict, schema_path: str | Path) -> dict:
     """`config` (in place) with every default filled and the built-in pre-training variants (controls,
-    PseudoSeg's fusion) it does not name itself, validated against the schema."""
+    PseudoSeg's fusion; an entry of the same name changes one), validated against the schema."""
     from pssl.settings import BUILTIN_VARIANTS
     fill_and_validate(config, config_schema(schema_path))
-    config["pretrain_variants"] = {**BUILTIN_VARIANTS, **config["pretrain_variants"]}
+    own = config["pretrain_variants"]
+    # a config's entry of a built-in's name changes it (fused: {fusion_prior: d9} stays fused)
+    config["pretrain_variants"] = {**{name: {**builtin, **(own.get(name) or {})} for name, builtin in
+                                      BUILTIN_VARIANTS.items()}, **{n: v for n, v in own.items()
+                                                                    if n not in BUILTIN_VARIANTS}}
     return config
 
 
@@ -89,13 +93,21 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
 
 # ---- layers: defaults < config files < --config -----------------------------------------------------------
 
-def merge(into: dict, layer: dict) -> dict:
-    """Snakemake's merge of config files: mappings merged key by key, anything else replaced."""
+def merge(into: dict, layer: dict, sources: dict | None = None, name: str = "", prefix: tuple[str, ...] = ()
+          ) -> dict:
+    """Snakemake's merge of config files: mappings merged key by key, anything else replaced. `sources`
+    (key path -> layer name) records `name` for every value the layer sets."""
     for key, value in layer.items():
+        path = (*prefix, str(key))
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            merge(into[key], value)
-        else:
-            into[key] = value
+            merge(into[key], value, sources, name, path)
+            continue
+        into[key] = value
+        if sources is not None:
+            for stale in [k for k in sources if k[:len(path)] == path]:
+                del sources[stale]
+            sources.update({(*path, *leaf): name for leaf in leaves(value)} if isinstance(value, dict) and value
+                           else {path: name})
     return into
 
 
@@ -131,6 +143,13 @@ def strict_yaml(text: str, name: str):
     return yaml.load(text, Loader=StrictLoader)
 
 
+def check_config_files(paths: list[str]) -> None:
+    """Raise ConfigError for a key given twice in one mapping of any of the config files (Snakemake's own
+    reading keeps the last silently)."""
+    for path in paths:
+        strict_yaml(Path(path).read_text(), str(path))
+
+
 def workflow_dir() -> Path:
     """The checkout holding the Snakefile and the schema this package belongs to (an editable install), else
     the working directory."""
@@ -152,10 +171,7 @@ def load_config(configfiles: list[str], overrides: list[str], basedir: str | Pat
     config: dict = {}
     sources: dict[tuple[str, ...], str] = {}
     for name, layer in layers:
-        merge(config, layer)
-        for path in leaves(layer):
-            sources = {k: v for k, v in sources.items() if k[:len(path)] != path}
-            sources[path] = name
+        merge(config, layer, sources, name)
     schema = Path(basedir) / "workflow/schemas/config.schema.yaml"
     validate_config(config, schema) if check else complete_config(config, schema)
     return config, {k: sources.get(k) or default_source(k) for k in leaves(config)}
@@ -234,7 +250,8 @@ def check_experiments(config: dict) -> None:
         try:
             pretrain_variant(config, name)
         except InputError as error:
-            raise ConfigError(f"config key pretrain_variants.{name}.like: {error}") from None
+            raise ConfigError(f"config key {error}" if str(error).startswith("pretrain_variants.")
+                              else f"config key pretrain_variants.{name}.like: {error}") from None
     check_continuations(config)
     for name, e in config["experiments"].items():
         known = {"model": config["pretrain"]["models"], "datasets": config["finetune"]["datasets"],

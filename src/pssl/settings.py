@@ -276,6 +276,8 @@ PRETRAIN_FIELDS = (Fields(PretrainSettings, exclude=("decile_threshold", "ignore
                    Fields(TrainSettings, exclude=("seed",)))
 DATASET_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip")),
                   Fields(TrainSettings, only=("epochs", "weight_decay", "lr"), no_default=("epochs", "lr")))
+# a model's overrides of its dataset's settings: not the split the table reports, which is the dataset's
+PER_MODEL_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip", "eval_split")), DATASET_FIELDS[1])
 
 # Where each stage setting lives in a config. The schema's entries for them are generated from the dataclasses
 # (pssl.config.config_schema), so a setting, its default, type, range, choices and help are written once.
@@ -294,7 +296,7 @@ CONFIG_SECTIONS: dict[str, Section] = {
                                 defaults=FINETUNE_DEFAULTS),)),
     "finetune.lr_search": Section((Fields(LrSearchSettings),)),
     "finetune.datasets.*": Section(DATASET_FIELDS),
-    "finetune.datasets.*.per_model.*": Section(DATASET_FIELDS, overrides=True),
+    "finetune.datasets.*.per_model.*": Section(PER_MODEL_FIELDS, overrides=True),
     "eval": Section((Fields(FinetuneSettings, only=("scales", "flip")),)),
     "classify": Section((Fields(ClassifySettings),)),
     "sanity": Section((Fields(SanitySettings),)),
@@ -522,16 +524,18 @@ def int_or_auto(value: str) -> int | str:
     return int(value)
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, cls, fields: tuple[str, ...] | None = None) -> None:
+def add_settings_flags(parser: argparse.ArgumentParser, cls, fields: tuple[str, ...] | None = None,
+                       defaults: dict | None = None) -> None:
     """One --flag per field of `cls` (or per field named in `fields`; snake_case -> kebab-case), typed by its
-    annotation, with its help."""
+    annotation, with its help; `defaults`: the command's own where they differ from the field's (fine-tuning's
+    optimisation, FINETUNE_DEFAULTS)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} (pssl.settings)")
     for f in dataclasses.fields(cls):
         if fields is not None and f.name not in fields:
             continue
         kind, meta = hints[f.name], f.metadata
-        options = {"default": f.default, "help": meta["help"] + " (default: %(default)s)"}
+        options = {"default": (defaults or {}).get(f.name, f.default), "help": meta["help"] + " (default: %(default)s)"}
         if meta["choices"]:
             options["choices"] = meta["choices"]
         if kind is bool:
