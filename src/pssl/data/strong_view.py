@@ -1,4 +1,4 @@
-"""PseudoSeg's strong view (seed 001): the weak view's crop with the authors' colour jitter and one CutOut square.
+"""PseudoSeg's strong view (Zou et al., ICLR 2021): the weak view's crop with the authors' colour jitter and one CutOut square.
 
 No geometric change and no blur: the paper takes SimCLR's colour jittering and "remove[s] all geometric
 transformations". The jitter follows the authors' code (googleinterns/wss, core/preprocess_utils.py

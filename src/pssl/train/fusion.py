@@ -1,4 +1,4 @@
-"""PseudoSeg's calibrated fusion (seed 001, eq. 4), adapted to an explanation prior.
+"""PseudoSeg's calibrated fusion (Zou et al., ICLR 2021, eq. 4), adapted to an explanation prior.
 
 The prior speaks for two channels of each image: s on the image's class and 1 - s on background, s in [0, 1]
 from the explain store (pssl.data.pseudo.prior_strength); the decoder's logits P speak for all K + 1 channels.

@@ -49,7 +49,7 @@ class HardLabels:
 class FusedLabels:
     """Batches of fused views (pssl.data.pseudo: weak, strong, strength, label, valid): the model's prediction
     on the weak view (no gradient) fused with the explanation prior and sharpened (PseudoSeg eq. 4,
-    METHODS.md, pssl.train.fusion) is the soft target of the strong view; CutOut and padding are excluded;
+    pssl.train.fusion) is the soft target of the strong view; CutOut and padding are excluded;
     each pixel weighs sum_c y_c w_c (eq. 3's w_bg on the soft label). The calibration's RMS r spans the global
     batch, so N ranks compute the targets of one process with the whole batch."""
     weight: torch.Tensor
