@@ -262,6 +262,13 @@ def _runtimes(a):
     print(pd.DataFrame(rows).to_string(index=False))
 
 
+def add_config_layers(parser: argparse.ArgumentParser) -> None:
+    """The config files and --config values of a run, as Snakemake takes them (pssl.config.load_config)."""
+    parser.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config.yaml, the demo)")
+    parser.add_argument("--config", nargs="+", default=[], help="as snakemake's key=value overrides (e.g. the data "
+                                                                "roots)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pssl.data.downstream import DATASETS
     p = argparse.ArgumentParser(
@@ -529,8 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("config", help="the effective config a run would use, every key with where its value comes "
                                       "from (a config file, --config, or the default in pssl.settings or the schema)")
-    s.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config.yaml, the demo)")
-    s.add_argument("--config", nargs="+", default=[], help="as snakemake's key=value overrides")
+    add_config_layers(s)
     s.add_argument("--snakefile", default=None, help="the pipeline's Snakefile, whose schema and config.yaml are "
                                                      "used (default: this package's checkout)")
     s.add_argument("--yaml", action="store_true", help="print the effective config as YAML, without sources")
@@ -540,8 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plan", help="a run's jobs and GPU-hours per rule before it runs, for each lr search "
                                     "(grid, peak best and worst case, fixed), from a Snakemake dry run")
-    s.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config.yaml)")
-    s.add_argument("--config", nargs="+", default=[], help="as snakemake's key=value overrides (e.g. the data roots)")
+    add_config_layers(s)
     s.add_argument("--snakefile", default="Snakefile", help="the pipeline's Snakefile (default: %(default)s)")
     s.add_argument("--directory", default=".", help="the run's working directory: what exists under its results "
                                                     "is not planned again (default: %(default)s)")

@@ -42,11 +42,11 @@ def config_schema(path: str | Path) -> dict:
         node = schema
         for part in dotted.split("."):
             node = node["additionalProperties"] if part == "*" else node["properties"][part]
-        properties = node.setdefault("properties", {})
-        twice = sorted(set(properties) & set(section_schema(section)))
+        properties, generated = node.setdefault("properties", {}), section_schema(section)
+        twice = sorted(set(properties) & set(generated))
         if twice:
             raise ValueError(f"{path}: {dotted}.{twice[0]} is a setting of pssl.settings; remove it from the schema")
-        properties.update(section_schema(section))
+        properties.update(generated)
     return schema
 
 
