@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls test check install clean-demo
+.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls demo-mdp test check install clean-demo
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ demo-teachers: $(STAMP)
 CONTROLS := finetune='{seeds: [0, 1, 2], inits: [imagenet, pssl, pssl~backbone, pssl-oracle, pssl-shuffled, pssl-centre]}'
 demo-controls: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all --config $(CONTROLS)
+	$(VENV)/bin/pssl summary --results results
+
+# MDP (labelled multi-dataset pre-training on the demo's VOC-Aug and ADE20K) beside ImageNet and PSSL, 3 seeds.
+MDP := finetune='{seeds: [0, 1, 2], inits: [imagenet, pssl, mdp]}'
+demo-mdp: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all --config $(MDP)
 	$(VENV)/bin/pssl summary --results results
 
 # The fast tier, for every change: lint, then the unit tests (no Snakemake DAG, no SLURM, no test marked slow),

@@ -1,7 +1,9 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,18 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, cores: str | No
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def kill_at_first_checkpoint(cmd: list[str], ckpt_dir: Path) -> int:
+    """Start a training command, kill -9 it as soon as it wrote a checkpoint; return that checkpoint's step."""
+    proc = subprocess.Popen(cmd, env=snakemake_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(ckpt_dir.glob("ckpt-*.pt")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before a checkpoint; nothing to resume"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return int(sorted(ckpt_dir.glob("ckpt-*.pt"))[0].name[5:-3])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,9 +1,11 @@
 """Training run used by test_pretrain.py: launched as one process, or under torchrun with several ranks.
 
-    python tests/ddp_worker.py OUT.pt CKPT_DIR [--epochs N] [--fused]
+    python tests/ddp_worker.py OUT.pt CKPT_DIR [--epochs N] [--fused | --mdp DEMO_ROOT]
 
-A real PSPNet on a small synthetic segmentation set; dropout off and BatchNorm frozen so that N ranks with a
-global batch B compute exactly what one process with batch B computes (SyncBatchNorm has no CPU path).
+A real PSPNet on a small synthetic segmentation set (with --mdp: MDP's objective on the demo tree's VOC-Aug
+and ADE20K train sets, its key encoder and prototype memory in the saved state); dropout off and BatchNorm
+frozen so that N ranks with a global batch B compute exactly what one process with batch B computes
+(SyncBatchNorm has no CPU path).
 """
 
 import argparse
@@ -54,6 +56,24 @@ class SyntheticFusedViews(SyntheticSegmentation):
                 "label": torch.tensor(1), "valid": (mask != -1).float()}
 
 
+def fit_mdp(segmenter, root: str, params: TrainSettings, out: str, info):
+    """MDP on the demo's VOC-Aug and ADE20K (8 images), Mixup and CutMix both on, a memory of 2 batches (so
+    batches leave it during the run)."""
+    from pssl.data.downstream import SegmentationSet
+    from pssl.data.multi_dataset import MultiDatasetViews, union_labels
+    from pssl.settings import MdpSettings
+    from pssl.train.mdp import MdpModel, MdpObjective, freeze_unreached
+
+    settings = MdpSettings(crop=32, embed_dim=8, memory_images=8, key_momentum=0.5, mix_prob=0.75)
+    space = union_labels(settings.datasets)
+    data = MultiDatasetViews([SegmentationSet(d, root, "train") for d in settings.datasets], space, settings.crop,
+                             params.seed, cutmix=True, mixup=True, mix_prob=settings.mix_prob)
+    model = MdpModel(segmenter, settings.embed_dim, len(space.classes), slots=2)
+    freeze_unreached(model, 64)
+    return fit(model, data, torch.ones(1), params, out, info, ignore_index=-1,
+               objective=MdpObjective(settings, len(space.classes), info))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -61,6 +81,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--fused", action="store_true", help="PseudoSeg's fused soft labels instead of label maps")
+    p.add_argument("--mdp", default=None, metavar="DEMO_ROOT", help="MDP's objective on this demo tree")
     args = p.parse_args()
     configure_logging()
     torch.set_num_threads(1)
@@ -72,9 +93,13 @@ def main() -> None:
             m.p = 0.0
     params = TrainSettings(epochs=args.epochs, batch_size=4, lr=0.02, schedule="step", milestone=1,
                            checkpoint_every=args.checkpoint_every, freeze_bn=True, sync_bn=False, seed=0)
-    data = SyntheticFusedViews() if args.fused else SyntheticSegmentation()
-    model = fit(model, data, class_weights(3, 2, 0.1), params, args.ckpt_dir, info, ignore_index=-1,
-                fusion=Fusion(background=2, gamma=0.5, temperature=0.5, calibration="decoder") if args.fused else None)
+    if args.mdp:
+        model = fit_mdp(model, args.mdp, params, args.ckpt_dir, info)
+    else:
+        data = SyntheticFusedViews() if args.fused else SyntheticSegmentation()
+        fusion = Fusion(background=2, gamma=0.5, temperature=0.5, calibration="decoder") if args.fused else None
+        model = fit(model, data, class_weights(3, 2, 0.1), params, args.ckpt_dir, info, ignore_index=-1,
+                    fusion=fusion)
     if info.main:
         torch.save(model.state_dict(), args.out)
     del model

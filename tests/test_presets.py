@@ -390,3 +390,25 @@ def test_pssl_fake_tree_lets_the_paper_preset_pass_its_data_checks(tmp_path, cap
                                                           "[pspnet_resnet50d]}"], REPO)
     check_data_roots(config)  # every dataset's documented tree, Cityscapes' unlabelled pool, 1000 classes
     assert len(list((tmp_path / "imagenet/train").iterdir())) == 1000
+
+
+def test_paper_preset_mdp_experiment(trees, tmp_path):
+    """`snakemake mdp`: one MDP pre-training of DeepLabV3-ResNet50 on VOC-Aug + ADE20K train at the MDP paper's
+    settings on the pre-training's 8 GPUs, then ImageNet, PSSL and MDP inits fine-tuned on both sets (each
+    cell's lr search: its first round), and the prototype figure."""
+    counts, out = plan(tmp_path, PAPER, trees, target="mdp")
+    assert counts["pretrain_mdp"] == 1 and counts["mdp_prototypes"] == 1 and counts["experiment_table"] == 1
+    assert counts["finetune"] == 2 * 3 * 3  # 2 datasets x 3 inits x round 0's three lrs
+    command = next(line for line in out.splitlines() if "pssl pretrain-mdp" in line)
+    assert command.startswith("Shell command: python -m pssl gpu-slots 8 -- torchrun --standalone --nproc_per_node 8")
+    assert f"--roots voc_aug={trees[1]} ade20k={trees[1]} " in command
+    for flag in ("--head deeplabv3 ", "--backbone resnet50d ", "--datasets voc_aug ade20k ", "--crop 224 ",
+                 "--memory-images 10240 ", "--temperature 0.07 ", "--consistency-weight 0.2 ",
+                 "--temperature-query 0.07 ", "--temperature-key 0.04 ", "--backbone-start scratch ",
+                 "--epochs 100 ", "--batch-size 128 ", "--lr 0.8 ", "--weight-decay 4e-05 ", "--schedule cosine ",
+                 "--num-workers 8 "):
+        assert flag in command, flag
+    assert "--backbone-init" not in command  # from scratch, as the paper
+    finetunes = [line for line in out.splitlines() if "pssl finetune" in line and "/mdp/" in line]
+    assert len(finetunes) == 6 and all("--init-from results/paper/mdp/deeplabv3_resnet50d/final.pt" in c
+                                       for c in finetunes)

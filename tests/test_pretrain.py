@@ -1,10 +1,7 @@
 """Pre-training: loss weighting, label maps, label policy, models, DDP equivalence, kill-and-resume."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -12,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, snakemake_env
+from conftest import REPO, kill_at_first_checkpoint, snakemake_env
 from pssl.data.images import resize_nearest
 from pssl.data.pseudo import label_map
 from pssl.labels import apply_policy
@@ -157,15 +154,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     ckpt = tmp_path / "run"
     cmd = [sys.executable, WORKER, str(tmp_path / "resumed.pt"), str(ckpt), "--epochs", "3",
            "--checkpoint-every", "3"]
-    proc = subprocess.Popen(cmd, env=snakemake_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and not list(ckpt.glob("ckpt-*.pt")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before a checkpoint; nothing to resume"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = sorted(ckpt.glob("ckpt-*.pt"))[0].name
-    assert int(first[5:-3]) < 12, "killed mid-run (3 epochs x 4 steps)"
+    assert kill_at_first_checkpoint(cmd, ckpt) < 12, "killed mid-run (3 epochs x 4 steps)"
     resumed = subprocess.run(cmd, env=snakemake_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr  # the pssl logger's line

@@ -16,12 +16,14 @@ from pssl.models.catalog import HEAD_NAMES, TRANSFERS
 from pssl.settings import (
     EVAL_GEOMETRY,
     FINETUNE_DEFAULTS,
+    MDP_TRAIN_DEFAULTS,
     ClassifySettings,
     DemoSettings,
     ExplainSettings,
     FinetuneSettings,
     IndexSettings,
     LabelSettings,
+    MdpSettings,
     PretrainSettings,
     SanitySettings,
     StudentSettings,
@@ -42,6 +44,20 @@ def add_long_job_flags(parser: argparse.ArgumentParser, distributed: bool) -> No
     if distributed:
         parser.add_argument("--expect-world", type=int, default=None,
                             help="ranks the job must start as (nodes x GPUs per node); another count fails at once")
+
+
+def dataset_root_pair(value: str) -> tuple[str, str]:
+    """DATASET=ROOT"""
+    name, sep, root = value.partition("=")
+    if not sep or not name or not root:
+        raise argparse.ArgumentTypeError(f"expected DATASET=ROOT, got {value!r}")
+    return name, root
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The segmentation model a training command builds."""
+    parser.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
+    parser.add_argument("--backbone", required=True, help="timm name")
 
 
 def compute_parser() -> argparse.ArgumentParser:
@@ -122,6 +138,20 @@ def _pretrain(a):
              settings=settings_from_args(PretrainSettings, a), train=settings_from_args(TrainSettings, a),
              device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min,
              masks_root=a.masks_root, continue_state=a.continue_state)
+
+
+def _pretrain_mdp(a):
+    from pssl.device import set_threads
+    from pssl.train.mdp import pretrain_mdp
+    set_threads(a.threads)
+    pretrain_mdp(dict(a.roots), a.out_dir, head=a.head, backbone=a.backbone, backbone_init=a.backbone_init,
+                 settings=settings_from_args(MdpSettings, a), train=settings_from_args(TrainSettings, a),
+                 device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min)
+
+
+def _mdp_prototypes(a):
+    from pssl.report.mdp_prototypes import write_prototype_similarity
+    write_prototype_similarity(a.model, a.out, a.figure)
 
 
 def _eval_pretrain(a):
@@ -360,8 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stores", nargs="+", required=True, help="explain/<shard>.zarr of every shard")
     s.add_argument("--labels", nargs="+", required=True, help="labels/<shard>.parquet, same order as --stores")
     s.add_argument("--out-dir", required=True, help="pretrain/<model>: checkpoints, log.csv, final.pt")
-    s.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
-    s.add_argument("--backbone", required=True, help="timm name")
+    add_model_flags(s)
     s.add_argument("--backbone-init", default=None, help="zoo/<name>.pt of the backbone's architecture")
     s.add_argument("--masks-root", default=None,
                    help="label source oracle: object masks as <root>/<wnid>/<image stem>.png")
@@ -371,6 +400,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(s, PretrainSettings)
     add_settings_flags(s, TrainSettings)
     s.set_defaults(func=_pretrain)
+
+    s = sub.add_parser("pretrain-mdp", parents=[compute],
+                       help="MDP: pre-train a segmentation model on labelled downstream sets (torchrun/srun)")
+    s.add_argument("--roots", nargs="+", required=True, type=dataset_root_pair, metavar="DATASET=ROOT",
+                   help="each dataset of --datasets and the folder holding it")
+    s.add_argument("--out-dir", required=True, help="mdp/<model>: checkpoints, log.csv, final.pt")
+    add_model_flags(s)
+    s.add_argument("--backbone-init", default=None,
+                   help="zoo/<name>.pt of the backbone's architecture (with --backbone-start imagenet)")
+    add_long_job_flags(s, distributed=True)
+    add_settings_flags(s, MdpSettings)
+    add_settings_flags(s, TrainSettings, defaults=MDP_TRAIN_DEFAULTS)
+    s.set_defaults(func=_pretrain_mdp)
+
+    s = sub.add_parser("mdp-prototypes", help="MDP's class prototypes: their cosine similarity across datasets")
+    s.add_argument("--model", required=True, help="mdp/<model>/final.pt")
+    s.add_argument("--out", required=True, help="CSV: each class's nearest classes of the other datasets")
+    s.add_argument("--figure", required=True, help="PNG: the similarity matrix")
+    s.set_defaults(func=_mdp_prototypes)
 
     s = sub.add_parser("eval-pretrain", parents=[compute],
                        help="pre-trained models' foreground vs object masks (demo)")
@@ -389,8 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(command, parents=[compute], help=text)
         s.add_argument("--dataset", required=True, choices=list(DATASETS), help="downstream dataset")
         s.add_argument("--root", required=True, help="directory holding the dataset's standard folder")
-        s.add_argument("--head", required=True, choices=HEAD_NAMES, help="segmentation head")
-        s.add_argument("--backbone", required=True, help="timm name")
+        add_model_flags(s)
         s.add_argument("--init", required=True, choices=["imagenet", "pssl"],
                        help="imagenet: backbone from the zoo classifier; pssl: the pre-trained model")
         s.add_argument("--init-from", required=True, help="zoo/<arch>.pt (imagenet) or pretrain/<model>/final.pt")
@@ -603,6 +650,10 @@ EXAMPLES = {
              "--zoo results/zoo/*.pt --out results/labels/shard-00000.parquet --policy gt",
     "pretrain": "--stores results/explain/*.zarr --labels results/labels/*.parquet --out-dir results/pretrain/psp/main "
                 "--head pspnet --backbone resnet50d --backbone-init results/zoo/resnet50d.pt --epochs 30",
+    "pretrain-mdp": "--roots voc_aug=/data/segmentation ade20k=/data/segmentation --out-dir results/mdp/psp "
+                    "--head pspnet --backbone resnet50d --datasets voc_aug ade20k",
+    "mdp-prototypes": "--model results/mdp/psp/final.pt --out results/report/mdp_prototypes.csv --figure "
+                      "results/report/mdp_prototypes.png",
     "eval-pretrain": "--models results/pretrain/*/main/final.pt --stores results/explain/*.zarr --index "
                      "results/index.parquet --masks data/demo/imagenet/masks --out pretrain_quality.csv",
     "finetune": "--dataset camvid --root /data/segmentation --head pspnet --backbone resnet50d --init pssl "

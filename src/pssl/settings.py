@@ -112,7 +112,8 @@ class TrainSettings:
     backbone_lr_mult: float = setting(0.1, "the backbone trains at lr x this (PaddleSeg's relative_lr)", gt=0)
     momentum: float = setting(0.9, "SGD momentum", ge=0, le=1)
     weight_decay: float = setting(1e-4, "SGD weight decay", ge=0)
-    schedule: str = setting("step", "step (paper pre-training) or poly (fine-tuning)", ("step", "poly"))
+    schedule: str = setting("step", "step (paper pre-training), poly (fine-tuning) or cosine (MDP's pre-training)",
+                            ("step", "poly", "cosine"))
     milestone: int = setting(20, "step schedule: the epoch where lr is multiplied by gamma", ge=0)
     gamma: float = setting(0.1, "step schedule: lr factor at the milestone", gt=0)
     aux_weight: float = setting(0.4, "weight of the auxiliary head's loss", ge=0)
@@ -246,6 +247,44 @@ class StudentSettings:
     ohem_min_kept: int = setting(100000, "ohem: keep at least this many pixels of every image (the hardest)", ge=0)
 
 
+@dataclass(frozen=True)
+class MdpSettings:
+    """MDP's multi-dataset pixel-to-prototype pre-training (pssl.train.mdp; README, "MDP"): labelled
+    downstream sets, their union label space, two 3-layer projection heads on the segmenter's features, a
+    momentum key encoder, eq. 2's prototype memory. Defaults: the paper's section 4.1; the optimisation is
+    TrainSettings with MDP_TRAIN_DEFAULTS."""
+    datasets: tuple[str, ...] = setting(("voc_aug", "ade20k"), "the labelled sets pre-trained on (their train "
+                                        "splits; classes: the union of theirs)")
+    merge_names: bool = setting(False, "one class for a name several datasets share (default: every class "
+                                "qualified by its dataset, the paper's union Y1 u Y2)")
+    crop: int = setting(224, "training crop: each image's random scale (shorter side 0.5-2.0 x crop) and crop",
+                        ge=16, le=4096)
+    embed_dim: int = setting(256, "width of the L2-normalised pixel embeddings of both projection heads", ge=2)
+    memory_images: int = setting(10240, "N_b: images the prototype memory spans (the last N_b / batch_size "
+                                 "batches' class sums; the paper's best 10,240)", ge=1)
+    temperature: float = setting(0.07, "tau of the pixel-to-prototype InfoNCE (eq. 3)", gt=0)
+    consistency_weight: float = setting(0.2, "alpha of L_class + alpha L_con (eq. 9; 0: no consistency term)",
+                                        ge=0)
+    temperature_query: float = setting(0.07, "tau_q of the consistency term's query softmax (eq. 8)", gt=0)
+    temperature_key: float = setting(0.04, "tau_k of the consistency term's key softmax (sharper, as DINO)", gt=0)
+    key_momentum: float = setting(0.999, "EMA momentum of the key encoder (the paper gives none: MoCo v2's)",
+                                  ge=0, lt=1)
+    cutmix: bool = setting(True, "cross-dataset CutMix (eq. 4): a box of another dataset's image and labels")
+    mixup: bool = setting(True, "cross-dataset Mixup (eq. 5-6): lambda x_i + (1 - lambda) x_j, both labels' "
+                          "losses weighted by lambda")
+    mix_prob: float = setting(0.5, "the fraction of images mixed with another dataset's (with cutmix and mixup "
+                              "both on, each mixed image draws one of them; the paper gives no rate: CutMix's "
+                              "0.5)", ge=0, le=1)
+    backbone_start: str = setting("scratch", "scratch: every weight random (the paper's MDP rows); imagenet: the "
+                                 "backbone from the model's zoo classifier, as PSSL's", ("scratch", "imagenet"))
+
+
+# MDP's optimisation (section 4.1): SGD 0.9, weight decay 4e-5, batch 128, lr 0.8 decayed to 0 by a cosine, 100
+# epochs (Table 1: 100 and 200); one lr for the whole model, no auxiliary head.
+MDP_TRAIN_DEFAULTS = {"batch_size": 128, "lr": 0.8, "schedule": "cosine", "weight_decay": 4e-5, "epochs": 100,
+                      "backbone_lr_mult": 1.0}
+
+
 # ---- config sections -> schema ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -294,6 +333,8 @@ CONFIG_SECTIONS: dict[str, Section] = {
                                    overrides=True),
     "finetune": Section((Fields(TrainSettings, exclude=("epochs", "weight_decay", "milestone", "gamma", "seed"),
                                 defaults=FINETUNE_DEFAULTS),)),
+    "mdp": Section((Fields(MdpSettings), Fields(TrainSettings, exclude=("seed", "milestone", "gamma", "aux_weight"),
+                                                defaults=MDP_TRAIN_DEFAULTS))),
     "finetune.lr_search": Section((Fields(LrSearchSettings),)),
     "finetune.datasets.*": Section(DATASET_FIELDS),
     "finetune.datasets.*.per_model.*": Section(PER_MODEL_FIELDS, overrides=True),
@@ -316,11 +357,11 @@ def field_schema(f: dataclasses.Field, hint) -> dict:
     elif hint is bool:
         schema = {"type": "boolean"}
     elif typing.get_origin(hint) is tuple:
-        item = {int: "integer", float: "number"}[typing.get_args(hint)[0]]
+        item = {int: "integer", float: "number", str: "string"}[typing.get_args(hint)[0]]
         schema = {"type": "array", "items": {"type": item, **bounds}}
-        if item == "number":
+        if item != "integer":  # scales, datasets: at least one
             schema["minItems"] = 1
-        else:
+        if item != "number":
             schema["uniqueItems"] = True
     elif hint == (int | str):  # a number or auto
         schema = {"oneOf": [{"type": "integer", **bounds}, {"const": "auto"}]}
@@ -413,9 +454,20 @@ def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettin
     return settings, pick(TrainSettings, values, seed=config["seed"])
 
 
+def mdp_settings(config: dict) -> tuple[MdpSettings, TrainSettings]:
+    """The mdp section: MDP's objective and data, and its optimisation (MDP_TRAIN_DEFAULTS)."""
+    return pick(MdpSettings, config["mdp"]), pick(TrainSettings, config["mdp"], optional=("milestone", "gamma",
+                                                                                        "aux_weight"),
+                                                  seed=config["seed"])
+
+
+MDP = "mdp"  # the fine-tune init (and the experiments' row) of MDP's pre-training (the mdp section)
+
+
 def pssl_init(variant: str) -> str:
-    """The fine-tune init name of a pre-training variant: pssl (main) or pssl-<variant>."""
-    return "pssl" if variant == MAIN else f"pssl-{variant}"
+    """The fine-tune init name of a pre-training variant: pssl (main) or pssl-<variant>; an experiment's row
+    mdp is MDP's pre-training, init mdp."""
+    return "pssl" if variant == MAIN else MDP if variant == MDP else f"pssl-{variant}"
 
 
 BACKBONE_ONLY = "~backbone"  # init suffix: a PSSL init's backbone alone, with a fresh head (a control)

@@ -179,6 +179,7 @@ for _name in EXPERIMENTS:
             _name
         input:
             experiment_table(_name),
+            [mdp_figure(EXPERIMENTS[_name]["model"])] if MDP in EXPERIMENTS[_name]["variants"] else [],
 
 
 rule table3:

@@ -61,6 +61,19 @@ class Segmenter(nn.Module):
             result["aux"] = out["aux"]
         return result
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the classifier sees, at the head's resolution (1/8 of the input; HRNet's 1/4), the input
+        zero-padded to a multiple of `stride` as in `forward` and the features cropped back: the input's
+        height and width must be multiples of that resolution's step."""
+        size = x.shape[-2:]
+        x = F.pad((x - self.mean) / self.std, (0, (-size[1]) % self.stride, 0, (-size[0]) % self.stride))
+        features = self.head.features(self.backbone(x))
+        step = x.shape[-1] // features.shape[-1]
+        if size[0] % step or size[1] % step:
+            raise InputError(f"features of a {tuple(size)} input: {self.backbone_name}'s head sees 1/{step} of it, "
+                             f"so its sides must be multiples of {step}")
+        return features[..., :size[0] // step, :size[1] // step]
+
     def classifier_layers(self) -> list[nn.Conv2d]:
         """The final per-class layers (main and auxiliary), re-initialised when fine-tuning on new classes."""
         return self.head.classifier_layers()

@@ -57,4 +57,5 @@ def init_from_pretrained(model: Segmenter, checkpoint: str, transfer: str = "ful
     if set(missing) - skip or unexpected:  # what was not skipped must load, and nothing be left over
         raise InputError(f"{checkpoint}: unexpected checkpoint layout (missing {sorted(set(missing) - skip)}, "
                          f"unexpected {unexpected})")
-    return f"{Path(checkpoint).parent.name} ({transfer}: {len(state)} tensors, {len(skip)} fresh)"
+    source = Path(checkpoint).parent
+    return f"{source.parent.name}/{source.name} ({transfer}: {len(state)} tensors, {len(skip)} fresh)"

@@ -42,7 +42,7 @@ from pssl.train.checkpoint import (
     set_rng_state,
 )
 from pssl.train.losses import Ohem
-from pssl.train.objectives import FusedLabels, HardLabels
+from pssl.train.objectives import FusedLabels, HardLabels, Objective
 from pssl.train.schedules import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    objective: HardLabels | FusedLabels
+    objective: Objective
     settings: TrainSettings
     info: DistInfo
     precision: str
@@ -92,8 +92,9 @@ class TrainingLog:
 
 
 @contextmanager
-def training_log(out_dir: Path, fresh: bool, main: bool):
-    """The run's TrainingLog: written by the primary rank only; appended to on resume."""
+def training_log(out_dir: Path, fresh: bool, main: bool, parts: tuple[str, ...] = ()):
+    """The run's TrainingLog: written by the primary rank only; appended to on resume; `parts`: the
+    objective's loss terms, as columns after the total."""
     if not main:
         yield TrainingLog()
         return
@@ -102,15 +103,16 @@ def training_log(out_dir: Path, fresh: bool, main: bool):
     with open(path, "w" if fresh else "a", newline="") as f:
         log_csv = TrainingLog(f)
         if fresh:
-            log_csv.row("step", "epoch", "loss", "lr", "images_per_s")
+            log_csv.row("step", "epoch", "loss", *parts, "lr", "images_per_s")
         yield log_csv
 
 
 def param_groups(model: nn.Module, p: TrainSettings) -> list[dict]:
-    """Head first, so param_groups[0]["lr"] (the logged lr) is the head's; the backbone at lr x backbone_lr_mult."""
-    backbone_params = list(model.backbone.parameters())
+    """Head first, so param_groups[0]["lr"] (the logged lr) is the head's; the backbone at lr x backbone_lr_mult.
+    Frozen parameters (MDP's key encoder) are left out."""
+    backbone_params = [t for t in model.backbone.parameters() if t.requires_grad]
     in_backbone = {id(t) for t in backbone_params}
-    return [{"params": [t for t in model.parameters() if id(t) not in in_backbone], "lr": p.lr},
+    return [{"params": [t for t in model.parameters() if t.requires_grad and id(t) not in in_backbone], "lr": p.lr},
             {"params": backbone_params, "lr": p.lr * p.backbone_lr_mult}]
 
 
@@ -149,12 +151,14 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.scheduler.step()
+        t.objective.after_step(t.model)
         t.step += 1
         if info.main:
             rate = images * info.world / (time.perf_counter() - started)
             lr = t.optimizer.param_groups[0]["lr"]
             global_loss = float(sums[2] / global_weight)  # the whole batch's loss, whatever the ranks
-            log_csv.row(t.step, epoch, f"{global_loss:.5f}", f"{lr:.6g}", f"{rate:.2f}")
+            log_csv.row(t.step, epoch, f"{global_loss:.5f}", *(f"{v:.5f}" for v in t.objective.last_parts),
+                        f"{lr:.6g}", f"{rate:.2f}")
             progress.update(epoch=epoch + 1, loss=global_loss, lr=lr)
         if time_limit is not None:
             time_limit.advance()
@@ -167,7 +171,8 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
 
 def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path, info: DistInfo,
         ignore_index: int, time_limit: TimeLimit | None = None, fusion: Fusion | None = None,
-        job: dict | None = None, ohem: Ohem | None = None, start: str | Path | None = None) -> nn.Module:
+        job: dict | None = None, ohem: Ohem | None = None, start: str | Path | None = None,
+        objective: Objective | None = None) -> nn.Module:
     """Train `model` on `dataset` (items: image float (3, H, W) in [0, 1], mask int64 (H, W); with `fusion`,
     the fused views of pssl.data.pseudo); return it. `weight`: the loss's class weights; `ohem`: label maps
     learnt on OHEM's hard pixels.
@@ -176,18 +181,20 @@ def fit(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_d
     files). A checkpoint resumes only a job of the same identity (this and p's output settings; pssl.job_state);
     one left by other settings or inputs is discarded, so a rerun after a change upstream trains anew instead
     of finishing the old run.
+    `objective`: what a step minimises where it is not the label-map loss (weight, ignore_index, fusion and
+    ohem then unused; MDP's, pssl.train.mdp).
     `start`: the final checkpoint of a finished run (pssl.train.checkpoint.FINAL_STATE) that this one continues
     to `p.epochs`, when it has no checkpoint of its own yet: its weights, optimizer, schedule position and
     random streams, so a continuation ends where an uninterrupted run of all the epochs would.
     With a `time_limit` (SLURM), the step that finds the job near its limit checkpoints and requeues it."""
-    t, sampler = build_trainer(model, dataset, weight, p, out_dir, info, ignore_index, fusion, job, ohem)
+    t, sampler = build_trainer(model, dataset, weight, p, out_dir, info, ignore_index, fusion, job, ohem, objective)
     resume(t, start)
     return run(t, dataset, sampler, time_limit)
 
 
 def build_trainer(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSettings, out_dir: str | Path,
-                  info: DistInfo, ignore_index: int, fusion: Fusion | None, job: dict | None, ohem: Ohem | None
-                  ) -> tuple[Trainer, DistributedSampler]:
+                  info: DistInfo, ignore_index: int, fusion: Fusion | None, job: dict | None, ohem: Ohem | None,
+                  objective: Objective | None = None) -> tuple[Trainer, DistributedSampler]:
     """The run at step 0: the model on its device, the optimizer, the schedule, the loss, this rank's sampler."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,10 +221,11 @@ def build_trainer(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSetti
     precision = precision_for(dev, p.precision, training=True)
     # fp16 (GPUs without native bf16) needs loss scaling; disabled, the scaler passes everything through.
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    weight = weight.to(dev)
-    objective = HardLabels(weight, ignore_index, p.aux_weight, ohem) if fusion is None else \
-        FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature, fusion.calibration,
-                    info)
+    if objective is None:
+        weight = weight.to(dev)
+        objective = HardLabels(weight, ignore_index, p.aux_weight, ohem) if fusion is None else \
+            FusedLabels(weight, p.aux_weight, fusion.background, fusion.gamma, fusion.temperature,
+                        fusion.calibration, info)
     identity = {"train": output_identity(p), **(job or {})}
     return Trainer(model, model, optimizer, scheduler, scaler, objective, p, info, precision, out_dir,
                    steps_per_epoch, total_steps, identity), sampler
@@ -272,7 +280,7 @@ def run(t: Trainer, dataset, sampler: DistributedSampler, time_limit: TimeLimit 
     if info.world > 1:
         t.net = DistributedDataParallel(t.model, device_ids=[dev.index] if dev.type == "cuda" else None)
     progress = Progress(t.total_steps, f"train {t.out_dir.name}", unit="step", initial=t.step) if info.main else None
-    with training_log(t.out_dir, fresh=t.step == 0, main=info.main) as log_csv:
+    with training_log(t.out_dir, fresh=t.step == 0, main=info.main, parts=t.objective.parts) as log_csv:
         for epoch in range(t.step // t.steps_per_epoch, p.epochs):
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)

@@ -2,7 +2,8 @@
 
 Each objective returns (weighted loss sum, weight sum, images) so the loop normalises by the global batch's
 weight sum (see pssl.train.losses). The auxiliary head, where the model has one, gets the same target at
-`aux_weight`.
+`aux_weight`. An objective with state beside the weights (MDP's key encoder: pssl.train.mdp) updates it in
+`after_step`, and may name loss `parts` that log.csv records beside the total.
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ def to_device(images: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if dev.type == "cuda" else images
 
 
+class Objective:
+    parts: tuple[str, ...] = ()  # log.csv columns of the loss's terms (their values: `last_parts`)
+    last_parts: tuple[float, ...] = ()
+
+    def after_step(self, model) -> None:
+        """Called after each optimizer step with the bare model."""
+
+
 @dataclass
-class HardLabels:
+class HardLabels(Objective):
     """Batches (images (B, 3, H, W), label maps (B, H, W)): weighted cross entropy (eq. 3); with `ohem`, on the
     hard pixels the main head's prediction selects, for both heads (one weight sum normalises the loss)."""
     weight: torch.Tensor
@@ -46,7 +55,7 @@ class HardLabels:
 
 
 @dataclass
-class FusedLabels:
+class FusedLabels(Objective):
     """Batches of fused views (pssl.data.pseudo: weak, strong, strength, label, valid): the model's prediction
     on the weak view (no gradient) fused with the explanation prior and sharpened (PseudoSeg eq. 4,
     pssl.train.fusion) is the soft target of the strong view; CutOut and padding are excluded;

@@ -17,9 +17,17 @@ class DeepLabV3Head(nn.Module):
         # torchvision's head: ASPP (rates 12, 24, 36 -> 256 channels), 3x3 conv, 1x1 classifier.
         self.head = DeepLabHead(channels[-1], num_classes)
         self.aux = FCNAuxHead(channels[-2], num_classes)
+        self.feature_channels = self.head[-1].in_channels
+
+    def features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """What the classifier sees: ASPP, then the 3x3 conv."""
+        x = feats[-1]
+        for layer in list(self.head)[:-1]:
+            x = layer(x)
+        return x
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"out": self.head(feats[-1]), "aux": self.aux(feats[-2])}
+        return {"out": self.head[-1](self.features(feats)), "aux": self.aux(feats[-2])}
 
     def classifier_layers(self) -> list[nn.Conv2d]:
         return [self.head[-1], self.aux[-1]]

@@ -57,8 +57,10 @@ class OCRHead(nn.Module):
         self.attention = ObjectAttention(c_mid, c_key)
         self.fuse = nn.Sequential(conv_bn_relu(2 * c_mid, c_mid, 1), nn.Dropout2d(0.05))
         self.classifier = nn.Conv2d(c_mid, num_classes, 1)
+        self.feature_channels = c_mid
 
-    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def contextual(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the classifier sees, the soft object regions)."""
         size = feats[0].shape[-2:]
         x = torch.cat([feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
                                     for f in feats[1:]], dim=1)   # HRNetV2 representation
@@ -66,8 +68,14 @@ class OCRHead(nn.Module):
         pixels = self.pixel(x)
         regions = self.gather(pixels, soft_regions)
         context = self.attention(pixels, regions)
-        out = self.classifier(self.fuse(torch.cat([context, pixels], dim=1)))
-        return {"out": out, "aux": soft_regions}
+        return self.fuse(torch.cat([context, pixels], dim=1)), soft_regions
+
+    def features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.contextual(feats)[0]
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, soft_regions = self.contextual(feats)
+        return {"out": self.classifier(x), "aux": soft_regions}
 
     def classifier_layers(self) -> list[nn.Conv2d]:
         return [self.classifier, self.aux[-1]]

@@ -34,10 +34,14 @@ class PSPHead(nn.Module):
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(width, num_classes, 1)
         self.aux = FCNAuxHead(channels[-2], num_classes)
+        self.feature_channels = width
+
+    def features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """What the classifier sees."""
+        return self.dropout(self.bottleneck(self.ppm(feats[-1])))
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = self.dropout(self.bottleneck(self.ppm(feats[-1])))
-        return {"out": self.classifier(x), "aux": self.aux(feats[-2])}
+        return {"out": self.classifier(self.features(feats)), "aux": self.aux(feats[-2])}
 
     def classifier_layers(self) -> list[nn.Conv2d]:
         return [self.classifier, self.aux[-1]]
