@@ -137,8 +137,12 @@ def test_mixup_pixels_weigh_both_classes_in_the_prototypes():
     a, b = torch.tensor([[[0, 0]]]), torch.tensor([[[1, -1]]])
     weights = class_weights_map(a, b, torch.tensor([0.25]), 2)
     sums, counts = class_sums(emb, weights)
-    # class 0: pixels 0 and 1 at 0.25 each -> mean (e0 + e1) / 2; class 1: pixel 0 at 0.75 -> e0
-    assert torch.allclose(sums, torch.tensor([[0.5, 0.5], [1.0, 0.0]])) and counts.tolist() == [1.0, 1.0]
+    # class 0: pixels 0 and 1 at 0.25 each -> mean (e0 + e1) / 2, the image counts 0.25;
+    # class 1: pixel 0 at 0.75 -> e0, the image counts 0.75
+    assert torch.allclose(sums, torch.tensor([[0.125, 0.125], [0.75, 0.0]])) and counts.tolist() == [0.25, 0.75]
+    memory = PrototypeMemory(2, 2, slots=1)
+    memory.push(sums, counts)
+    assert torch.allclose(memory.prototypes()[0], torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
 
 
 def test_labels_at_takes_each_feature_cells_centre():
@@ -206,6 +210,11 @@ def test_key_encoder_is_an_ema_of_the_query_and_unused_layers_are_frozen():
     assert set(frozen) == {f"segmenter.{n}" for n, _ in model.query.segmenter.named_parameters()
                            if n.startswith(("head.classifier", "head.aux"))}
     assert not any(p.requires_grad for p in model.key.parameters())
+    model.train()  # the key's BatchNorm on batch statistics, its dropout off: the same batch, the same embeddings
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model.key(x), model.key(x)))
+        assert not torch.equal(model.query(x)[0], model.query(x)[0])  # the query's dropout is on
     before = {k: v.clone() for k, v in model.key.state_dict().items()}
     with torch.no_grad():
         for p in model.query.parameters():
@@ -341,3 +350,9 @@ def test_the_dag_pretrains_mdp_fine_tunes_from_it_and_draws_the_prototypes(tmp_p
     assert cell["cell"]["init"] == "mdp" and cell["init_from"].startswith("mdp/psp (full: ")
     again = run_snakemake(tmp_path, *targets, *config, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_an_experiment_cannot_score_mdp_as_an_imagenet_classifier():
+    from pssl.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="experiments.table4.classify: MDP's model has no ImageNet classes"):
+        load_config([str(REPO / "config.yaml")], ["experiments={table4: {variants: [main, mdp]}}"])

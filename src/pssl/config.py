@@ -266,6 +266,9 @@ def check_experiments(config: dict) -> None:
                                       f"{', '.join(known[key])}")
         if MDP in e["variants"]:
             check_init(config, f"experiments.{name}.variants", MDP)
+            if e["classify"]:
+                raise ConfigError(f"config key experiments.{name}.classify: MDP's model has no ImageNet classes to "
+                                  f"be scored as a classifier; drop mdp from its variants or classify")
     figure = config["figure3"]
     if figure["model"] not in config["finetune"]["models"] or figure["dataset"] not in config["finetune"]["datasets"]:
         raise ConfigError(f"config key figure3: model {figure['model']!r} must be one of finetune.models and dataset "

@@ -11,7 +11,7 @@ encoder is the key encoder. Each step:
    labelled pixels of both views; view 1's head-2 embeddings against the key's: L_con (eq. 7-8);
 4. the loss L_class + alpha L_con; after the optimizer step the key encoder moves toward the query's weights.
 
-The key encoder runs in the query's mode: BatchNorm on batch statistics, as MoCo's key encoder (on its running
+The key encoder runs in the query's mode without dropout: BatchNorm on batch statistics, as MoCo's key encoder (on its running
 statistics, a randomly initialised key gives every pixel nearly the same embedding until EMA brings the
 query's statistics over, thousands of steps); with sync_bn (several GPUs) those statistics span the global
 batch, so N ranks compute one process's targets. Output: <out_dir>/final.pt = {"model": the segmenter's weights (fine-tuning's
@@ -93,6 +93,15 @@ class MdpModel(nn.Module):
     @property
     def backbone(self) -> nn.Module:  # the query's (the training loop's backbone lr multiplier)
         return self.query.segmenter.backbone
+
+    def train(self, mode: bool = True) -> MdpModel:
+        """The key encoder follows the query's mode for BatchNorm, but never drops out: its prototypes and
+        consistency targets are the whole features' (DeepLabV3's ASPP drops half)."""
+        super().train(mode)
+        for m in self.key.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query(x)

@@ -31,13 +31,15 @@ def class_weights_map(label_a: torch.Tensor, label_b: torch.Tensor, lam: torch.T
 
 
 def class_sums(embeddings: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's part of eq. 2: (sum over its images of p_ij (K, D), the number of its images containing
-    class j (K,)), where p_ij is the (weighted) mean embedding of image i's pixels of class j."""
+    """One batch's part of eq. 2: (sum over its images of m_ij p_ij (K, D), sum of m_ij (K,)), where p_ij is
+    the (weighted) mean embedding of image i's pixels of class j and m_ij whether image i contains class j:
+    1, or for a Mixup image the class's mean weight on its pixels (lambda or 1 - lambda), so a partner image
+    mixed in at 1% counts 1% of an image."""
     mass = weights.sum(dim=(2, 3))                                        # N x K
     pooled = torch.einsum("nkhw,ndhw->nkd", weights, embeddings)          # N x K x D
-    present = mass > 0
     p = pooled / mass.clamp_min(1e-12).unsqueeze(2)
-    return (p * present.unsqueeze(2)).sum(0), present.sum(0).float()
+    m = mass / (weights > 0).sum(dim=(2, 3)).clamp_min(1)                # 0 where the class is absent
+    return (p * m.unsqueeze(2)).sum(0), m.sum(0)
 
 
 class PrototypeMemory(nn.Module):
