@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls demo-mdp test check install clean-demo
+.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls demo-mdp demo-ms3 test check install clean-demo
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ demo-controls: $(STAMP)
 MDP := finetune='{seeds: [0, 1, 2], inits: [imagenet, pssl, mdp]}'
 demo-mdp: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all --config $(MDP)
+	$(VENV)/bin/pssl summary --results results
+
+# MS3 (class-name vectors + momentum visual embeddings, the multi-label mapping) beside MDP, ImageNet and PSSL.
+MS3 := finetune='{seeds: [0, 1, 2], inits: [imagenet, pssl, mdp, ms3]}'
+demo-ms3: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH snakemake --cores all --config $(MS3)
 	$(VENV)/bin/pssl summary --results results
 
 # The fast tier, for every change: lint, then the unit tests (no Snakemake DAG, no SLURM, no test marked slow),

@@ -60,18 +60,17 @@ def fit_mdp(segmenter, root: str, params: TrainSettings, out: str, info):
     """MDP on the demo's VOC-Aug and ADE20K (8 images), Mixup and CutMix both on, a memory of 2 batches (so
     batches leave it during the run)."""
     from pssl.data.downstream import SegmentationSet
-    from pssl.data.multi_dataset import MultiDatasetViews, union_labels
+    from pssl.data.multi_dataset import union_labels
     from pssl.settings import MdpSettings
-    from pssl.train.mdp import MdpModel, MdpObjective, freeze_unreached
+    from pssl.train.mdp import Mdp
+    from pssl.train.multi_dataset import MultiDatasetModel, freeze_unreached
 
     settings = MdpSettings(crop=32, embed_dim=8, memory_images=8, key_momentum=0.5, mix_prob=0.75)
-    space = union_labels(settings.datasets)
-    data = MultiDatasetViews([SegmentationSet(d, root, "train") for d in settings.datasets], space, settings.crop,
-                             params.seed, cutmix=True, mixup=True, mix_prob=settings.mix_prob)
-    model = MdpModel(segmenter, settings.embed_dim, len(space.classes), slots=2)
+    method = Mdp(settings, params, union_labels(settings.datasets))  # a memory of 8 / 4: 2 batches
+    data = method.views([SegmentationSet(d, root, "train") for d in settings.datasets], params.seed)
+    model = MultiDatasetModel(segmenter, method.heads(), method.memory())
     freeze_unreached(model, 64)
-    return fit(model, data, torch.ones(1), params, out, info, ignore_index=-1,
-               objective=MdpObjective(settings, len(space.classes), info))
+    return fit(model, data, torch.ones(1), params, out, info, ignore_index=-1, objective=method.objective(info))
 
 
 def main() -> None:

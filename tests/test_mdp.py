@@ -203,9 +203,9 @@ def test_features_are_what_the_classifier_sees(head, backbone):
 
 
 def test_key_encoder_is_an_ema_of_the_query_and_unused_layers_are_frozen():
-    from pssl.train.mdp import MdpModel, freeze_unreached
+    from pssl.train.multi_dataset import MultiDatasetModel, freeze_unreached
     torch.manual_seed(0)
-    model = MdpModel(build_segmenter("pspnet", "resnet10t", 4), 8, 4, slots=2)
+    model = MultiDatasetModel(build_segmenter("pspnet", "resnet10t", 4), (8, 8), PrototypeMemory(4, 8, slots=2))
     frozen = freeze_unreached(model, 64)
     assert set(frozen) == {f"segmenter.{n}" for n, _ in model.query.segmenter.named_parameters()
                            if n.startswith(("head.classifier", "head.aux"))}
@@ -322,12 +322,12 @@ def test_mdp_config_checks():
 
 
 def test_mdp_runtime_estimate_counts_both_views_and_the_key_passes():
-    from pssl.cluster import MDP_PASSES, train_work, training_job
+    from pssl.cluster import PASSES, train_work, training_job
     from pssl.config import load_config
     config = load_config([str(REPO / "presets/paper.yaml")], ["imagenet_root=/x", "downstream_root=/y"], check=False)[0]
-    images, epochs, crop, gpus = training_job(config, "pretrain_mdp", {"model": "deeplabv3_resnet50d"})
+    images, epochs, crop, gpus = training_job(config, "pretrain_multi", {"method": "mdp", "model": "deeplabv3_resnet50d"})
     train = DATASETS["voc_aug"].train_images + DATASETS["ade20k"].train_images
-    assert (images, epochs, crop, gpus) == (train * MDP_PASSES, 100, 224, 8)
+    assert (images, epochs, crop, gpus) == (train * PASSES["mdp"], 100, 224, 8) and PASSES["mdp"] == 2 + 2 / 3
     assert train_work(images, epochs, crop, gpus) > 60  # hours of 8 GPUs, not minutes
 
 
@@ -343,7 +343,7 @@ def test_the_dag_pretrains_mdp_fine_tunes_from_it_and_draws_the_prototypes(tmp_p
     run_snakemake(tmp_path, *targets, *config)
     record = torch.load(tmp_path / "results/mdp/psp/final.pt", weights_only=True)
     assert record["config"]["datasets"] == ["camvid", "cityscapes"] and record["config"]["backbone_init"] != "random"
-    assert (tmp_path / "results/benchmarks/mdp/psp.tsv").exists()
+    assert (tmp_path / "results/benchmarks/multi_dataset/mdp/psp.tsv").exists()
     near = pd.read_csv(tmp_path / "results/report/mdp_prototypes_psp.csv")
     assert set(near["dataset"]) <= {"camvid", "cityscapes"} and len(near) > 0
     cell = json.loads((tmp_path / "results/finetune/camvid/psp/mdp/seed0/metrics.json").read_text())
@@ -354,5 +354,5 @@ def test_the_dag_pretrains_mdp_fine_tunes_from_it_and_draws_the_prototypes(tmp_p
 
 def test_an_experiment_cannot_score_mdp_as_an_imagenet_classifier():
     from pssl.config import ConfigError, load_config
-    with pytest.raises(ConfigError, match="experiments.table4.classify: MDP's model has no ImageNet classes"):
+    with pytest.raises(ConfigError, match="experiments.table4.classify: mdp's model has no ImageNet classes"):
         load_config([str(REPO / "config.yaml")], ["experiments={table4: {variants: [main, mdp]}}"])

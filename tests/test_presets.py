@@ -392,23 +392,33 @@ def test_pssl_fake_tree_lets_the_paper_preset_pass_its_data_checks(tmp_path, cap
     assert len(list((tmp_path / "imagenet/train").iterdir())) == 1000
 
 
-def test_paper_preset_mdp_experiment(trees, tmp_path):
-    """`snakemake mdp`: one MDP pre-training of DeepLabV3-ResNet50 on VOC-Aug + ADE20K train at the MDP paper's
-    settings on the pre-training's 8 GPUs, then ImageNet, PSSL and MDP inits fine-tuned on both sets (each
-    cell's lr search: its first round), and the prototype figure."""
-    counts, out = plan(tmp_path, PAPER, trees, target="mdp")
-    assert counts["pretrain_mdp"] == 1 and counts["mdp_prototypes"] == 1 and counts["experiment_table"] == 1
-    assert counts["finetune"] == 2 * 3 * 3  # 2 datasets x 3 inits x round 0's three lrs
-    command = next(line for line in out.splitlines() if "pssl pretrain-mdp" in line)
-    assert command.startswith("Shell command: python -m pssl gpu-slots 8 -- torchrun --standalone --nproc_per_node 8")
-    assert f"--roots voc_aug={trees[1]} ade20k={trees[1]} " in command
-    for flag in ("--head deeplabv3 ", "--backbone resnet50d ", "--datasets voc_aug ade20k ", "--crop 224 ",
-                 "--memory-images 10240 ", "--temperature 0.07 ", "--consistency-weight 0.2 ",
-                 "--temperature-query 0.07 ", "--temperature-key 0.04 ", "--backbone-start scratch ",
-                 "--epochs 100 ", "--batch-size 128 ", "--lr 0.8 ", "--weight-decay 4e-05 ", "--schedule cosine ",
-                 "--num-workers 8 "):
-        assert flag in command, flag
-    assert "--backbone-init" not in command  # from scratch, as the paper
-    finetunes = [line for line in out.splitlines() if "pssl finetune" in line and "/mdp/" in line]
-    assert len(finetunes) == 6 and all("--init-from results/paper/mdp/deeplabv3_resnet50d/final.pt" in c
-                                       for c in finetunes)
+def test_paper_preset_multi_dataset_experiment(trees, tmp_path):
+    """`snakemake multi_dataset`: MDP's and MS3's pre-trainings of DeepLabV3-ResNet50 on VOC-Aug + ADE20K train
+    at their papers' settings on the pre-training's 8 GPUs (MS3's from CLIP's class vectors), then ImageNet,
+    PSSL, MDP and MS3 inits fine-tuned on both sets (each cell's lr search: its first round), and the figures."""
+    counts, out = plan(tmp_path, PAPER, trees, target="multi_dataset")
+    assert counts["pretrain_multi"] == 2 and counts["embed_classes"] == 1 and counts["experiment_table"] == 1
+    assert counts["mdp_prototypes"] == 1 and counts["ms3_mapping"] == 1
+    assert counts["finetune"] == 2 * 4 * 3  # 2 datasets x 4 inits x round 0's three lrs
+    lines = out.splitlines()
+    assert any("pssl embed-classes --datasets voc_aug ade20k --merge-names false --source clip " in c for c in lines)
+    for method in ("mdp", "ms3"):
+        command = next(line for line in lines if f"pssl pretrain-{method} " in line)
+        assert command.startswith("Shell command: python -m pssl gpu-slots 8 -- torchrun --standalone "
+                                  "--nproc_per_node 8")
+        assert f"--roots voc_aug={trees[1]} ade20k={trees[1]} " in command
+        for flag in ("--head deeplabv3 ", "--backbone resnet50d ", "--datasets voc_aug ade20k ", "--crop 224 ",
+                     "--memory-images 10240 ", "--temperature 0.07 ", "--backbone-start scratch ", "--epochs 100 ",
+                     "--batch-size 128 ", "--lr 0.8 ", "--weight-decay 4e-05 ", "--schedule cosine ",
+                     "--num-workers 8 "):
+            assert flag in command, (method, flag)
+        assert "--backbone-init" not in command  # from scratch, as the papers
+        finetunes = [c for c in lines if "pssl finetune" in c and f"/{method}/" in c]
+        assert len(finetunes) == 6 and all(f"--init-from results/paper/{method}/deeplabv3_resnet50d/final.pt" in c
+                                           for c in finetunes)
+    mdp = next(line for line in lines if "pssl pretrain-mdp " in line)
+    assert all(flag in mdp for flag in ("--consistency-weight 0.2 ", "--temperature-query 0.07 ",
+                                        "--temperature-key 0.04 "))
+    ms3 = next(line for line in lines if "pssl pretrain-ms3 " in line)
+    assert all(flag in ms3 for flag in ("--class-embeddings results/paper/ms3/class_embeddings.parquet ",
+                                        "--embed-dim 512 ", "--visual-weight 1.0 ", "--multi-label true "))

@@ -30,8 +30,8 @@ import pandas as pd
 from pssl.data.multi_dataset import UnionLabels
 from pssl.errors import InputError
 from pssl.io import atomic_file
-from pssl.report.mdp_prototypes import nearest_across
-from pssl.tables import write_table
+from pssl.report.class_relations import nearest_across
+from pssl.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +141,14 @@ def embed_classes(space: UnionLabels, source: str, out: str | Path, table: str |
         with atomic_file(nearest) as tmp:
             nearest_across(list(space.classes), sources, unit @ unit.T).to_csv(tmp, index=False)
     return frame
+
+
+def read_class_embeddings(path: str | Path, classes: list[str] | tuple[str, ...]) -> np.ndarray:
+    """(K, C) vectors in the order of `classes` (a pre-training's union), every class required."""
+    frame, _ = read_table(path)
+    row = {c: i for i, c in enumerate(frame["class"])}
+    missing = [c for c in classes if c not in row]
+    if missing:
+        raise InputError(f"{path} has no vector for {', '.join(missing)}: rerun pssl embed-classes for these "
+                         f"datasets")
+    return np.stack([np.asarray(frame["vector"].iloc[row[c]], dtype=np.float64) for c in classes])

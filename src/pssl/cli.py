@@ -16,7 +16,7 @@ from pssl.models.catalog import HEAD_NAMES, TRANSFERS
 from pssl.settings import (
     EVAL_GEOMETRY,
     FINETUNE_DEFAULTS,
-    MDP_TRAIN_DEFAULTS,
+    MULTI_DATASET_TRAIN_DEFAULTS,
     ClassifySettings,
     DemoSettings,
     ExplainSettings,
@@ -24,6 +24,7 @@ from pssl.settings import (
     IndexSettings,
     LabelSettings,
     MdpSettings,
+    Ms3Settings,
     PretrainSettings,
     SanitySettings,
     StudentSettings,
@@ -140,18 +141,23 @@ def _pretrain(a):
              masks_root=a.masks_root, continue_state=a.continue_state)
 
 
-def _pretrain_mdp(a):
+def _pretrain_multi(a):
     from pssl.device import set_threads
-    from pssl.train.mdp import pretrain_mdp
+    from pssl.train.mdp import Mdp
+    from pssl.train.ms3 import Ms3
+    from pssl.train.multi_dataset import pretrain_multi
     set_threads(a.threads)
-    pretrain_mdp(dict(a.roots), a.out_dir, head=a.head, backbone=a.backbone, backbone_init=a.backbone_init,
-                 settings=settings_from_args(MdpSettings, a), train=settings_from_args(TrainSettings, a),
-                 device=a.device, expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min)
+    method, cls = (Mdp, MdpSettings) if a.command == "pretrain-mdp" else (Ms3, Ms3Settings)
+    inputs = {"class_embeddings": a.class_embeddings} if method is Ms3 else {}
+    pretrain_multi(method, dict(a.roots), a.out_dir, head=a.head, backbone=a.backbone, backbone_init=a.backbone_init,
+                   settings=settings_from_args(cls, a), train=settings_from_args(TrainSettings, a), device=a.device,
+                   expect_world=a.expect_world, requeue_margin_min=a.requeue_margin_min, **inputs)
 
 
-def _mdp_prototypes(a):
-    from pssl.report.mdp_prototypes import write_prototype_similarity
-    write_prototype_similarity(a.model, a.out, a.figure)
+def _class_relations(a):
+    from pssl.report.class_relations import write_multi_label_mapping, write_prototype_similarity
+    write = write_prototype_similarity if a.command == "mdp-prototypes" else write_multi_label_mapping
+    write(a.model, a.out, a.figure)
 
 
 def _embed_classes(a):
@@ -407,24 +413,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(s, TrainSettings)
     s.set_defaults(func=_pretrain)
 
-    s = sub.add_parser("pretrain-mdp", parents=[compute],
-                       help="MDP: pre-train a segmentation model on labelled downstream sets (torchrun/srun)")
-    s.add_argument("--roots", nargs="+", required=True, type=dataset_root_pair, metavar="DATASET=ROOT",
-                   help="each dataset of --datasets and the folder holding it")
-    s.add_argument("--out-dir", required=True, help="mdp/<model>: checkpoints, log.csv, final.pt")
-    add_model_flags(s)
-    s.add_argument("--backbone-init", default=None,
-                   help="zoo/<name>.pt of the backbone's architecture (with --backbone-start imagenet)")
-    add_long_job_flags(s, distributed=True)
-    add_settings_flags(s, MdpSettings)
-    add_settings_flags(s, TrainSettings, defaults=MDP_TRAIN_DEFAULTS)
-    s.set_defaults(func=_pretrain_mdp)
+    for command, cls, text in (
+            ("pretrain-mdp", MdpSettings, "MDP: pre-train a segmentation model on labelled downstream sets"),
+            ("pretrain-ms3", Ms3Settings, "MS3: pre-train a segmentation model on labelled downstream sets with "
+                                          "class-name vectors")):
+        s = sub.add_parser(command, parents=[compute], help=text + " (torchrun/srun)")
+        s.add_argument("--roots", nargs="+", required=True, type=dataset_root_pair, metavar="DATASET=ROOT",
+                       help="each dataset of --datasets and the folder holding it")
+        s.add_argument("--out-dir", required=True, help="<method>/<model>: checkpoints, log.csv, final.pt")
+        add_model_flags(s)
+        s.add_argument("--backbone-init", default=None,
+                       help="zoo/<name>.pt of the backbone's architecture (with --backbone-start imagenet)")
+        if cls is Ms3Settings:
+            s.add_argument("--class-embeddings", required=True,
+                           help="pssl embed-classes' table of the union's classes (the vectors T)")
+        add_long_job_flags(s, distributed=True)
+        add_settings_flags(s, cls)
+        add_settings_flags(s, TrainSettings, defaults=MULTI_DATASET_TRAIN_DEFAULTS)
+        s.set_defaults(func=_pretrain_multi)
 
-    s = sub.add_parser("mdp-prototypes", help="MDP's class prototypes: their cosine similarity across datasets")
-    s.add_argument("--model", required=True, help="mdp/<model>/final.pt")
-    s.add_argument("--out", required=True, help="CSV: each class's nearest classes of the other datasets")
-    s.add_argument("--figure", required=True, help="PNG: the similarity matrix")
-    s.set_defaults(func=_mdp_prototypes)
+    for command, text, out, figure in (
+            ("mdp-prototypes", "MDP's class prototypes: their cosine similarity across datasets",
+             "CSV: each class's nearest classes of the other datasets", "PNG: the similarity matrix"),
+            ("ms3-mapping", "MS3's multi-label mapping and its class vectors' similarity",
+             "CSV: each class and the other datasets' classes it pulls toward", "PNG: the class vectors' similarity")):
+        s = sub.add_parser(command, help=text)
+        s.add_argument("--model", required=True, help=f"{command[:3]}/<model>/final.pt")
+        s.add_argument("--out", required=True, help=out)
+        s.add_argument("--figure", required=True, help=figure)
+        s.set_defaults(func=_class_relations)
 
     s = sub.add_parser("embed-classes", help="class-name vectors of a union label space (MS3's language targets)")
     s.add_argument("--datasets", nargs="+", required=True, choices=list(DATASETS), help="the union's datasets")
@@ -671,6 +688,10 @@ EXAMPLES = {
                 "--head pspnet --backbone resnet50d --backbone-init results/zoo/resnet50d.pt --epochs 30",
     "pretrain-mdp": "--roots voc_aug=/data/segmentation ade20k=/data/segmentation --out-dir results/mdp/psp "
                     "--head pspnet --backbone resnet50d --datasets voc_aug ade20k",
+    "pretrain-ms3": "--roots voc_aug=/data/segmentation ade20k=/data/segmentation --out-dir results/ms3/psp "
+                    "--head pspnet --backbone resnet50d --class-embeddings results/ms3/class_embeddings.parquet",
+    "ms3-mapping": "--model results/ms3/psp/final.pt --out results/report/ms3_mapping_psp.csv --figure "
+                   "results/report/ms3_text_similarity_psp.png",
     "mdp-prototypes": "--model results/mdp/psp/final.pt --out results/report/mdp_prototypes.csv --figure "
                       "results/report/mdp_prototypes.png",
     "embed-classes": "--datasets voc_aug ade20k --source minilm --out results/class_embeddings.parquet "

@@ -215,13 +215,15 @@ def indexed_images(config: dict) -> int:
     return rows_or_bound([str(Path(config["results"]) / "index.parquet")], subset_bound(config))
 
 
-MDP_PASSES = 2 + 2 / 3  # an MDP image's work in trained images: two trained views, two forward-only key passes
+# A multi-dataset image's work in trained images: MDP trains two views and runs the key encoder on two more
+# (a forward pass: about a third of a trained one), MS3 one of each.
+PASSES = {"mdp": 2 + 2 / 3, "ms3": 1 + 1 / 3}
 
 
 def training_job(config: dict, rule: str, wildcards: dict) -> tuple[float, int, int, int]:
     """(images per epoch, epochs, crop, GPUs) of one job of a training rule."""
     from pssl.data.downstream import DATASETS
-    from pssl.settings import MAIN, finetune_settings, mdp_settings, pretrain_settings
+    from pssl.settings import MAIN, finetune_settings, multi_dataset_settings, pretrain_settings
     if rule == "zoo_model":
         t = config["zoo"]["train"]
         return indexed_images(config), t["epochs"], t["image_size"], 1
@@ -233,9 +235,9 @@ def training_job(config: dict, rule: str, wildcards: dict) -> tuple[float, int, 
         if settings.continue_from:
             epochs -= pretrain_settings(config, settings.continue_from)[1].epochs
         return images, epochs, settings.crop, train_layout(config, "pretrain").world
-    if rule == "pretrain_mdp":
-        settings, train = mdp_settings(config)
-        images = sum(DATASETS[d].train_images for d in settings.datasets) * MDP_PASSES
+    if rule == "pretrain_multi":
+        settings, train = multi_dataset_settings(config, wildcards["method"])
+        images = sum(DATASETS[d].train_images for d in settings.datasets) * PASSES[wildcards["method"]]
         return images, train.epochs, settings.crop, train_layout(config, "pretrain").world
     # finetune, self_train (a student's epoch: a random half of the real set + k x as many pseudo samples; the
     # control: the real set (1 + k) / 2 times)
@@ -246,7 +248,7 @@ def training_job(config: dict, rule: str, wildcards: dict) -> tuple[float, int, 
     return epoch, train.epochs, geometry.crop, train_layout(config, "finetune").world
 
 
-TRAINING_RULES = ("pretrain", "pretrain_mdp", "finetune", "self_train")
+TRAINING_RULES = ("pretrain", "pretrain_multi", "finetune", "self_train")
 
 
 def runtime_minutes(config: dict, rule: str, wildcards: dict) -> int:

@@ -245,10 +245,11 @@ def check_config(config: dict) -> None:
 
 def check_experiments(config: dict) -> None:
     """Experiments name models, datasets and variants that exist; run_experiments names experiments."""
-    from pssl.settings import MAIN, MDP, pretrain_variant
-    if MDP in config["pretrain_variants"]:
-        raise ConfigError(f"config key pretrain_variants.{MDP}: {MDP!r} names MDP's pre-training (the mdp section); "
-                          f"choose another name")
+    from pssl.settings import MAIN, MULTI_DATASET, pretrain_variant
+    for method in MULTI_DATASET:
+        if method in config["pretrain_variants"]:
+            raise ConfigError(f"config key pretrain_variants.{method}: {method!r} names a multi-dataset pre-training "
+                              f"(the {method} section); choose another name")
     for name in config["pretrain_variants"]:
         try:
             pretrain_variant(config, name)
@@ -258,17 +259,17 @@ def check_experiments(config: dict) -> None:
     check_continuations(config)
     for name, e in config["experiments"].items():
         known = {"model": config["pretrain"]["models"], "datasets": config["finetune"]["datasets"],
-                 "variants": [MAIN, MDP, *config["pretrain_variants"]]}
+                 "variants": [MAIN, *MULTI_DATASET, *config["pretrain_variants"]]}
         for key, values in (("model", [e["model"]]), ("datasets", e["datasets"]), ("variants", e["variants"])):
             for value in values:
                 if value not in known[key]:
                     raise ConfigError(f"config key experiments.{name}.{key}: {value!r} is not one of "
                                       f"{', '.join(known[key])}")
-        if MDP in e["variants"]:
-            check_init(config, f"experiments.{name}.variants", MDP)
+        for method in set(e["variants"]) & set(MULTI_DATASET):
+            check_init(config, f"experiments.{name}.variants", method)
             if e["classify"]:
-                raise ConfigError(f"config key experiments.{name}.classify: MDP's model has no ImageNet classes to "
-                                  f"be scored as a classifier; drop mdp from its variants or classify")
+                raise ConfigError(f"config key experiments.{name}.classify: {method}'s model has no ImageNet classes "
+                                  f"to be scored as a classifier; drop {method} from its variants or classify")
     figure = config["figure3"]
     if figure["model"] not in config["finetune"]["models"] or figure["dataset"] not in config["finetune"]["datasets"]:
         raise ConfigError(f"config key figure3: model {figure['model']!r} must be one of finetune.models and dataset "
@@ -324,15 +325,17 @@ def check_continuations(config: dict) -> None:
 
 
 def check_init(config: dict, key: str, init: str) -> None:
-    """pssl-<variant> names a pre-training variant; an oracle variant has masks to learn from; mdp's datasets
-    are configured downstream datasets (their roots and layouts are checked)."""
-    from pssl.settings import MDP, init_transfer, pretrain_variant
+    """pssl-<variant> names a pre-training variant; an oracle variant has masks to learn from; mdp's and ms3's
+    datasets are configured downstream datasets (their roots and layouts are checked)."""
+    from pssl.settings import MULTI_DATASET, init_transfer, pretrain_variant
     init = init_transfer(init)[0]
-    if init == MDP:
-        missing = [d for d in config["mdp"]["datasets"] if d not in config["finetune"]["datasets"]]
+    if init in MULTI_DATASET:
+        missing = [d for d in config[init]["datasets"] if d not in config["finetune"]["datasets"]]
         if missing:
-            raise ConfigError(f"config key mdp.datasets: {', '.join(missing)} not in finetune.datasets ({key} "
+            raise ConfigError(f"config key {init}.datasets: {', '.join(missing)} not in finetune.datasets ({key} "
                               f"{init!r} pre-trains on their train splits: add them there, where their roots are)")
+        if init == "ms3" and config["ms3"]["text_source"] == "table" and not config["ms3"]["text_table"]:
+            raise ConfigError("config key ms3.text_table is required: ms3.text_source is table")
         return
     variant = init.removeprefix("pssl-")
     if init.startswith("pssl-") and variant not in config["pretrain_variants"]:

@@ -13,7 +13,7 @@ FINETUNE_CELL = "finetune/{dataset}/{model}/{init}/seed{seed}"    # metrics.json
 FINETUNE_RUN = FINETUNE_CELL + "/lr{lr}"                          # metrics.json, final.pt of one lr
 LR_SEARCH_ROUND = FINETUNE_CELL + "/lr_search/round{round}"       # .json: one round of the cell's lr search
 STUDENT_RUN = FINETUNE_RUN.replace("{init}", "{init}+{data}")     # a self-training student is a cell too
-MDP_PRETRAINED = "mdp/{model}"                                    # final.pt, state.pt, log.csv (init mdp)
+MULTI_PRETRAINED = "{method}/{model}"                  # final.pt, state.pt, log.csv (init mdp or ms3)
 PSEUDO_PART = "pseudo/{dataset}/{model}/{init}/seed{seed}/pool-{part}"  # pseudo.parquet, centroids.parquet
 
 # Where each heavy rule's `benchmark:` file goes under <results>/benchmarks (the rules and `pssl runtimes`
@@ -23,7 +23,7 @@ BENCHMARKS = {
     "explain_shard": "explain_shard/{shard}.tsv",
     "label_shard": "label_shard/{shard}.tsv",
     "pretrain": PRETRAINED + ".tsv",
-    "pretrain_mdp": MDP_PRETRAINED + ".tsv",
+    "pretrain_multi": "multi_dataset/" + MULTI_PRETRAINED + ".tsv",
     "finetune": FINETUNE_RUN + ".tsv",
     "teacher_labels": "teacher_labels/" + PSEUDO_PART.removeprefix("pseudo/") + ".tsv",
     "self_train": "self_train/" + STUDENT_RUN.removeprefix("finetune/") + ".tsv",

@@ -251,40 +251,64 @@ class StudentSettings:
 
 
 @dataclass(frozen=True)
-class MdpSettings:
-    """MDP's multi-dataset pixel-to-prototype pre-training (pssl.train.mdp; README, "MDP"): labelled
-    downstream sets, their union label space, two 3-layer projection heads on the segmenter's features, a
-    momentum key encoder, eq. 2's prototype memory. Defaults: the paper's section 4.1; the optimisation is
-    TrainSettings with MDP_TRAIN_DEFAULTS."""
+class MultiDatasetSettings:
+    """What MDP and MS3 share (pssl.train.multi_dataset): labelled downstream sets, their union label space,
+    two 3-layer projection heads on the segmenter's features, a momentum key encoder, a memory of the last
+    batches. The optimisation is TrainSettings with MULTI_DATASET_TRAIN_DEFAULTS."""
     datasets: tuple[str, ...] = setting(("voc_aug", "ade20k"), "the labelled sets pre-trained on (their train "
                                         "splits; classes: the union of theirs)")
     merge_names: bool = setting(False, "one class for a name several datasets share (default: every class "
-                                "qualified by its dataset, the paper's union Y1 u Y2)")
+                                "qualified by its dataset, the papers' union Y1 u Y2)")
     crop: int = setting(224, "training crop: each image's random scale (shorter side 0.5-2.0 x crop) and crop",
                         ge=16, le=4096)
-    embed_dim: int = setting(256, "width of the L2-normalised pixel embeddings of both projection heads", ge=2)
-    memory_images: int = setting(10240, "N_b: images the prototype memory spans (the last N_b / batch_size "
-                                 "batches' class sums; the paper's best 10,240)", ge=1)
-    temperature: float = setting(0.07, "tau of the pixel-to-prototype InfoNCE (eq. 3)", gt=0)
+    embed_dim: int = setting(256, "width of the L2-normalised pixel embeddings of the projection heads", ge=2)
+    memory_images: int = setting(10240, "N_b: images the memory spans (the last N_b / batch_size batches' class "
+                                 "sums; MDP's best 10,240)", ge=1)
+    temperature: float = setting(0.07, "tau of the pixel-to-class InfoNCE", gt=0)
+    key_momentum: float = setting(0.999, "EMA momentum of the key encoder (the papers give none: MoCo v2's)",
+                                  ge=0, lt=1)
+    backbone_start: str = setting("scratch", "scratch: every weight random (the papers' rows); imagenet: the "
+                                 "backbone from the model's zoo classifier, as PSSL's", ("scratch", "imagenet"))
+
+
+@dataclass(frozen=True)
+class MdpSettings(MultiDatasetSettings):
+    """MDP's pixel-to-prototype pre-training (pssl.train.mdp; README, "MDP"): eq. 2's prototypes, the class
+    and consistency terms, cross-dataset mixing. Defaults: the paper's section 4.1."""
     consistency_weight: float = setting(0.2, "alpha of L_class + alpha L_con (eq. 9; 0: no consistency term)",
                                         ge=0)
     temperature_query: float = setting(0.07, "tau_q of the consistency term's query softmax (eq. 8)", gt=0)
     temperature_key: float = setting(0.04, "tau_k of the consistency term's key softmax (sharper, as DINO)", gt=0)
-    key_momentum: float = setting(0.999, "EMA momentum of the key encoder (the paper gives none: MoCo v2's)",
-                                  ge=0, lt=1)
     cutmix: bool = setting(True, "cross-dataset CutMix (eq. 4): a box of another dataset's image and labels")
     mixup: bool = setting(True, "cross-dataset Mixup (eq. 5-6): lambda x_i + (1 - lambda) x_j, both labels' "
                           "losses weighted by lambda")
     mix_prob: float = setting(0.5, "the fraction of images mixed with another dataset's (with cutmix and mixup "
                               "both on, each mixed image draws one of them; the paper gives no rate: CutMix's "
                               "0.5)", ge=0, le=1)
-    backbone_start: str = setting("scratch", "scratch: every weight random (the paper's MDP rows); imagenet: the "
-                                 "backbone from the model's zoo classifier, as PSSL's", ("scratch", "imagenet"))
 
 
-# MDP's optimisation (section 4.1): SGD 0.9, weight decay 4e-5, batch 128, lr 0.8 decayed to 0 by a cosine, 100
-# epochs (Table 1: 100 and 200); one lr for the whole model, no auxiliary head.
-MDP_TRAIN_DEFAULTS = {"batch_size": 128, "lr": 0.8, "schedule": "cosine", "weight_decay": 4e-5, "epochs": 100,
+@dataclass(frozen=True)
+class Ms3Settings(MultiDatasetSettings):
+    """MS3's language- and vision-supervised pre-training (pssl.train.ms3; README, "MS3"): pixel-to-text and
+    pixel-to-visual-embedding InfoNCE with the cross-modal multi-label mapping. Defaults: the paper's 4.1."""
+    embed_dim: int = setting(512, "width of the visual head's L2-normalised embeddings (the language head's is "
+                             "the class vectors' width)", ge=2)
+    visual_weight: float = setting(1.0, "alpha of L_l + alpha L_v (eq. 3 / 9)", ge=0)
+    multi_label: bool = setting(True, "the cross-modal multi-label mapping (eq. 5-8): a class also pulls toward "
+                                "the other datasets' classes its pixels are as close to in the text space")
+    mapping_warmup: float = setting(0.1, "the fraction of training before the mapping starts (the paper gives "
+                                    "none: before the pixel embeddings align with the class vectors, about half of "
+                                    "every other dataset's classes pass eq. 6)", ge=0, le=1)
+    text_source: str = setting("minilm", "where the class vectors T come from (pssl embed-classes): minilm "
+                               "(offline, all-MiniLM-L6-v2), clip (MS3's CLIP ViT-B/32; needs open_clip and its "
+                               "weights) or table (text_table)", ("minilm", "clip", "table"))
+    text_table: str | None = setting(None, "text_source table: a CSV or Parquet of names and vectors computed "
+                                     "elsewhere")
+
+
+# MDP's and MS3's optimisation (their sections 4.1): SGD 0.9, weight decay 4e-5, batch 128, lr 0.8 decayed to 0
+# by a cosine, 100 epochs (MDP's Table 1: 100 and 200); one lr for the whole model, no auxiliary head.
+MULTI_DATASET_TRAIN_DEFAULTS = {"batch_size": 128, "lr": 0.8, "schedule": "cosine", "weight_decay": 4e-5, "epochs": 100,
                       "backbone_lr_mult": 1.0}
 
 
@@ -321,6 +345,9 @@ DATASET_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip")),
 # a model's overrides of its dataset's settings: not the split the table reports, which is the dataset's
 PER_MODEL_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip", "eval_split")), DATASET_FIELDS[1])
 
+MULTI_DATASET_TRAIN_FIELDS = Fields(TrainSettings, exclude=("seed", "milestone", "gamma", "aux_weight", "freeze_backbone"),
+                                    defaults=MULTI_DATASET_TRAIN_DEFAULTS)
+
 # Where each stage setting lives in a config. The schema's entries for them are generated from the dataclasses
 # (pssl.config.config_schema), so a setting, its default, type, range, choices and help are written once.
 CONFIG_SECTIONS: dict[str, Section] = {
@@ -336,8 +363,8 @@ CONFIG_SECTIONS: dict[str, Section] = {
                                    overrides=True),
     "finetune": Section((Fields(TrainSettings, exclude=("epochs", "weight_decay", "milestone", "gamma", "seed"),
                                 defaults=FINETUNE_DEFAULTS),)),
-    "mdp": Section((Fields(MdpSettings), Fields(TrainSettings, exclude=("seed", "milestone", "gamma", "aux_weight", "freeze_backbone"),
-                                                defaults=MDP_TRAIN_DEFAULTS))),
+    "mdp": Section((Fields(MdpSettings), MULTI_DATASET_TRAIN_FIELDS)),
+    "ms3": Section((Fields(Ms3Settings), MULTI_DATASET_TRAIN_FIELDS)),
     "finetune.lr_search": Section((Fields(LrSearchSettings),)),
     "finetune.datasets.*": Section(DATASET_FIELDS),
     "finetune.datasets.*.per_model.*": Section(PER_MODEL_FIELDS, overrides=True),
@@ -457,20 +484,21 @@ def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettin
     return settings, pick(TrainSettings, values, optional=("freeze_backbone",), seed=config["seed"])
 
 
-def mdp_settings(config: dict) -> tuple[MdpSettings, TrainSettings]:
-    """The mdp section: MDP's objective and data, and its optimisation (MDP_TRAIN_DEFAULTS)."""
-    return pick(MdpSettings, config["mdp"]), pick(TrainSettings, config["mdp"], optional=("milestone", "gamma",
-                                                                                        "aux_weight", "freeze_backbone"),
-                                                  seed=config["seed"])
+def multi_dataset_settings(config: dict, method: str) -> tuple[MdpSettings | Ms3Settings, TrainSettings]:
+    """The mdp or ms3 section: the method's objective and data, and its optimisation."""
+    cls = {MDP: MdpSettings, MS3: Ms3Settings}[method]
+    return pick(cls, config[method]), pick(TrainSettings, config[method], optional=(
+        "milestone", "gamma", "aux_weight", "freeze_backbone"), seed=config["seed"])
 
 
-MDP = "mdp"  # the fine-tune init (and the experiments' row) of MDP's pre-training (the mdp section)
+MDP, MS3 = "mdp", "ms3"  # the fine-tune inits (and experiments' rows) of the multi-dataset pre-trainings
+MULTI_DATASET = (MDP, MS3)  # each configured by the config section of its name
 
 
 def pssl_init(variant: str) -> str:
     """The fine-tune init name of a pre-training variant: pssl (main) or pssl-<variant>; an experiment's row
-    mdp is MDP's pre-training, init mdp."""
-    return "pssl" if variant == MAIN else MDP if variant == MDP else f"pssl-{variant}"
+    mdp or ms3 is that method's pre-training, init mdp or ms3."""
+    return "pssl" if variant == MAIN else variant if variant in MULTI_DATASET else f"pssl-{variant}"
 
 
 BACKBONE_ONLY = "~backbone"  # init suffix: a PSSL init's backbone alone, with a fresh head (a control)

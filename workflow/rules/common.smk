@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from pssl.cluster import benchmark_path, explain_cpus, job_resources, runtime_minutes, train_layout, zoo_gpus
 from pssl.config import imagenet_root, zoo_specs
 from pssl.data.pool import DEMO_TRUTH, pool_folders
-from pssl.layout import FINETUNE_CELL, FINETUNE_RUN, LR_SEARCH_ROUND, MDP_PRETRAINED, PRETRAINED, PSEUDO_PART, STUDENT_RUN
+from pssl.layout import FINETUNE_CELL, FINETUNE_RUN, LR_SEARCH_ROUND, MULTI_PRETRAINED, PRETRAINED, PSEUDO_PART, STUDENT_RUN
 from pssl.lr_search import cell_lrs, every_lr, read_round
 from pssl.models.catalog import model_title
 from pssl.settings import (
@@ -15,6 +15,8 @@ from pssl.settings import (
     EVAL_GEOMETRY,
     MAIN,
     MDP,
+    MS3,
+    MULTI_DATASET,
     STUDENT_DATA,
     classify_settings,
     demo_settings,
@@ -24,7 +26,7 @@ from pssl.settings import (
     init_transfer,
     label_settings,
     lr_search_settings,
-    mdp_settings,
+    multi_dataset_settings,
     pretrain_settings,
     pretrain_variant,
     pssl_init,
@@ -73,7 +75,7 @@ SEEDS = FINETUNE["seeds"]
 VARIANTS = [MAIN, *config["pretrain_variants"]]  # main: the pretrain section itself (Table 3)
 EXPERIMENTS = config["experiments"]
 SELF_TRAINING = config["self_training"]
-PRETRAINED_INITS = [*map(pssl_init, VARIANTS), MDP]  # every init a pre-training of this config gives
+PRETRAINED_INITS = [*map(pssl_init, VARIANTS), *MULTI_DATASET]  # every init a pre-training of this config gives
 BASE_INITS = ["imagenet", *PRETRAINED_INITS, *(init + BACKBONE_ONLY for init in PRETRAINED_INITS)]
 STUDENT_INITS = [student_init(i, suffix) for i in BASE_INITS for suffix in STUDENT_DATA]
 POOL_PARTS = list(range(SELF_TRAINING["pool_shards"]))
@@ -85,8 +87,8 @@ def one_of(names):
 
 # Every wildcard has one meaning in every rule: {classifier} a zoo entry, {model} a segmentation model (a key
 # of pretrain.models), {variant} a pre-training variant (main or a key of pretrain_variants), {dataset} a
-# downstream dataset, {init} an initialisation (imagenet, pssl = the main pre-training, pssl-<variant>, mdp =
-# MDP's pre-training, and each with ~backbone: its backbone alone), {seed}
+# downstream dataset, {init} an initialisation (imagenet, pssl = the main pre-training, pssl-<variant>, mdp / ms3 =
+# MDP's / MS3's pre-training, and each with ~backbone: its backbone alone), {method} mdp or ms3, {seed}
 # a fine-tuning seed, {lr} a learning rate (lr_grid or a cell's lr), {round} a round of a cell's lr search, {shard} a shard of the index, {experiment} an
 # experiment's name, {part} a part of an unlabelled pool, {data} a student's data (st: pseudo labels, dup: the
 # duplicated control). A self-training student's init is <init>+<data> (imagenet+st); the rules that train
@@ -104,6 +106,7 @@ wildcard_constraints:
     experiment=one_of(EXPERIMENTS) or "(?!)",
     part=r"\d+",
     data=one_of(STUDENT_DATA),
+    method=one_of(MULTI_DATASET),
 
 
 def zoo_files(wildcards=None):
@@ -135,18 +138,20 @@ def pretrained_models(wildcards=None):
     return [pretrained(name) for name in FINETUNE["models"]]
 
 
-def mdp_pretrained(model):
-    """MDP's pre-trained model (init mdp)."""
-    return f"{RESULTS}/{MDP_PRETRAINED.format(model=model)}/final.pt"
+def multi_pretrained(method, model):
+    """MDP's or MS3's pre-trained model (init mdp or ms3)."""
+    return f"{RESULTS}/{MULTI_PRETRAINED.format(method=method, model=model)}/final.pt"
 
 
-def is_mdp(init):
-    return init_transfer(init)[0] == MDP
+def multi_method(init):
+    """mdp or ms3 for their inits (with or without ~backbone), else None."""
+    base = init_transfer(init)[0]
+    return base if base in MULTI_DATASET else None
 
 
 def table3_variants():
     """The PSSL pre-training variants Table 3's inits use (main, and e.g. fused for pssl-fused)."""
-    return [init_variant(i) for i in FINETUNE["inits"] if i != "imagenet" and not is_mdp(i)]
+    return [init_variant(i) for i in FINETUNE["inits"] if i != "imagenet" and not multi_method(i)]
 
 
 def table3_pretrained(wildcards=None):
@@ -196,8 +201,8 @@ def dataset_root(dataset):
 
 def finetune_init(wildcards):
     """ImageNet init: the zoo classifier of the backbone; PSSL and MDP inits: the pre-trained model."""
-    if is_mdp(wildcards.init):
-        return mdp_pretrained(wildcards.model)
+    if multi_method(wildcards.init):
+        return multi_pretrained(multi_method(wildcards.init), wildcards.model)
     if wildcards.init != "imagenet":
         return pretrained(wildcards.model, init_variant(wildcards.init))
     init = PRETRAIN[wildcards.model]["init"]
@@ -350,35 +355,49 @@ def experiment_classify(wildcards):
 
 
 def experiment_variants(name):
-    """JSON: each variant of the experiment -> its overrides, in the table's row order (main and mdp: none)."""
-    return json.dumps({v: pretrain_variant(config, v) if v not in (MAIN, MDP) else None
+    """JSON: each variant of the experiment -> its overrides, in the table's row order (main, mdp, ms3: none)."""
+    return json.dumps({v: pretrain_variant(config, v) if v not in (MAIN, *MULTI_DATASET) else None
                        for v in EXPERIMENTS[name]["variants"]})
 
 
-def mdp_models():
-    """The models an mdp init of Table 3, of self-training or of an experiment of run_experiments fine-tunes
-    (the default target shows their prototypes)."""
-    models = list(FINETUNE["models"]) if any(is_mdp(i) for i in FINETUNE["inits"]) else []
-    models += SELF_TRAINING["models"] if any(is_mdp(i) for i in SELF_TRAINING["inits"]) else []
-    models += [EXPERIMENTS[name]["model"] for name in config["run_experiments"] if MDP in EXPERIMENTS[name]["variants"]]
+def multi_models(method):
+    """The models an init `method` (mdp, ms3) of Table 3, of self-training or of an experiment of
+    run_experiments fine-tunes (the default target shows what their pre-training learnt of the classes)."""
+    uses = lambda inits: any(multi_method(i) == method for i in inits)  # noqa: E731
+    models = list(FINETUNE["models"]) if uses(FINETUNE["inits"]) else []
+    models += SELF_TRAINING["models"] if uses(SELF_TRAINING["inits"]) else []
+    models += [EXPERIMENTS[name]["model"] for name in config["run_experiments"] if method in EXPERIMENTS[name]["variants"]]
     return list(dict.fromkeys(models))
 
 
-def mdp_backbone_init(wildcards):
-    """The zoo classifier of an MDP model whose backbone starts from ImageNet (backbone_start imagenet)."""
-    return backbone_init(wildcards) if mdp_settings(config)[0].backbone_start == "imagenet" else []
+def multi_backbone_init(wildcards):
+    """The zoo classifier of a multi-dataset model whose backbone starts from ImageNet (backbone_start)."""
+    settings = multi_dataset_settings(config, wildcards.method)[0]
+    return backbone_init(wildcards) if settings.backbone_start == "imagenet" else []
 
 
-def mdp_roots(wildcards=None):
-    """DATASET=ROOT of every dataset MDP pre-trains on."""
-    return " ".join(f"{d}={dataset_root(d)}" for d in mdp_settings(config)[0].datasets)
+def multi_roots(wildcards):
+    """DATASET=ROOT of every dataset the method pre-trains on."""
+    return " ".join(f"{d}={dataset_root(d)}" for d in multi_dataset_settings(config, wildcards.method)[0].datasets)
 
 
-def mdp_figure(model):
-    return f"{RESULTS}/report/mdp_prototypes_{model}.png"
+CLASS_EMBEDDINGS = f"{RESULTS}/ms3/class_embeddings.parquet"
 
 
-MDP_FIGURES = [mdp_figure(m) for m in mdp_models()]
+def class_embeddings(wildcards):
+    """MS3's class vectors (pssl embed-classes)."""
+    return [CLASS_EMBEDDINGS] if wildcards.method == MS3 else []
+
+
+# What each method's pre-training learnt of its classes (report): MDP's prototypes, MS3's multi-label mapping
+CLASS_FIGURE = {MDP: "mdp_prototypes_{model}.png", MS3: "ms3_mapping_{model}.png"}
+
+
+def class_figure(method, model):
+    return f"{RESULTS}/report/" + CLASS_FIGURE[method].format(model=model)
+
+
+MULTI_FIGURES = [class_figure(method, m) for method in MULTI_DATASET for m in multi_models(method)]
 
 
 def experiment_table(name):
@@ -424,7 +443,7 @@ def final_outputs():
     checkpoint, so a dry run before the shards exist still plans the zoo, pre-training, every fine-tune job
     and the report."""
     outputs = [f"{RESULTS}/index.parquet", *zoo_files(), *pretrained_models(), *finetune_results(), *REPORT_FILES]
-    return outputs + quality_tables() + MDP_FIGURES
+    return outputs + quality_tables() + MULTI_FIGURES
 
 
 def shard_outputs(wildcards):

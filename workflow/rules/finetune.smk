@@ -179,7 +179,7 @@ for _name in EXPERIMENTS:
             _name
         input:
             experiment_table(_name),
-            [mdp_figure(EXPERIMENTS[_name]["model"])] if MDP in EXPERIMENTS[_name]["variants"] else [],
+            [class_figure(m, EXPERIMENTS[_name]["model"]) for m in MULTI_DATASET if m in EXPERIMENTS[_name]["variants"]],
 
 
 rule table3:

@@ -1,6 +1,7 @@
 # Stage: teacher pseudo labels per shard, then end-to-end pre-training of each segmentation model: the main
-# pre-training (Table 3) and each pre-training variant an experiment uses; and MDP's pre-training on labelled
-# downstream sets (init mdp), with its prototypes' similarity figure.
+# pre-training (Table 3) and each pre-training variant an experiment uses; and the multi-dataset pre-trainings
+# on labelled downstream sets (MDP: init mdp, MS3: init ms3, from the class vectors of embed_classes), with what
+# they learnt of their classes (MDP's prototypes, MS3's multi-label mapping).
 
 
 rule label_shard:
@@ -68,48 +69,77 @@ rule pretrain:
         " --expect-world {params.world} --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
-rule pretrain_mdp:
+# Where Snakemake runs (the login node): text_source clip may need the network to fetch CLIP's weights.
+localrules:
+    embed_classes,
+
+
+rule embed_classes:
+    output:
+        table=CLASS_EMBEDDINGS,
+        nearest=f"{RESULTS}/report/class_embeddings_nearest.csv",
+    params:
+        datasets=" ".join(multi_dataset_settings(config, MS3)[0].datasets),
+        merge=str(multi_dataset_settings(config, MS3)[0].merge_names).lower(),
+        source=multi_dataset_settings(config, MS3)[0].text_source,
+        table=lambda wc: f"--table {config['ms3']['text_table']}" if config["ms3"]["text_table"] else "",
+        cache=f"{RESULTS}/ms3/text_model",
+    resources:
+        **CPU_JOB,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/ms3/embed_classes.log",
+    shell:
+        "python -m pssl embed-classes --datasets {params.datasets} --merge-names {params.merge}"
+        " --source {params.source} {params.table} --cache {params.cache} --out {output.table}"
+        " --nearest {output.nearest} > {log} 2>&1"
+
+
+rule pretrain_multi:
     input:
-        init=mdp_backbone_init,
+        init=multi_backbone_init,
+        class_embeddings=class_embeddings,
         data=demo_data_if_enabled,
     output:
-        model=f"{RESULTS}/{MDP_PRETRAINED}/final.pt",
-        state=f"{RESULTS}/{MDP_PRETRAINED}/state.pt",
+        model=f"{RESULTS}/{MULTI_PRETRAINED}/final.pt",
+        state=f"{RESULTS}/{MULTI_PRETRAINED}/state.pt",
     params:
         launcher=PRETRAIN_LAYOUT.launcher(),
         world=PRETRAIN_LAYOUT.world,
-        roots=mdp_roots,
+        roots=multi_roots,
         head=lambda wc: PRETRAIN[wc.model]["head"],
         backbone=lambda wc: PRETRAIN[wc.model]["backbone"],
         init=lambda wc, input: f"--backbone-init {input.init}" if input.init else "",
+        embeddings=lambda wc, input: f"--class-embeddings {input.class_embeddings}" if input.class_embeddings else "",
         out_dir=lambda wc, output: os.path.dirname(output[0]),
-        settings=settings_flags(*mdp_settings(config)),
+        settings=lambda wc: settings_flags(*multi_dataset_settings(config, wc.method)),
         device=config["device"],
     threads: PRETRAIN_LAYOUT.threads_per_rank
     resources:
         **job_resources(config, "pretrain", layout=PRETRAIN_LAYOUT),
-        runtime=runtime("pretrain_mdp"),
+        runtime=runtime("pretrain_multi"),
         requeue_margin_min=config["cluster"]["requeue_margin_min"],
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/{MDP_PRETRAINED}.log",
+        f"{LOGS}/{MULTI_PRETRAINED}.log",
     benchmark:
-        benchmark("pretrain_mdp")
+        benchmark("pretrain_multi")
     shell:
         "python -m pssl gpu-slots {resources.gpu_slots} --"
-        " {params.launcher} -m pssl pretrain-mdp --roots {params.roots} --out-dir {params.out_dir}"
-        " --head {params.head} --backbone {params.backbone} {params.init} {params.settings}"
+        " {params.launcher} -m pssl pretrain-{wildcards.method} --roots {params.roots} --out-dir {params.out_dir}"
+        " --head {params.head} --backbone {params.backbone} {params.init} {params.embeddings} {params.settings}"
         " --device {params.device} --threads {threads} --expect-world {params.world}"
         " --requeue-margin-min {resources.requeue_margin_min} > {log} 2>&1"
 
 
 rule mdp_prototypes:
     input:
-        mdp_pretrained("{model}"),
+        multi_pretrained(MDP, "{model}"),
     output:
         figure=report(f"{RESULTS}/report/mdp_prototypes_{{model}}.png", caption="../report/mdp_prototypes.rst",
-                      category="4. MDP"),
+                      category="4. Multi-dataset pre-training"),
         table=f"{RESULTS}/report/mdp_prototypes_{{model}}.csv",
     resources:
         **CPU_JOB,
@@ -119,6 +149,23 @@ rule mdp_prototypes:
         f"{LOGS}/report/mdp_prototypes_{{model}}.log",
     shell:
         "python -m pssl mdp-prototypes --model {input} --out {output.table} --figure {output.figure} > {log} 2>&1"
+
+
+rule ms3_mapping:
+    input:
+        multi_pretrained(MS3, "{model}"),
+    output:
+        figure=report(f"{RESULTS}/report/ms3_mapping_{{model}}.png", caption="../report/ms3_mapping.rst",
+                      category="4. Multi-dataset pre-training"),
+        table=f"{RESULTS}/report/ms3_mapping_{{model}}.csv",
+    resources:
+        **CPU_JOB,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/report/ms3_mapping_{{model}}.log",
+    shell:
+        "python -m pssl ms3-mapping --model {input} --out {output.table} --figure {output.figure} > {log} 2>&1"
 
 
 rule stage_labels:

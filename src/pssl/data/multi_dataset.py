@@ -1,6 +1,7 @@
-"""MDP's training data: the train splits of several labelled segmentation sets in one label space (the union
-Y = Y1 u Y2 ...), each image in two augmented views and a colour-only twin of the first, a fraction of them
-mixed with an image of another dataset (cross-dataset CutMix, eq. 4, or Mixup, eq. 5).
+"""MDP's and MS3's training data: the train splits of several labelled segmentation sets in one label space
+(the union Y = Y1 u Y2 ...), each image in augmented views (MDP: two, and a colour-only twin of the first;
+MS3: one), with MDP a fraction of them mixed with an image of another dataset (cross-dataset CutMix, eq. 4,
+or Mixup, eq. 5).
 
 Every draw depends only on (seed, epoch, index), as fine-tuning's (pssl.data.transforms), so N ranks see the
 global batch of one process and a resumed run sees the same samples.
@@ -71,16 +72,17 @@ def cutmix_keep(g: torch.Generator, size: int, lam: float) -> np.ndarray:
 
 
 class MultiDatasetViews(torch.utils.data.Dataset):
-    """Item i (the datasets' train images one after another): {"views": (2, 3, c, c) float in [0, 1], "colour":
-    (3, c, c) view 0 with only a new blur and colour draw, "label_a" / "label_b": (2, c, c) union ids
-    (UNION_IGNORE: none), "lam": (2,) the weight of label_a (label_b's: 1 - lam), "mixed": 0 none, 1 CutMix,
-    2 Mixup}. CutMix mixes the labels (label_b empty, lam 1); Mixup keeps both (eq. 6)."""
+    """Item i (the datasets' train images one after another): {"views": (V, 3, c, c) float in [0, 1], "colour"
+    (with `colour`): (3, c, c) view 0 with only a new blur and colour draw, "label_a" / "label_b": (V, c, c)
+    union ids (UNION_IGNORE: none), "lam": (V,) the weight of label_a (label_b's: 1 - lam), "mixed": 0 none,
+    1 CutMix, 2 Mixup}. CutMix mixes the labels (label_b empty, lam 1); Mixup keeps both (eq. 6)."""
 
-    def __init__(self, sets: list[SegmentationSet], space: UnionLabels, crop: int, seed: int, *, cutmix: bool,
-                 mixup: bool, mix_prob: float):
+    def __init__(self, sets: list[SegmentationSet], space: UnionLabels, crop: int, seed: int, *, cutmix: bool = False,
+                 mixup: bool = False, mix_prob: float = 0.0, views: int = 2, colour: bool = True):
         if [s.name for s in sets] != list(space.datasets):
             raise InputError(f"the sets ({[s.name for s in sets]}) are not the label space's {space.datasets}")
         self.sets, self.space, self.crop, self.seed, self.epoch = sets, space, crop, seed, 0
+        self.views, self.colour = views, colour
         self.items = [(k, i) for k, s in enumerate(sets) for i in range(len(s))]
         self.starts = np.cumsum([0] + [len(s) for s in sets])  # dataset k's items: starts[k] to starts[k + 1]
         self.mixes = [m for m, on in (("cutmix", cutmix), ("mixup", mixup)) if on]
@@ -115,7 +117,7 @@ class MultiDatasetViews(torch.utils.data.Dataset):
             lam = float(torch.rand((), generator=g))
         image, labels = self.read(index)
         views, colour_free, label_a, label_b, weight = [], None, [], [], []
-        for _ in range(2):
+        for _ in range(self.views):
             params, _, rgb, y_a = self.transform.geometry(image, labels, g)
             x = rgb.astype(np.float32) / 255.0
             y_b, w = np.full_like(y_a, UNION_IGNORE), 1.0
@@ -133,8 +135,10 @@ class MultiDatasetViews(torch.utils.data.Dataset):
             label_a.append(torch.from_numpy(y_a))
             label_b.append(torch.from_numpy(y_b))
             weight.append(w)
-        recolour = self.transform.sample(g, self.crop, self.crop)  # only its blur and colour draws are used
-        return {"views": torch.stack(views), "colour": to_tensor(self.transform.photometric(colour_free, recolour)),
-                "label_a": torch.stack(label_a), "label_b": torch.stack(label_b),
+        item = {"views": torch.stack(views), "label_a": torch.stack(label_a), "label_b": torch.stack(label_b),
                 "lam": torch.tensor(weight, dtype=torch.float32),
                 "mixed": torch.tensor({None: 0, "cutmix": 1, "mixup": 2}[mix])}
+        if self.colour:
+            recolour = self.transform.sample(g, self.crop, self.crop)  # only its blur and colour draws are used
+            item["colour"] = to_tensor(self.transform.photometric(colour_free, recolour))
+        return item

@@ -19,7 +19,7 @@ from pssl.io import atomic_file
 from pssl.report.html import html_page, html_table
 from pssl.report.stats import mean_sd, paired_difference
 from pssl.report.table3 import CI, SD, SEEDS, collect, formatted, shown_columns
-from pssl.settings import MAIN, MDP, pssl_init
+from pssl.settings import MAIN, MULTI_DATASET, pssl_init
 
 TOP1 = "ImageNet val top-1 (%)"
 
@@ -27,8 +27,8 @@ TOP1 = "ImageNet val top-1 (%)"
 def variant_label(variant: str, overrides: dict | None) -> str:
     if variant == MAIN:
         return "PSSL (main pre-training)"
-    if variant == MDP:
-        return "MDP (labelled multi-dataset pre-training)"
+    if variant in MULTI_DATASET:
+        return f"{variant.upper()} (labelled multi-dataset pre-training)"
     changes = ", ".join(f"{k} {v}" for k, v in (overrides or {}).items())
     return f"PSSL {variant}" + (f" ({changes})" if changes else "")
 

@@ -23,7 +23,7 @@ from pssl.report.controls import write_controls
 from pssl.report.figure4 import write_figure4
 from pssl.report.html import html_page, html_table
 from pssl.report.stats import mean_sd, paired_difference
-from pssl.settings import MDP, init_transfer
+from pssl.settings import MDP, MS3, init_transfer
 
 
 def collect(cells: list[str]) -> pd.DataFrame:
@@ -47,7 +47,7 @@ def init_title(init: str) -> str:
     imagenet+st -> ImageNet+ST, +dup -> +dup."""
     base, _, suffix = init.partition("+")
     base, transfer = init_transfer(base)
-    title = {"imagenet": "ImageNet", "pssl": "PSSL", MDP: "MDP"}.get(base, "PSSL-" + base.removeprefix("pssl-"))
+    title = {"imagenet": "ImageNet", "pssl": "PSSL", MDP: "MDP", MS3: "MS3"}.get(base, "PSSL-" + base.removeprefix("pssl-"))
     title += " backbone" if transfer == "backbone" else ""
     return title + {"": "", "st": "+ST", "dup": "+dup"}.get(suffix, "+" + suffix)
 
