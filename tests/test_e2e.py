@@ -74,6 +74,7 @@ def test_report_table_has_every_cell(pipeline_run):
     assert row in page
     index = (workdir / "results/report/index.html").read_text()
     assert row in index and '<img src="table3_gains.svg"' in index and '<img src="figure3.png"' in index
+    assert "![Figure 3](figure3.png)" in (workdir / "results/report/report.md").read_text()
     quality = (workdir / "results/report/explain_quality.html").read_text()
     assert "<caption>Pseudo-label quality" in quality and "<td>ensemble</td>" in quality
     summary = run_summary(workdir)

@@ -232,7 +232,7 @@ def _table3(a):
 
 def _report(a):
     from pssl.report.page import write_report
-    print(write_report(a.out, a.stores, a.quality, a.experiments, a.figure3, a.sanity))
+    print(write_report(a.out, a.stores, a.quality, a.experiments, a.figure3, a.sanity, a.class_figures))
 
 
 def _sanity(a):
@@ -575,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure3", default=None, help="Figure 3's PNG, to show on the page")
     s.add_argument("--sanity", nargs="?", const=None, default=None,
                    help="sanity.csv (pssl sanity): its checks open the page")
+    s.add_argument("--class-figures", nargs="*", default=[],
+                   help="mdp_prototypes_<model>.png / ms3_mapping_<model>.png, shown with their CSV")
     s.set_defaults(func=_report)
 
     s = sub.add_parser("sanity", help="the sanity page: each check's expected range, measured value and pass / "

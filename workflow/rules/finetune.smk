@@ -245,6 +245,7 @@ rule report:
         quality=quality_tables,
         experiments=report_experiments,
         sanity=sanity_tables,
+        classes=MULTI_FIGURES,
     output:
         gallery=report(f"{RESULTS}/report/pseudo_label_gallery.png", caption="../report/gallery.rst",
                        category="2. Pseudo labels"),
@@ -264,7 +265,7 @@ rule report:
     shell:
         "python -m pssl report --out {params.out} --stores {input.stores} --quality {input.quality}"
         " --figure3 {input.figure3} --sanity {input.sanity}"
-        " --experiments {input.experiments} > {log} 2>&1"
+        " --experiments {input.experiments} --class-figures {input.classes} > {log} 2>&1"
 
 
 rule stage_report:

@@ -34,10 +34,11 @@ def table_from_files(csv: Path) -> tuple[str, str]:
 
 
 def write_report(out_dir: str, stores: list[str], quality_tables: list[str], experiment_tables: list[str] = (),
-                 figure3: str | None = None, sanity: str | None = None) -> str:
+                 figure3: str | None = None, sanity: str | None = None, class_figures: list[str] = ()) -> str:
     """The report around Table 3 (written by write_table3): the sanity checks first when given (`pssl
     sanity`), the experiments' tables (`pssl experiment-table`), each quality table as HTML, the pseudo-label
-    gallery, report.md and index.html showing all of it; returns the Markdown."""
+    gallery, what the multi-dataset pre-trainings learnt of their classes (`class_figures`: MDP's prototypes,
+    MS3's mapping, each beside its CSV), report.md and index.html showing all of it; returns the Markdown."""
     out = Path(out_dir)
     table3_html, md = table_from_files(out / "table3.csv")
     sanity_html = ""
@@ -66,8 +67,6 @@ def write_report(out_dir: str, stores: list[str], quality_tables: list[str], exp
             body += f'\n<img src="{figure}" alt="{figure}">'
             md += f"\n![{figure}]({figure})\n"
         pages[f"{name}.html"] = (caption, body)
-    with atomic_file(out / "report.md") as tmp:
-        tmp.write_text(md)
     gallery(stores, out / "pseudo_label_gallery.png")
     for name, (title, body) in pages.items():
         with atomic_file(out / name) as tmp:
@@ -79,10 +78,17 @@ def write_report(out_dir: str, stores: list[str], quality_tables: list[str], exp
         figures += (f'\n<h3>Figure 3: the pre-trained model on downstream images, before fine-tuning</h3>\n'
                     f'<img src="{Path(figure3).name}" alt="Figure 3">')
         md += f"\n![Figure 3]({Path(figure3).name})\n"
+    for path in map(Path, class_figures):
+        what = "MDP's class prototypes" if path.name.startswith("mdp") else "MS3's class vectors and multi-label mapping"
+        figures += (f'\n<h3>{what} ({path.stem.split("_", 2)[-1]})</h3>\n<img src="{path.name}" alt="{path.stem}">'
+                    f'\n<p class="note"><a href="{path.stem}.csv">{path.stem}.csv</a></p>')
+        md += f"\n![{what}]({path.name})\n"
     quality_html = "\n".join(body for _, body in pages.values())
     links = " · ".join(f'<a href="{f}">{f}</a>' for f in ("table3.csv", "report.md", "finetune_cells.csv",
                                                           "figure4.csv", "table3_gains.svg",
                                                           "pseudo_label_gallery.pdf"))
+    with atomic_file(out / "report.md") as tmp:  # with Figure 3 and the class figures
+        tmp.write_text(md)
     with atomic_file(out / "index.html") as tmp:
         tmp.write_text(html_page("PSSL report", f"<h2>PSSL report</h2>\n{sanity_html}{table3_html}\n{experiments_html}"
                                                 f"{figures}\n{quality_html}\n<p class=\"note\">Files: {links}</p>"))
