@@ -1,6 +1,6 @@
 """Training run used by test_pretrain.py: launched as one process, or under torchrun with several ranks.
 
-    python tests/ddp_worker.py OUT.pt CKPT_DIR [--epochs N] [--fused | --mdp DEMO_ROOT]
+    python tests/ddp_worker.py OUT.pt CKPT_DIR [--epochs N] [--fused | --mdp DEMO_ROOT | --ms3 DEMO_ROOT VECTORS]
 
 A real PSPNet on a small synthetic segmentation set (with --mdp: MDP's objective on the demo tree's VOC-Aug
 and ADE20K train sets, its key encoder and prototype memory in the saved state); dropout off and BatchNorm
@@ -56,17 +56,22 @@ class SyntheticFusedViews(SyntheticSegmentation):
                 "label": torch.tensor(1), "valid": (mask != -1).float()}
 
 
-def fit_mdp(segmenter, root: str, params: TrainSettings, out: str, info):
-    """MDP on the demo's VOC-Aug and ADE20K (8 images), Mixup and CutMix both on, a memory of 2 batches (so
-    batches leave it during the run)."""
+def fit_multi(segmenter, root: str, params: TrainSettings, out: str, info, vectors: str | None = None):
+    """MDP (or with `vectors` MS3, its mapping from the second step) on the demo's VOC-Aug and ADE20K (8
+    images); MDP with Mixup and CutMix both on; a memory of 2 batches (so batches leave it during the run)."""
     from pssl.data.downstream import SegmentationSet
     from pssl.data.multi_dataset import union_labels
-    from pssl.settings import MdpSettings
+    from pssl.settings import MdpSettings, Ms3Settings
     from pssl.train.mdp import Mdp
+    from pssl.train.ms3 import Ms3
     from pssl.train.multi_dataset import MultiDatasetModel, freeze_unreached
 
-    settings = MdpSettings(crop=32, embed_dim=8, memory_images=8, key_momentum=0.5, mix_prob=0.75)
-    method = Mdp(settings, params, union_labels(settings.datasets))  # a memory of 8 / 4: 2 batches
+    if vectors:
+        settings = Ms3Settings(crop=32, embed_dim=8, memory_images=8, key_momentum=0.5, mapping_warmup=0.1)
+        method = Ms3(settings, params, union_labels(settings.datasets), class_embeddings=vectors)
+    else:
+        settings = MdpSettings(crop=32, embed_dim=8, memory_images=8, key_momentum=0.5, mix_prob=0.75)
+        method = Mdp(settings, params, union_labels(settings.datasets))  # a memory of 8 / 4: 2 batches
     data = method.views([SegmentationSet(d, root, "train") for d in settings.datasets], params.seed)
     model = MultiDatasetModel(segmenter, method.heads(), method.memory())
     freeze_unreached(model, 64)
@@ -81,6 +86,8 @@ def main() -> None:
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--fused", action="store_true", help="PseudoSeg's fused soft labels instead of label maps")
     p.add_argument("--mdp", default=None, metavar="DEMO_ROOT", help="MDP's objective on this demo tree")
+    p.add_argument("--ms3", nargs=2, default=None, metavar=("DEMO_ROOT", "VECTORS"),
+                   help="MS3's objective on this demo tree with these class vectors (pssl embed-classes)")
     args = p.parse_args()
     configure_logging()
     torch.set_num_threads(1)
@@ -92,8 +99,8 @@ def main() -> None:
             m.p = 0.0
     params = TrainSettings(epochs=args.epochs, batch_size=4, lr=0.02, schedule="step", milestone=1,
                            checkpoint_every=args.checkpoint_every, freeze_bn=True, sync_bn=False, seed=0)
-    if args.mdp:
-        model = fit_mdp(model, args.mdp, params, args.ckpt_dir, info)
+    if args.mdp or args.ms3:
+        model = fit_multi(model, args.mdp or args.ms3[0], params, args.ckpt_dir, info, args.ms3 and args.ms3[1])
     else:
         data = SyntheticFusedViews() if args.fused else SyntheticSegmentation()
         fusion = Fusion(background=2, gamma=0.5, temperature=0.5, calibration="decoder") if args.fused else None

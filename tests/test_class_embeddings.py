@@ -24,7 +24,7 @@ def test_table_source_matches_by_union_dataset_or_text_name_and_names_what_is_mi
     space = union_labels(["camvid", "cityscapes"])
     names = [c.split("/", 1)[1] for c in space.classes]
     vectors = {n: np.arange(3, dtype=float) + i + 1 for i, n in enumerate(dict.fromkeys(names))}
-    rows = [{"name": n, "d0": v[0], "d1": v[1], "d2": v[2]} for n, v in vectors.items()]
+    rows = [{"name": n, "d0": v[0], "d1": v[1], "d2": v[2], "source": "mine"} for n, v in vectors.items()]
     rows.append({"name": "camvid/sky", "d0": 5.0, "d1": 0.0, "d2": 0.0})  # a union name comes first
     pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
     frame = embed_classes(space, "table", tmp_path / "t.parquet", table=tmp_path / "t.csv")
@@ -35,6 +35,10 @@ def test_table_source_matches_by_union_dataset_or_text_name_and_names_what_is_mi
     assert np.allclose(got[1:], expected[1:])  # camvid/car and cityscapes/car: the same vector, by name
     _, meta = read_table(tmp_path / "t.parquet")
     assert meta["dim"] == 3 and meta["classes"] == list(space.classes) and meta["source"] == "table"
+    pd.DataFrame({"name": list(vectors), "vector": [str([float(x) for x in v]) for v in vectors.values()]}).to_csv(
+        tmp_path / "lists.csv", index=False)  # a vector column in a CSV is its text
+    as_lists = embed_classes(space, "table", tmp_path / "l.parquet", table=tmp_path / "lists.csv")
+    assert np.allclose(np.stack(as_lists["vector"]), expected)
 
     pd.DataFrame({"name": list(vectors)[:-2], "vector": [list(v) for v in list(vectors.values())[:-2]]}) \
         .to_parquet(tmp_path / "short.parquet")

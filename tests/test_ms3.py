@@ -125,6 +125,29 @@ def test_pretrain_ms3_command_then_finetune_from_it_and_the_mapping_report(tmp_p
     assert len(mapping) == int(positives.sum()) - k
 
 
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_memories_and_mapping_included(tmp_path, tiny_demo, class_table):
+    worker = str(REPO / "tests" / "ddp_worker.py")
+    runs = {}
+    for name, launch in (("one", [sys.executable]), ("two", [sys.executable, "-m", "torch.distributed.run",
+                                                           "--standalone", "--nproc_per_node=2"])):
+        cmd = [*launch, worker, str(tmp_path / f"{name}.pt"), str(tmp_path / name), "--ms3", str(tiny_demo),
+               str(class_table)]
+        run = subprocess.run(cmd, env=snakemake_env(), capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs[name] = torch.load(tmp_path / f"{name}.pt")
+    a, b = runs["one"], runs["two"]
+    assert int(a["memory.visual.pushed"]) == 4 and int(a["memory.positives"].sum()) > len(a["memory.positives"])
+    assert torch.equal(a["memory.positives"], b["memory.positives"]) and torch.equal(a["memory.has_visual"],
+                                                                                    b["memory.has_visual"])
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    logged = [pd.read_csv(tmp_path / run / "log.csv") for run in ("one", "two")]
+    assert np.allclose(logged[0][["loss", "language", "visual"]], logged[1][["loss", "language", "visual"]],
+                       rtol=1e-4)
+
+
 @pytest.mark.e2e
 def test_the_dag_embeds_the_class_names_pretrains_ms3_and_fine_tunes_from_it(tmp_path):
     """The real rules on the tiny config: embed_classes (all-MiniLM-L6-v2 offline), MS3 on its CamVid +

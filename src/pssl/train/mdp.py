@@ -38,7 +38,7 @@ from pssl.train.prototypes import (
 def global_share(parts: torch.Tensor, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """(the global sums of this rank's [weight_1, sum_1, weight_2, sum_2, ...] (no gradient), this rank's share
     of each term's global mean: sum_k / global weight_k, with its gradient)."""
-    glob = all_reduce_sum(parts.detach(), info)
+    glob = all_reduce_sum(parts.detach().clone(), info)  # in place: `parts` must keep this rank's values
     weights = glob[0::2].clamp_min(1e-12)
     return glob, parts[1::2] / weights
 

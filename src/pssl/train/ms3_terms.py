@@ -25,7 +25,8 @@ def visual_embeddings(sums: torch.Tensor, counts: torch.Tensor, previous: torch.
     previous V_j (1 where class j has none yet). Returns (V (K, D), the classes the memory holds (K,))."""
     means = F.normalize(sums / counts.clamp_min(1e-12).unsqueeze(-1), dim=-1)       # B x K x D
     cosine = torch.einsum("bkd,kd->bk", means, F.normalize(previous, dim=-1))
-    weight = torch.where(has_previous.unsqueeze(0), cosine, torch.ones_like(cosine))
+    usable = has_previous & (previous.norm(dim=-1) > 0)  # a V of all zeros would zero every later weight
+    weight = torch.where(usable.unsqueeze(0), cosine, torch.ones_like(cosine))
     total = counts.sum(0)
     return (weight.unsqueeze(-1) * sums).sum(0) / total.clamp_min(1e-12).unsqueeze(-1), total > 0
 
