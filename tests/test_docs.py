@@ -79,3 +79,69 @@ def test_data_page_lists_every_path_the_checks_expect():
         assert f"({name})" in page, f"docs/data.md has no section for {name}"
         if spec.pool:
             assert f"<downstream_root>/{spec.pool}" in page, name
+
+
+def rule_names() -> set[str]:
+    text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *(REPO / "workflow/rules").glob("*.smk")])
+    return set(re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, re.M)) | set(re.findall(r" as (\w+) with:", text))
+
+
+def experiment_names() -> set[str]:
+    import yaml
+    return {name for f in ("config.yaml", "presets/paper.yaml", "presets/pilot.yaml")
+            for name in (yaml.safe_load((REPO / f).read_text()).get("experiments") or {})}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_named_rules_and_targets_exist(page):
+    """Rules the text names (`x` rule, rule `x`) and the targets of its snakemake commands (the words before
+    the first option, or right after -n / -p) are rules or experiments."""
+    rules, targets = rule_names(), rule_names() | experiment_names()
+    text = page.read_text()
+    for name in re.findall(r"(?:rule|rules) `(\w+)`|`(\w+)` rule", text):
+        name = next(n for n in name if n)
+        assert name in rules, f"{page.name}: no rule {name}"
+    for line in code(page):
+        for match in re.finditer(r"\bsnakemake((?:\s+(?:-n|-p|[a-z][a-z0-9_]*))+)(?=\s|$)", line):
+            for word in match.group(1).split():
+                if word not in ("-n", "-p"):
+                    assert word in targets, f"{page.name}: snakemake target {word} is no rule or experiment"
+
+
+REPO_PATH = re.compile(r"^(?:src|tests|workflow|presets|profiles|scripts|benchmarks|docs|envs)/[\w./-]+$")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_named_repository_files_exist(page):
+    for token in code(page):
+        for word in token.split():
+            word = word.strip("`'\"(),:;")
+            if REPO_PATH.match(word) and "*" not in word and "<" not in word:
+                assert (REPO / word).exists(), f"{page.name}: no file {word}"
+
+
+def schema_has(schema: dict, path: list[str]) -> bool:
+    node = schema
+    for part in path:
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]  # a name of the user's (a dataset, a variant)
+        else:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_named_config_keys_exist(page):
+    """`section.key` spans whose first part is a top-level config key name a key of the schema (with every
+    stage setting's entry generated)."""
+    from pssl.config import config_schema
+    schema = config_schema(REPO / "workflow/schemas/config.schema.yaml")
+    top = set(schema["properties"])
+    for token in code(page):
+        for word in re.findall(r"^[a-z_0-9]+(?:\.[a-z_0-9<>*-]+)+(?=[:=]|$)", token.strip()):
+            parts = word.split(".")
+            if parts[0] in top and not any(p.endswith((".py", ".md", ".yaml", ".csv", ".pt")) for p in [word]):
+                assert schema_has(schema, parts), f"{page.name}: no config key {word}"
