@@ -242,3 +242,25 @@ def test_each_rule_requests_its_formula_and_runtimes_reads_the_benchmarks(tmp_pa
     assert rows["finetune"]["job"] == "dataset=ade20k,model=deeplabv3_resnest50d,init=pssl,seed=0,lr=0.01"
     assert rows["finetune"]["estimated_min"] == runtime_minutes(paper, "finetune", ade)
     assert rows["self_train"]["job"] == "dataset=cityscapes,model=pspnet_resnet50d,init=pssl,data=st,seed=0,lr=0.01"
+
+
+def test_pssl_runtimes_reads_the_run_s_config_layers(tmp_path):
+    """`pssl runtimes` takes the files a run used, in order (the preset, then the cluster's own): its
+    estimates follow the cluster file's runtime_scale."""
+    import subprocess
+    import sys
+
+    from conftest import snakemake_env
+    path = tmp_path / "benchmarks/explain_shard/shard-00000.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_text("s\th:m:s\tmax_rss\n600.0\t0:10:00\t100\n")
+    (tmp_path / "cluster.yaml").write_text("cluster: {runtime_scale: 2.0}\n")
+    run = subprocess.run([sys.executable, "-m", "pssl", "runtimes", "--configfile", str(REPO / "presets/paper.yaml"),
+                          str(tmp_path / "cluster.yaml"), "--results", str(tmp_path)], env=snakemake_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    paper = full_config(REPO / "presets/paper.yaml")
+    paper["cluster"]["runtime_scale"] = 2.0
+    estimate = runtime_minutes(paper, "explain_shard", {"shard": "shard-00000"})
+    assert estimate > 79 and re.search(rf"explain_shard\s+shard=shard-00000\s+10(\.0)?\s+{estimate}\b", run.stdout), \
+        run.stdout

@@ -295,7 +295,7 @@ def _runtimes(a):
 
     from pssl.cluster import measured_vs_estimated
     from pssl.config import load_config
-    config = load_config([a.configfile], [], check=False)[0]
+    config = load_config(a.configfile or ["config.yaml"], a.config, check=False)[0]
     if a.results:
         config["results"] = a.results
     rows = measured_vs_estimated(config)
@@ -641,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("runtimes", help="each benchmarked job's measured time next to the SLURM runtime the "
                                         "workflow requests for it (minutes)")
-    s.add_argument("--configfile", default="config.yaml", help="the config the run used (default: %(default)s)")
+    add_config_layers(s)
     s.add_argument("--results", default=None, help="results directory (default: the config's)")
     s.set_defaults(func=_runtimes)
 
@@ -733,7 +733,7 @@ EXAMPLES = {
                         "--variants '{\"50k\": {\"images\": 50000}, \"main\": null}' --datasets voc_aug "
                         "--imagenet true "
                         "--out-dir results/report/experiments",
-    "runtimes": "--configfile presets/paper.yaml",
+    "runtimes": "--configfile presets/paper.yaml cluster.yaml",
     "fake-tree": "--out /tmp/fake-data",
     "config": "--configfile presets/paper.yaml --config finetune='{seeds: [0, 1, 2]}'",
     "summary": "--results results",
