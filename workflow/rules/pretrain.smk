@@ -74,6 +74,9 @@ localrules:
     embed_classes,
 
 
+MS3_SETTINGS = multi_dataset_settings(config, MS3)[0]
+
+
 rule embed_classes:
     input:
         table=config["ms3"]["text_table"] or [],  # a table's edits rerun it
@@ -81,9 +84,9 @@ rule embed_classes:
         table=CLASS_EMBEDDINGS,
         nearest=f"{RESULTS}/report/class_embeddings_nearest.csv",
     params:
-        datasets=" ".join(multi_dataset_settings(config, MS3)[0].datasets),
-        merge=str(multi_dataset_settings(config, MS3)[0].merge_names).lower(),
-        source=multi_dataset_settings(config, MS3)[0].text_source,
+        datasets=" ".join(MS3_SETTINGS.datasets),
+        merge=str(MS3_SETTINGS.merge_names).lower(),
+        source=MS3_SETTINGS.text_source,
         table=lambda wc, input: f"--table {input.table}" if input.table else "",
         cache=f"{RESULTS}/ms3/text_model",
     resources:
