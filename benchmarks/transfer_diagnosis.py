@@ -1,15 +1,23 @@
 """Why does a transferred segmentation module hurt on the demo? Fine-tunes one model on a few datasets from
 ImageNet init and from a pre-trained model under changes of one factor each (what is transferred, BatchNorm,
 the auxiliary branch, the backbone's lr, the fine-tuning length), with the DAG's own settings otherwise, over
-several seeds; prints and writes mIoU and the first step's loss per run. Also measures how many dimensions
-the head's features span before the classifier (participation ratio of their singular values) on downstream
-images, for a fresh head and for each pre-trained one: a head pre-trained on K + 1 classes that spans about
-K + 1 dimensions gives the fresh classifier less to work with than a random head does.
+several seeds; prints and writes mIoU and the first step's loss per run. `--lr-grid` adds the paper's protocol:
+every init fine-tuned at each lr of `finetune.lr_grid`, the lr chosen on val per init, cell and seed.
 
-  python benchmarks/transfer_diagnosis.py --run /path/to/demo/clone --model pspnet_resnet10t \
+Before fine-tuning it measures what each starting point knows, on the first dataset's images (resized to a
+square of twice the crop):
+- head dimension: how many dimensions the features entering the fresh classifier span (participation ratio of
+  their singular values), for a fresh head on the ImageNet backbone and for each pre-trained one;
+- linear probe: val mIoU (at the features' resolution) of a multinomial logistic regression fitted to those
+  features on the train images: what a classifier on them can reach once it has converged;
+- zero-shot: the pre-trained model's own classifier on val, scored on the downstream classes whose demo look
+  is a pre-training class (mean of their IoU): whether pre-training learned to segment what it was shown.
+
+  python benchmarks/transfer_diagnosis.py --run /path/to/demo/clone --model pspnet_resnet10t \\
       --datasets camvid cityscapes --seeds 0 1 2 --out transfer_diagnosis.csv
 
-`--run`: a directory where the demo ran (config.yaml, results/, data/demo); pre-trained models are read from
+`--run`: a directory where the demo ran (config.yaml, results/, data/demo); `--config key=value ...`: the
+`--config` values that run was given. Pre-trained models are read from
 results/pretrain/<model>/<variant>/final.pt (`--variants main oracle`: every variant that exists is used).
 """
 
@@ -23,8 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
+import torch.nn.functional as F
 
+from pssl.config import load_config
+from pssl.data.downstream import DATASETS, IGNORE, SegmentationSet
+from pssl.demo.make import scene_look
+from pssl.eval.metrics import confusion_matrix, scores
+from pssl.models.segmenter import build_segmenter
+from pssl.models.weights import init_backbone_from, init_from_pretrained
 from pssl.settings import finetune_settings
 from pssl.train.finetune import finetune
 
@@ -37,11 +51,12 @@ FACTORS = {
     "backbone lr x 0.1 (the paper's)": ("full", {"backbone_lr_mult": 0.1}),
     "5x the fine-tuning epochs": ("full", {"epochs": 5}),  # a multiplier, applied below
 }
+BEST_LR = "best lr of the grid, chosen on val (the paper's protocol)"
 
 
 def run(config: dict, root: str, model: str, dataset: str, init: str, init_from: str | None, seed: int,
-        transfer: str, changes: dict) -> dict:
-    geometry, train = finetune_settings(config, dataset, model, seed=seed)
+        transfer: str, changes: dict, lr: float | None = None) -> dict:
+    geometry, train = finetune_settings(config, dataset, model, lr=lr, seed=seed)
     if "epochs" in changes:
         changes = {**changes, "epochs": train.epochs * changes["epochs"]}
     train = dataclasses.replace(train, **changes)
@@ -50,85 +65,176 @@ def run(config: dict, root: str, model: str, dataset: str, init: str, init_from:
         metrics = finetune(dataset, root, out, head=spec["head"], backbone=spec["backbone"], init=init,
                            init_from=init_from, settings=geometry, train=train, device="cpu", transfer=transfer)
         first_loss = float(pd.read_csv(Path(out) / "log.csv")["loss"].iloc[0])
-    return {"miou": 100 * metrics["miou"], "first_loss": first_loss}
+    return {"miou": 100 * metrics["miou"], "val_miou": 100 * metrics["selection"]["miou"], "first_loss": first_loss,
+            "lr": train.lr}
+
+
+def best_of_grid(config: dict, *args) -> dict:
+    """The run whose val mIoU is highest over finetune.lr_grid (ties: the smaller lr)."""
+    runs = [run(config, *args, lr=lr) for lr in config["finetune"]["lr_grid"]]
+    return max(runs, key=lambda r: r["val_miou"])
+
+
+def square_set(data: SegmentationSet, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image and label map of `data` resized to size x size (labels nearest): (N, 3, S, S), (N, S, S)."""
+    images, labels = [], []
+    for i in range(len(data)):
+        rgb, label = data.read(i)
+        x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+        images.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0])
+        labels.append(F.interpolate(torch.from_numpy(label.astype("int64"))[None, None].float(), size=(size, size),
+                                    mode="nearest")[0, 0].long())
+    return torch.stack(images), torch.stack(labels)
 
 
 @torch.no_grad()
-def feature_dimension(model, images: torch.Tensor) -> float:
-    """Participation ratio (sum s^2)^2 / sum s^4 of the centred features entering the main classifier."""
-    captured = {}
-    hook = model.head.classifier.register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
-    model.train()  # batch statistics, as fine-tuning sees the features
-    model(images)
-    hook.remove()
-    x = captured["x"]
-    features = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    power = torch.linalg.svdvals(features - features.mean(0)) ** 2
+def head_features(model, images: torch.Tensor) -> torch.Tensor:
+    """The features entering the main classifier, BatchNorm on the batch's statistics (as fine-tuning sees
+    them) and no dropout."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.eval()
+    return model.features(images)
+
+
+def feature_dimension(features: torch.Tensor) -> float:
+    """Participation ratio (sum s^2)^2 / sum s^4 of the centred per-pixel features."""
+    flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    power = torch.linalg.svdvals(flat - flat.mean(0)) ** 2
     return float(power.sum() ** 2 / (power ** 2).sum())
 
 
-def head_dimensions(run_dir: Path, config: dict, model_name: str, dataset: str, variants: list[str]) -> dict:
-    from pssl.data.downstream import SegmentationSet
-    from pssl.models.segmenter import build_segmenter
-    from pssl.models.weights import init_backbone_from, init_from_pretrained
-    data = SegmentationSet(dataset, str(run_dir / config["demo"]["root"]), "train")
-    crop = config["finetune"]["datasets"][dataset]["crop"]
-    images = torch.stack([torch.nn.functional.interpolate(
-        torch.from_numpy(data.read(i)[0].copy()).permute(2, 0, 1)[None].float() / 255, size=(2 * crop, 2 * crop),
-        mode="bilinear")[0] for i in range(min(16, len(data)))])
+def pixels(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel features and labels at the features' resolution (labels nearest), ignore dropped."""
+    small = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
+    flat, target = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), small.reshape(-1)
+    keep = target != IGNORE
+    return flat[keep], target[keep]
+
+
+def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                 num_classes: int, weight_decay: float = 1e-4, steps: int = 200) -> float:
+    """Val mIoU (%) of a multinomial logistic regression fitted (L-BFGS, to convergence) on train pixels."""
+    x, y = pixels(*train)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + weight_decay * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    vx, vy = pixels(*val)
+    with torch.no_grad():
+        pred = (((vx - mean) / std) @ w + b).argmax(1)
+    return 100 * scores(confusion_matrix(pred, vy, num_classes))["miou"]
+
+
+@torch.no_grad()
+def zero_shot(checkpoint: Path, dataset: str, images: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Mean IoU (%) over the downstream classes whose demo look is a pre-training class, each predicted where
+    the pre-trained model's own classifier says that class (None: no such class in the val images)."""
+    record = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = record["config"]
+    model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
+    model.load_state_dict(record["model"])
+    pred = model.eval()(images)["out"].argmax(1)
+    spec, wnids = DATASETS[dataset], cfg["classes"]
+    ious = []
+    for name, _, appearance_id in spec.demo.classes:
+        if appearance_id >= 1000:
+            continue
+        k = wnids.index(f"n9{scene_look(appearance_id, len(wnids)):07d}")
+        truth, said = labels == spec.classes.index(name), pred == k
+        valid = labels != IGNORE
+        union = ((truth | said) & valid).sum()
+        if truth.any():
+            ious.append(float(((truth & said) & valid).sum() / union))
+    return 100 * sum(ious) / len(ious) if ious else None
+
+
+def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, variants: list[str]) -> pd.DataFrame:
+    """Head dimension, linear probe and zero-shot per starting point (ImageNet init, each pre-trained variant)."""
+    root = str(run_dir / config["demo"]["root"])
+    size = 2 * config["finetune"]["datasets"][dataset]["crop"]
+    train = square_set(SegmentationSet(dataset, root, "train"), size)
+    val = square_set(SegmentationSet(dataset, root, "val"), size)
     spec = config["pretrain"]["models"][model_name]
-    result = {}
+    num_classes = DATASETS[dataset].num_classes
+    rows = []
     for variant in ["imagenet", *variants]:
-        torch.manual_seed(0)
-        model = build_segmenter(spec["head"], spec["backbone"], data.num_classes)
         ckpt = run_dir / f"results/pretrain/{model_name}/{variant}/final.pt"
+        if variant != "imagenet" and not ckpt.exists():
+            continue
+        torch.manual_seed(0)
+        model = build_segmenter(spec["head"], spec["backbone"], num_classes)
         if variant == "imagenet":
             init_backbone_from(model, str(run_dir / f"results/zoo/{spec['init']}.pt"))
-        elif ckpt.exists():
-            init_from_pretrained(model, str(ckpt))
         else:
-            continue
-        result[variant] = round(feature_dimension(model, images), 1)
-    return result
+            init_from_pretrained(model, str(ckpt))
+        features = (head_features(model, train[0]), head_features(model, val[0]))
+        own = None if variant == "imagenet" else zero_shot(ckpt, dataset, *val)
+        rows.append({"start": variant, "head dimension": round(feature_dimension(features[0]), 1),
+                     "linear probe mIoU": round(linear_probe((features[0], train[1]), (features[1], val[1]),
+                                                             num_classes), 2),
+                     "zero-shot mIoU (shared looks)": None if own is None else round(own, 2)})
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a directory where the demo ran")
+    p.add_argument("--config", nargs="*", default=[], help="the run's --config values (key=value)")
     p.add_argument("--model", default="pspnet_resnet10t")
     p.add_argument("--datasets", nargs="+", default=["camvid", "cityscapes"])
     p.add_argument("--variants", nargs="+", default=["main", "oracle"], help="pre-training variants to transfer")
-    p.add_argument("--factors", nargs="+", default=list(FACTORS), choices=list(FACTORS))
+    p.add_argument("--factors", nargs="*", default=list(FACTORS), choices=list(FACTORS))
+    p.add_argument("--lr-grid", action="store_true", help="also each init at its best lr of finetune.lr_grid")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="transfer_diagnosis.csv")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     run_dir = Path(args.run)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config, _ = load_config([str(run_dir / "config.yaml")], args.config, basedir=run_dir, check=False)
     root = str(run_dir / config["demo"]["root"])
-    zoo = config["pretrain"]["models"][args.model]["init"]
-    print(f"head feature dimension (participation ratio, {args.datasets[0]} train images): "
-          f"{head_dimensions(run_dir, config, args.model, args.datasets[0], args.variants)}", flush=True)
+    zoo = str(run_dir / f"results/zoo/{config['pretrain']['models'][args.model]['init']}.pt")
+    for dataset in args.datasets:
+        print(f"{dataset}: what each starting point knows (train / val images at twice the crop)\n"
+              f"{starting_points(run_dir, config, args.model, dataset, args.variants).to_string(index=False)}",
+              flush=True)
     rows = []
     for dataset in args.datasets:
         for seed in args.seeds:
-            base = run(config, root, args.model, dataset, "imagenet", str(run_dir / f"results/zoo/{zoo}.pt"), seed,
-                       "full", {})
-            rows.append({"dataset": dataset, "seed": seed, "init": "imagenet", "factor": "-", **base})
+            fixed = (root, args.model, dataset)
+            rows.append({"dataset": dataset, "seed": seed, "init": "imagenet", "factor": "-",
+                         **run(config, *fixed, "imagenet", zoo, seed, "full", {})})
+            if args.lr_grid:
+                rows.append({"dataset": dataset, "seed": seed, "init": "imagenet", "factor": BEST_LR,
+                             **best_of_grid(config, *fixed, "imagenet", zoo, seed, "full", {})})
             for variant in args.variants:
                 ckpt = run_dir / f"results/pretrain/{args.model}/{variant}/final.pt"
                 if not ckpt.exists():
                     continue
                 for factor in args.factors:
                     transfer, changes = FACTORS[factor]
-                    result = run(config, root, args.model, dataset, "pssl", str(ckpt), seed, transfer, changes)
+                    result = run(config, *fixed, "pssl", str(ckpt), seed, transfer, changes)
                     rows.append({"dataset": dataset, "seed": seed, "init": f"pssl {variant}", "factor": factor,
                                  **result})
                     print(rows[-1], flush=True)
+                if args.lr_grid:
+                    rows.append({"dataset": dataset, "seed": seed, "init": f"pssl {variant}", "factor": BEST_LR,
+                                 **best_of_grid(config, *fixed, "pssl", str(ckpt), seed, "full", {})})
+                    print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(args.out, index=False, float_format="%.3f")
-    print(table.groupby(["dataset", "init", "factor"], sort=False)[["miou", "first_loss"]].mean()
-          .round(2).to_string())
+    print(table.groupby(["dataset", "init", "factor"], sort=False)[["miou", "first_loss", "lr"]].mean()
+          .round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -36,10 +36,21 @@ def test_each_control_is_its_paired_difference_to_imagenet():
 
 
 def test_one_sentence_per_model_places_pssl_between_the_controls():
-    (sentence,) = verdicts(controls_table(cells(), {"psp": "PSPNet"}))
+    sentence, _ = verdicts(controls_table(cells(), {"psp": "PSPNet"}))
     # PSSL above shuffled in both cells, below oracle in both; oracle's camvid interval (0 wide) excludes zero
     assert sentence.startswith("PSPNet: PSSL is above shuffled in 2/2, below oracle in 2/2")
     assert "oracle beats ImageNet with an interval excluding zero in 1/2 cells (loses so in 0)" in sentence
+
+
+def test_the_positive_control_needs_most_cells():
+    table = controls_table(cells(), {"psp": "PSPNet"})
+    # the oracle's gain excludes zero in 1 of 2 cells: not most, so the run cannot measure a gain
+    assert verdicts(table)[-1].startswith("The positive control fails: the oracle beats ImageNet init with an "
+                                          "interval excluding zero in only 1/2 cells")
+    table.loc[table["dataset"] == "VOC-Aug", "oracle excludes 0"] = True
+    assert verdicts(table)[-1].startswith("The positive control holds: ") and "in 2/2 cells" in verdicts(table)[-1]
+    # without an oracle column there is nothing to say
+    assert len(verdicts(controls_table(cells()[cells()["init"] != "pssl-oracle"], {"psp": "PSPNet"}))) == 1
 
 
 def test_files_only_when_a_control_ran(tmp_path):

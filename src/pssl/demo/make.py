@@ -80,13 +80,18 @@ def write_classification(root: Path, seed: int, num_classes: int, images_per_cla
                           for i, kind in sorted(odd_kind.items())}}
 
 
+def scene_look(appearance_id: int, num_classes: int) -> int:
+    """The appearance a downstream class's demo id draws: below 1000 the look of classification class
+    id % num_classes (a category shared with pre-training), from 1000 a look of its own."""
+    return appearance_id % num_classes if appearance_id < 1000 else appearance_id
+
+
 def write_downstream(root: Path, spec: DatasetSpec, seed: int, num_classes: int, counts: dict[str, int],
                      progress: Progress, dataset_key: int, pool_images: int = 0) -> dict:
     """One downstream dataset as its spec's `demo` describes it, written in its real layout, and its
     unlabelled pool (`pool_dir`) with the pool's hidden truth in train ids (`pool_truth/<dataset>/`)."""
     scenes = spec.demo
-    classes = [synth.SceneClass(spec.classes.index(name), synth.appearance(a % num_classes if a < 1000 else a),
-                                stuff)
+    classes = [synth.SceneClass(spec.classes.index(name), synth.appearance(scene_look(a, num_classes)), stuff)
                for name, stuff, a in scenes.classes]
     background = IGNORE if scenes.background is None else spec.classes.index(scenes.background)
     lut = np.full(256, scenes.ignore_raw, dtype=np.uint8)

@@ -68,7 +68,20 @@ def verdicts(table: pd.DataFrame) -> list[str]:
                 parts.append(f"{column} beats ImageNet with an interval excluding zero in {up}/{n} cells "
                              f"(loses so in {down})")
         sentences.append(f"{model}: PSSL is " + ", ".join(parts) + ".")
-    return sentences
+    return sentences + ([positive_control(table)] if "oracle" in table else [])
+
+
+def positive_control(table: pd.DataFrame) -> str:
+    """Whether the run can measure a gain from pre-training at all: the oracle (perfect labels of the same
+    images) must beat ImageNet init with an interval excluding zero in most cells (more than half)."""
+    n = int(table["oracle"].notna().sum())
+    up = int((table["oracle excludes 0"] & (table["oracle"] > 0)).sum())
+    if 2 * up > n:
+        return (f"The positive control holds: the oracle beats ImageNet init with an interval excluding zero in "
+                f"{up}/{n} cells, so this run can measure a gain from pre-training.")
+    return (f"The positive control fails: the oracle beats ImageNet init with an interval excluding zero in only "
+            f"{up}/{n} cells, so this run cannot show a gain from pre-training even with perfect labels, and PSSL's "
+            f"differences here say nothing for or against the method (docs/experiments.md, the controls).")
 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
