@@ -4,20 +4,21 @@ the auxiliary branch, the backbone's lr, the fine-tuning length), with the DAG's
 several seeds; prints and writes mIoU and the first step's loss per run. `--lr-grid` adds the paper's protocol:
 every init fine-tuned at each lr of `finetune.lr_grid`, the lr chosen on val per init, cell and seed.
 
-Before fine-tuning it measures what each starting point knows, on the first dataset's images (resized to a
-square of twice the crop):
+Before fine-tuning it measures what each starting point knows, on each dataset's images (resized to a square
+of twice the crop):
 - head dimension: how many dimensions the features entering the fresh classifier span (participation ratio of
   their singular values), for a fresh head on the ImageNet backbone and for each pre-trained one;
 - linear probe: val mIoU (at the features' resolution) of a multinomial logistic regression fitted to those
-  features on the train images: what a classifier on them can reach once it has converged;
+  features on the train images (L-BFGS, up to 200 iterations): what a classifier on them can reach when
+  fitted rather than trained for a few SGD steps;
 - zero-shot: the pre-trained model's own classifier on val, scored on the downstream classes whose demo look
   is a pre-training class (mean of their IoU): whether pre-training learned to segment what it was shown.
 
   python benchmarks/transfer_diagnosis.py --run /path/to/demo/clone --model pspnet_resnet10t \\
       --datasets camvid cityscapes --seeds 0 1 2 --out transfer_diagnosis.csv
 
-`--run`: a directory where the demo ran (config.yaml, results/, data/demo); `--config key=value ...`: the
-`--config` values that run was given. Pre-trained models are read from
+`--run`: the clone where the demo ran (config.yaml, workflow/schemas, results/, data/demo); `--config
+key=value ...`: the `--config` values that run was given. Pre-trained models are read from
 results/pretrain/<model>/<variant>/final.pt (`--variants main oracle`: every variant that exists is used).
 """
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from pssl.config import load_config
 from pssl.data.downstream import DATASETS, IGNORE, SegmentationSet
-from pssl.demo.make import scene_look
+from pssl.demo.make import scene_look, wnid
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
@@ -70,7 +71,7 @@ def run(config: dict, root: str, model: str, dataset: str, init: str, init_from:
 
 
 def best_of_grid(config: dict, *args) -> dict:
-    """The run whose val mIoU is highest over finetune.lr_grid (ties: the smaller lr)."""
+    """The run whose val mIoU is highest over finetune.lr_grid (ties: the lr listed first)."""
     runs = [run(config, *args, lr=lr) for lr in config["finetune"]["lr_grid"]]
     return max(runs, key=lambda r: r["val_miou"])
 
@@ -115,7 +116,7 @@ def pixels(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, weight_decay: float = 1e-4, steps: int = 200) -> float:
-    """Val mIoU (%) of a multinomial logistic regression fitted (L-BFGS, to convergence) on train pixels."""
+    """Val mIoU (%) of a multinomial logistic regression fitted (L-BFGS) on standardised train pixels."""
     x, y = pixels(*train)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     x = (x - mean) / std
@@ -136,27 +137,31 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tens
     return 100 * scores(confusion_matrix(pred, vy, num_classes))["miou"]
 
 
+def shared_look_iou(pred: torch.Tensor, labels: torch.Tensor, dataset: str, classes: list[str],
+                    demo_classes: int) -> float | None:
+    """Mean IoU (%) over the downstream classes of `dataset` whose demo look is a pre-training class, each
+    predicted where `pred` (indices into the pre-training `classes`) says that class; None when no such class is
+    in `labels`. `demo_classes`: the demo's class count, which decides the looks (pssl.demo.make.scene_look)."""
+    spec, valid, ious = DATASETS[dataset], labels != IGNORE, []
+    for name, _, appearance_id in spec.demo.classes:
+        look = wnid(scene_look(appearance_id, demo_classes))
+        if appearance_id >= 1000 or look not in classes:
+            continue
+        truth, said = (labels == spec.classes.index(name)) & valid, (pred == classes.index(look)) & valid
+        if truth.any():
+            ious.append(float((truth & said).sum() / (truth | said).sum()))
+    return 100 * sum(ious) / len(ious) if ious else None
+
+
 @torch.no_grad()
-def zero_shot(checkpoint: Path, dataset: str, images: torch.Tensor, labels: torch.Tensor) -> float | None:
-    """Mean IoU (%) over the downstream classes whose demo look is a pre-training class, each predicted where
-    the pre-trained model's own classifier says that class (None: no such class in the val images)."""
+def zero_shot(checkpoint: Path, dataset: str, images: torch.Tensor, labels: torch.Tensor,
+              demo_classes: int) -> float | None:
+    """The pre-trained model's own classifier (BatchNorm on its running statistics) scored by shared_look_iou."""
     record = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = record["config"]
     model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
     model.load_state_dict(record["model"])
-    pred = model.eval()(images)["out"].argmax(1)
-    spec, wnids = DATASETS[dataset], cfg["classes"]
-    ious = []
-    for name, _, appearance_id in spec.demo.classes:
-        if appearance_id >= 1000:
-            continue
-        k = wnids.index(f"n9{scene_look(appearance_id, len(wnids)):07d}")
-        truth, said = labels == spec.classes.index(name), pred == k
-        valid = labels != IGNORE
-        union = ((truth | said) & valid).sum()
-        if truth.any():
-            ious.append(float(((truth & said) & valid).sum() / union))
-    return 100 * sum(ious) / len(ious) if ious else None
+    return shared_look_iou(model.eval()(images)["out"].argmax(1), labels, dataset, cfg["classes"], demo_classes)
 
 
 def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, variants: list[str]) -> pd.DataFrame:
@@ -179,7 +184,7 @@ def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, 
         else:
             init_from_pretrained(model, str(ckpt))
         features = (head_features(model, train[0]), head_features(model, val[0]))
-        own = None if variant == "imagenet" else zero_shot(ckpt, dataset, *val)
+        own = None if variant == "imagenet" else zero_shot(ckpt, dataset, *val, config["demo"]["num_classes"])
         rows.append({"start": variant, "head dimension": round(feature_dimension(features[0]), 1),
                      "linear probe mIoU": round(linear_probe((features[0], train[1]), (features[1], val[1]),
                                                              num_classes), 2),

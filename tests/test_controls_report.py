@@ -42,15 +42,32 @@ def test_one_sentence_per_model_places_pssl_between_the_controls():
     assert "oracle beats ImageNet with an interval excluding zero in 1/2 cells (loses so in 0)" in sentence
 
 
-def test_the_positive_control_needs_most_cells():
+def test_the_positive_control_needs_most_cells_per_model():
     table = controls_table(cells(), {"psp": "PSPNet"})
-    # the oracle's gain excludes zero in 1 of 2 cells: not most, so the run cannot measure a gain
-    assert verdicts(table)[-1].startswith("The positive control fails: the oracle beats ImageNet init with an "
-                                          "interval excluding zero in only 1/2 cells")
+    # the oracle's gain excludes zero in 1 of 2 cells: not most, so these cells cannot measure a gain
+    assert verdicts(table)[-1].startswith("PSPNet: the positive control fails: the oracle beats ImageNet init with "
+                                          "an interval excluding zero in only 1 of the 2 cells where it ran")
     table.loc[table["dataset"] == "VOC-Aug", "oracle excludes 0"] = True
-    assert verdicts(table)[-1].startswith("The positive control holds: ") and "in 2/2 cells" in verdicts(table)[-1]
+    assert verdicts(table)[-1].startswith("PSPNet: the positive control holds: ") and "1 of the 2" not in \
+        verdicts(table)[-1] and "in 2 of the 2 cells" in verdicts(table)[-1]
     # without an oracle column there is nothing to say
     assert len(verdicts(controls_table(cells()[cells()["init"] != "pssl-oracle"], {"psp": "PSPNet"}))) == 1
+
+
+def test_the_positive_control_counts_the_cells_where_the_oracle_ran_and_needs_two_seeds():
+    runs = cells()
+    # the oracle ran on CamVid only (diffs 5, 5, 5): 1 of 1 cells
+    table = controls_table(runs[~((runs["init"] == "pssl-oracle") & (runs["dataset"] == "voc_aug"))],
+                           {"psp": "PSPNet"})
+    assert "holds" in verdicts(table)[-1] and "in 1 of the 1 cells where it ran" in verdicts(table)[-1]
+    # one seed: no interval, no verdict either way, even for a large gain
+    one = controls_table(runs[runs["seed"] == 0], {"psp": "PSPNet"})
+    assert verdicts(one)[-1] == ("PSPNet: the positive control cannot be judged with one seed (paired intervals "
+                                 "need at least 2; make demo-controls runs 3).")
+    # one verdict per model
+    two = pd.concat([runs, runs.assign(model="ocr")])
+    assert [v.split(":")[0] for v in verdicts(controls_table(two, {"psp": "PSPNet", "ocr": "OCRNet"}))[-2:]] == \
+        ["PSPNet", "OCRNet"]
 
 
 def test_files_only_when_a_control_ran(tmp_path):
