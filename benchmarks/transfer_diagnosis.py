@@ -19,7 +19,7 @@ of twice the crop):
 
 `--run`: the clone where the demo ran (config.yaml, workflow/schemas, results/, data/demo); `--config
 key=value ...`: the `--config` values that run was given. Pre-trained models are read from
-results/pretrain/<model>/<variant>/final.pt (`--variants main oracle`: every variant that exists is used).
+<results>/pretrain/<model>/<variant>/final.pt (`--variants main oracle`: every variant that exists is used).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from pssl.config import load_config
 from pssl.data.downstream import DATASETS, IGNORE, SegmentationSet
 from pssl.demo.make import scene_look, wnid
+from pssl.eval.classify import load_model
 from pssl.eval.metrics import confusion_matrix, scores
+from pssl.layout import PRETRAINED
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
 from pssl.settings import finetune_settings
@@ -144,8 +146,8 @@ def shared_look_iou(pred: torch.Tensor, labels: torch.Tensor, dataset: str, clas
     in `labels`. `demo_classes`: the demo's class count, which decides the looks (pssl.demo.make.scene_look)."""
     spec, valid, ious = DATASETS[dataset], labels != IGNORE, []
     for name, _, appearance_id in spec.demo.classes:
-        look = wnid(scene_look(appearance_id, demo_classes))
-        if appearance_id >= 1000 or look not in classes:
+        look = wnid(scene_look(appearance_id, demo_classes)) if appearance_id < 1000 else None
+        if look not in classes:
             continue
         truth, said = (labels == spec.classes.index(name)) & valid, (pred == classes.index(look)) & valid
         if truth.any():
@@ -157,11 +159,18 @@ def shared_look_iou(pred: torch.Tensor, labels: torch.Tensor, dataset: str, clas
 def zero_shot(checkpoint: Path, dataset: str, images: torch.Tensor, labels: torch.Tensor,
               demo_classes: int) -> float | None:
     """The pre-trained model's own classifier (BatchNorm on its running statistics) scored by shared_look_iou."""
-    record = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = record["config"]
-    model = build_segmenter(cfg["head"], cfg["backbone"], cfg["num_classes"])
-    model.load_state_dict(record["model"])
-    return shared_look_iou(model.eval()(images)["out"].argmax(1), labels, dataset, cfg["classes"], demo_classes)
+    model, _, classes = load_model(checkpoint, torch.device("cpu"))
+    return shared_look_iou(model(images)["out"].argmax(1), labels, dataset, classes, demo_classes)
+
+
+def pretrained(run_dir: Path, config: dict, model: str, variant: str) -> Path:
+    """A pre-training's final.pt in the run's results folder."""
+    return run_dir / config["results"] / PRETRAINED.format(model=model, variant=variant) / "final.pt"
+
+
+def zoo_classifier(run_dir: Path, config: dict, model: str) -> str:
+    """The ImageNet-init classifier of a segmentation model's backbone."""
+    return str(run_dir / config["results"] / "zoo" / f"{config['pretrain']['models'][model]['init']}.pt")
 
 
 def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, variants: list[str]) -> pd.DataFrame:
@@ -174,13 +183,13 @@ def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, 
     num_classes = DATASETS[dataset].num_classes
     rows = []
     for variant in ["imagenet", *variants]:
-        ckpt = run_dir / f"results/pretrain/{model_name}/{variant}/final.pt"
+        ckpt = pretrained(run_dir, config, model_name, variant)
         if variant != "imagenet" and not ckpt.exists():
             continue
         torch.manual_seed(0)
         model = build_segmenter(spec["head"], spec["backbone"], num_classes)
         if variant == "imagenet":
-            init_backbone_from(model, str(run_dir / f"results/zoo/{spec['init']}.pt"))
+            init_backbone_from(model, zoo_classifier(run_dir, config, model_name))
         else:
             init_from_pretrained(model, str(ckpt))
         features = (head_features(model, train[0]), head_features(model, val[0]))
@@ -208,7 +217,7 @@ def main() -> None:
     run_dir = Path(args.run)
     config, _ = load_config([str(run_dir / "config.yaml")], args.config, basedir=run_dir, check=False)
     root = str(run_dir / config["demo"]["root"])
-    zoo = str(run_dir / f"results/zoo/{config['pretrain']['models'][args.model]['init']}.pt")
+    zoo = zoo_classifier(run_dir, config, args.model)
     for dataset in args.datasets:
         print(f"{dataset}: what each starting point knows (train / val images at twice the crop)\n"
               f"{starting_points(run_dir, config, args.model, dataset, args.variants).to_string(index=False)}",
@@ -223,7 +232,7 @@ def main() -> None:
                 rows.append({"dataset": dataset, "seed": seed, "init": "imagenet", "factor": BEST_LR,
                              **best_of_grid(config, *fixed, "imagenet", zoo, seed, "full", {})})
             for variant in args.variants:
-                ckpt = run_dir / f"results/pretrain/{args.model}/{variant}/final.pt"
+                ckpt = pretrained(run_dir, config, args.model, variant)
                 if not ckpt.exists():
                     continue
                 for factor in args.factors:
