@@ -25,10 +25,13 @@ key=value ...`: the `--config` values that run was given. Pre-trained models are
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
+import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -36,25 +39,66 @@ import torch.nn.functional as F
 
 from pssl.config import load_config
 from pssl.data.downstream import DATASETS, IGNORE, SegmentationSet
-from pssl.demo.make import scene_look, wnid
+from pssl.demo.make import scene_look, wnid, write_downstream
+from pssl.demo.scenes import DemoScenes
 from pssl.eval.classify import load_model
 from pssl.eval.metrics import confusion_matrix, scores
 from pssl.layout import PRETRAINED
 from pssl.models.segmenter import build_segmenter
 from pssl.models.weights import init_backbone_from, init_from_pretrained
-from pssl.settings import finetune_settings
+from pssl.progress import Progress
+from pssl.report.stats import paired_difference
+from pssl.settings import demo_settings, finetune_settings
 from pssl.train.finetune import finetune
 
-# factor -> (transfer, changes of TrainSettings): each row changes one thing against "as the DAG runs it"
+# factor -> (transfer, changes of TrainSettings, whether ImageNet init runs under it too): each row changes one
+# thing against "as the DAG runs it". A change of the fine-tuning protocol applies to every init, and each
+# init is compared with ImageNet init under the same protocol; a change of what or how the pre-trained model is
+# transferred is compared with ImageNet init as the DAG runs it.
 FACTORS = {
-    "as the DAG runs it": ("full", {}),
-    "backbone only": ("backbone", {}),
-    "BatchNorm frozen (running statistics)": ("full", {"freeze_bn": True}),
-    "no auxiliary branch": ("full", {"aux_weight": 0.0}),
-    "backbone lr x 0.1 (the paper's)": ("full", {"backbone_lr_mult": 0.1}),
-    "5x the fine-tuning epochs": ("full", {"epochs": 5}),  # a multiplier, applied below
+    "as the DAG runs it": ("full", {}, False),
+    "backbone only": ("backbone", {}, False),
+    "BatchNorm frozen (running statistics)": ("full", {"freeze_bn": True}, False),
+    "no auxiliary branch": ("full", {"aux_weight": 0.0}, False),
+    "backbone lr x 0.1 (the paper's)": ("full", {"backbone_lr_mult": 0.1}, False),
+    "fresh classifier at lr x 10 (DeepLab's)": ("full", {"classifier_lr_mult": 10.0}, True),
+    "fresh classifier from N(0, 0.01^2) (mmsegmentation's)": ("full", {"classifier_init_std": 0.01}, True),
+    "5x the fine-tuning epochs": ("full", {"epochs": 5}, True),  # a multiplier, applied below
 }
 BEST_LR = "best lr of the grid, chosen on val (the paper's protocol)"
+
+
+class Target(NamedTuple):
+    """A downstream set to fine-tune on: a registered dataset's files at `root`, drawn by `scenes` (which of its
+    classes share a pre-training look)."""
+    dataset: str
+    root: str
+    scenes: DemoScenes
+    name: str
+
+
+def demo_target(run_dir: Path, config: dict, dataset: str) -> Target:
+    """A dataset of the run's demo data."""
+    return Target(dataset, str(run_dir / config["demo"]["root"]), DATASETS[dataset].demo, dataset)
+
+
+def in_domain_voc(out: Path, config: dict) -> Target:
+    """VOC-Aug drawn as the demo draws it (as many images, its own random stream), except that its thing
+    classes take the pre-training looks 0..n-1, one each (n: the demo's class count, at most VOC-Aug's 8 demo
+    classes; the others are left out). The downstream task is then the pre-training's own on new scenes: what
+    pre-training with perfect labels gives when it has seen every downstream look, on 6x the images."""
+    demo = demo_settings(config)
+    spec = copy.copy(DATASETS["voc_aug"])
+    kept = spec.demo.classes[:min(len(spec.demo.classes), demo.num_classes)]
+    spec.demo = dataclasses.replace(spec.demo, classes=tuple((name, stuff, look)
+                                                             for look, (name, stuff, _) in enumerate(kept)))
+    if not (out / "done").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        counts = {"train": demo.downstream_train, "val": demo.downstream_val, "test": demo.downstream_val}
+        with Progress(counts["train"] + counts["val"], "in-domain VOC-Aug") as progress:
+            write_downstream(out, spec, demo.seed, demo.num_classes, counts, progress, dataset_key=len(DATASETS))
+        (out / "done").touch()
+    return Target("voc_aug", str(out), spec.demo, "voc_aug (in-domain)")
 
 
 def run(config: dict, root: str, model: str, dataset: str, init: str, init_from: str | None, seed: int,
@@ -139,13 +183,13 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tens
     return 100 * scores(confusion_matrix(pred, vy, num_classes))["miou"]
 
 
-def shared_look_iou(pred: torch.Tensor, labels: torch.Tensor, dataset: str, classes: list[str],
+def shared_look_iou(pred: torch.Tensor, labels: torch.Tensor, target: Target, classes: list[str],
                     demo_classes: int) -> float | None:
-    """Mean IoU (%) over the downstream classes of `dataset` whose demo look is a pre-training class, each
-    predicted where `pred` (indices into the pre-training `classes`) says that class; None when no such class is
-    in `labels`. `demo_classes`: the demo's class count, which decides the looks (pssl.demo.make.scene_look)."""
-    spec, valid, ious = DATASETS[dataset], labels != IGNORE, []
-    for name, _, appearance_id in spec.demo.classes:
+    """Mean IoU (%) over the classes of `target` whose demo look is a pre-training class, each predicted where
+    `pred` (indices into the pre-training `classes`) says that class; None when no such class is in `labels`.
+    `demo_classes`: the demo's class count, which decides the looks (pssl.demo.make.scene_look)."""
+    spec, valid, ious = DATASETS[target.dataset], labels != IGNORE, []
+    for name, _, appearance_id in target.scenes.classes:
         look = wnid(scene_look(appearance_id, demo_classes)) if appearance_id < 1000 else None
         if look not in classes:
             continue
@@ -156,11 +200,11 @@ def shared_look_iou(pred: torch.Tensor, labels: torch.Tensor, dataset: str, clas
 
 
 @torch.no_grad()
-def zero_shot(checkpoint: Path, dataset: str, images: torch.Tensor, labels: torch.Tensor,
+def zero_shot(checkpoint: Path, target: Target, images: torch.Tensor, labels: torch.Tensor,
               demo_classes: int) -> float | None:
     """The pre-trained model's own classifier (BatchNorm on its running statistics) scored by shared_look_iou."""
     model, _, classes = load_model(checkpoint, torch.device("cpu"))
-    return shared_look_iou(model(images)["out"].argmax(1), labels, dataset, classes, demo_classes)
+    return shared_look_iou(model(images)["out"].argmax(1), labels, target, classes, demo_classes)
 
 
 def pretrained(run_dir: Path, config: dict, model: str, variant: str) -> Path:
@@ -173,14 +217,14 @@ def zoo_classifier(run_dir: Path, config: dict, model: str) -> str:
     return str(run_dir / config["results"] / "zoo" / f"{config['pretrain']['models'][model]['init']}.pt")
 
 
-def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, variants: list[str]) -> pd.DataFrame:
+def starting_points(run_dir: Path, config: dict, model_name: str, target: Target, variants: list[str]
+                    ) -> pd.DataFrame:
     """Head dimension, linear probe and zero-shot per starting point (ImageNet init, each pre-trained variant)."""
-    root = str(run_dir / config["demo"]["root"])
-    size = 2 * config["finetune"]["datasets"][dataset]["crop"]
-    train = square_set(SegmentationSet(dataset, root, "train"), size)
-    val = square_set(SegmentationSet(dataset, root, "val"), size)
+    size = 2 * config["finetune"]["datasets"][target.dataset]["crop"]
+    train = square_set(SegmentationSet(target.dataset, target.root, "train"), size)
+    val = square_set(SegmentationSet(target.dataset, target.root, "val"), size)
     spec = config["pretrain"]["models"][model_name]
-    num_classes = DATASETS[dataset].num_classes
+    num_classes = DATASETS[target.dataset].num_classes
     rows = []
     for variant in ["imagenet", *variants]:
         ckpt = pretrained(run_dir, config, model_name, variant)
@@ -193,7 +237,7 @@ def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, 
         else:
             init_from_pretrained(model, str(ckpt))
         features = (head_features(model, train[0]), head_features(model, val[0]))
-        own = None if variant == "imagenet" else zero_shot(ckpt, dataset, *val, config["demo"]["num_classes"])
+        own = None if variant == "imagenet" else zero_shot(ckpt, target, *val, config["demo"]["num_classes"])
         rows.append({"start": variant, "head dimension": round(feature_dimension(features[0]), 1),
                      "linear probe mIoU": round(linear_probe((features[0], train[1]), (features[1], val[1]),
                                                              num_classes), 2),
@@ -201,12 +245,27 @@ def starting_points(run_dir: Path, config: dict, model_name: str, dataset: str, 
     return pd.DataFrame(rows)
 
 
+def paired_gains(table: pd.DataFrame) -> pd.DataFrame:
+    """Each pre-trained start's mIoU minus ImageNet init's on the same set and seed, under the same factor where
+    ImageNet init ran under it, else as the DAG runs it: pssl.report.stats.paired_difference per set, start
+    and factor (mean, 95% half-width over the seeds)."""
+    imagenet = table[table["init"] == "imagenet"]
+    pairs = []
+    for (start, factor), treated in table[table["init"] != "imagenet"].groupby(["init", "factor"], sort=False):
+        control = imagenet[imagenet["factor"] == (factor if factor in set(imagenet["factor"]) else "-")]
+        pairs.append(pd.concat([treated.assign(init="treated"), control.assign(init="control")])
+                     .assign(start=start, factor=factor))
+    return paired_difference(pd.concat(pairs), "treated", "control", ["set", "start", "factor"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a directory where the demo ran")
     p.add_argument("--config", nargs="*", default=[], help="the run's --config values (key=value)")
     p.add_argument("--model", default="pspnet_resnet10t")
-    p.add_argument("--datasets", nargs="+", default=["camvid", "cityscapes"])
+    p.add_argument("--datasets", nargs="*", default=["camvid", "cityscapes"])
+    p.add_argument("--in-domain", action="store_true",
+                   help="also a VOC-Aug whose classes take the pre-training looks (written next to --out)")
     p.add_argument("--variants", nargs="+", default=["main", "oracle"], help="pre-training variants to transfer")
     p.add_argument("--factors", nargs="*", default=list(FACTORS), choices=list(FACTORS))
     p.add_argument("--lr-grid", action="store_true", help="also each init at its best lr of finetune.lr_grid")
@@ -216,39 +275,48 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     run_dir = Path(args.run)
     config, _ = load_config([str(run_dir / "config.yaml")], args.config, basedir=run_dir, check=False)
-    root = str(run_dir / config["demo"]["root"])
     zoo = zoo_classifier(run_dir, config, args.model)
-    for dataset in args.datasets:
-        print(f"{dataset}: what each starting point knows (train / val images at twice the crop)\n"
-              f"{starting_points(run_dir, config, args.model, dataset, args.variants).to_string(index=False)}",
+    targets = [demo_target(run_dir, config, dataset) for dataset in args.datasets]
+    if args.in_domain:
+        targets.append(in_domain_voc(Path(args.out).resolve().parent / "in_domain_voc", config))
+    for target in targets:
+        print(f"{target.name}: what each starting point knows (train / val images at twice the crop)\n"
+              f"{starting_points(run_dir, config, args.model, target, args.variants).to_string(index=False)}",
               flush=True)
     rows = []
-    for dataset in args.datasets:
+    for target in targets:
         for seed in args.seeds:
-            fixed = (root, args.model, dataset)
-            rows.append({"dataset": dataset, "seed": seed, "init": "imagenet", "factor": "-",
-                         **run(config, *fixed, "imagenet", zoo, seed, "full", {})})
+            fixed = (target.root, args.model, target.dataset)
+
+            def record(init: str, factor: str, result: dict) -> None:
+                rows.append({"set": target.name, "seed": seed, "init": init, "factor": factor, **result})
+                print(rows[-1], flush=True)
+
+            record("imagenet", "-", run(config, *fixed, "imagenet", zoo, seed, "full", {}))
+            for factor in args.factors:
+                transfer, changes, every_init = FACTORS[factor]
+                if every_init:
+                    record("imagenet", factor, run(config, *fixed, "imagenet", zoo, seed, "full", changes))
             if args.lr_grid:
-                rows.append({"dataset": dataset, "seed": seed, "init": "imagenet", "factor": BEST_LR,
-                             **best_of_grid(config, *fixed, "imagenet", zoo, seed, "full", {})})
+                record("imagenet", BEST_LR, best_of_grid(config, *fixed, "imagenet", zoo, seed, "full", {}))
             for variant in args.variants:
                 ckpt = pretrained(run_dir, config, args.model, variant)
                 if not ckpt.exists():
                     continue
                 for factor in args.factors:
-                    transfer, changes = FACTORS[factor]
-                    result = run(config, *fixed, "pssl", str(ckpt), seed, transfer, changes)
-                    rows.append({"dataset": dataset, "seed": seed, "init": f"pssl {variant}", "factor": factor,
-                                 **result})
-                    print(rows[-1], flush=True)
+                    transfer, changes, _ = FACTORS[factor]
+                    record(f"pssl {variant}", factor, run(config, *fixed, "pssl", str(ckpt), seed, transfer, changes))
                 if args.lr_grid:
-                    rows.append({"dataset": dataset, "seed": seed, "init": f"pssl {variant}", "factor": BEST_LR,
-                                 **best_of_grid(config, *fixed, "pssl", str(ckpt), seed, "full", {})})
-                    print(rows[-1], flush=True)
+                    record(f"pssl {variant}", BEST_LR, best_of_grid(config, *fixed, "pssl", str(ckpt), seed, "full", {}))
     table = pd.DataFrame(rows)
     table.to_csv(args.out, index=False, float_format="%.3f")
-    print(table.groupby(["dataset", "init", "factor"], sort=False)[["miou", "first_loss", "lr"]].mean()
+    print(table.groupby(["set", "init", "factor"], sort=False)[["miou", "first_loss", "lr"]].mean()
           .round(3).to_string())
+    print("\nmIoU gain over ImageNet init (paired over seeds; * where the 95% interval excludes zero)")
+    gains = paired_gains(table)
+    gains["gain"] = [f"{d:+.2f} ± {h:.2f}{' *' if x else ''}"
+                     for d, h, x in zip(gains["diff"], gains["ci95"], gains["excludes_zero"])]
+    print(gains[["set", "start", "factor", "gain"]].to_string(index=False))
 
 
 if __name__ == "__main__":

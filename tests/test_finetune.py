@@ -222,6 +222,53 @@ def test_freeze_backbone_trains_the_head_alone(tiny_demo, tmp_path):
     assert not torch.equal(tuned["head.bottleneck.0.weight"], before["head.bottleneck.0.weight"])
 
 
+def test_the_per_class_layers_train_at_their_own_lr_multiplier():
+    """classifier_lr_mult: one plain SGD step moves each parameter by -lr x its group's multiplier x its
+    gradient (classifier 10, backbone 0.5, the rest of the head 1), and every trainable parameter is in
+    exactly one group; at 1 the classifier stays in the head's group."""
+    from pssl.train.loop import param_groups
+    torch.manual_seed(0)
+    model = build_segmenter("pspnet", "test_resnet", 5)
+    p = TrainSettings(lr=0.01, backbone_lr_mult=0.5, classifier_lr_mult=10.0, momentum=0.0, weight_decay=0.0)
+    groups = param_groups(model, p)
+    classifier = {id(t) for layer in model.classifier_layers() for t in layer.parameters()}
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.005, 0.1])
+    assert {id(t) for t in groups[2]["params"]} == classifier
+    assert sorted(id(t) for g in groups for t in g["params"]) == sorted(id(t) for t in model.parameters())
+    before = {name: t.detach().clone() for name, t in model.named_parameters()}
+    optimizer = torch.optim.SGD(groups, lr=p.lr, momentum=0.0)
+    model.train()
+    out = model(torch.rand(2, 3, 32, 32))
+    (out["out"].square().mean() + out["aux"].square().mean()).backward()
+    optimizer.step()
+    for name, t in model.named_parameters():
+        mult = 10.0 if id(t) in classifier else 0.5 if name.startswith("backbone.") else 1.0
+        assert torch.allclose(t.detach(), before[name] - 0.01 * mult * t.grad, atol=1e-7), name
+    plain = param_groups(model, TrainSettings(lr=0.01))
+    assert len(plain) == 2 and classifier <= {id(t) for t in plain[0]["params"]}
+
+
+def test_a_zero_initialised_classifier_sends_no_gradient_into_the_head():
+    """init_classifier: N(0, std^2) weights and zero biases on the per-class layers alone; at std 0 the first
+    backward pass leaves the transferred segmentation module without gradient."""
+    from pssl.models.weights import init_classifier
+    torch.manual_seed(0)
+    model = build_segmenter("pspnet", "test_resnet", 21)
+    others = {k: v.clone() for k, v in model.state_dict().items()
+              if not k.startswith(("head.classifier.", "head.aux.2."))}
+    init_classifier(model, 0.01)
+    weight = model.head.classifier.weight.detach()
+    assert 0.009 < float(weight.std()) < 0.011 and abs(float(weight.mean())) < 0.002
+    assert all(not layer.bias.any() for layer in model.classifier_layers())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in others.items())
+    init_classifier(model, 0.0)
+    model.train()
+    out = model(torch.rand(2, 3, 32, 32))
+    F.cross_entropy(out["out"], torch.randint(0, 21, (2, 32, 32))).backward()
+    assert model.head.classifier.weight.grad.abs().sum() > 0
+    assert not model.head.bottleneck[0].weight.grad.any()
+
+
 def test_head_names_are_the_registered_heads_everywhere():
     """The torch-free names are what the registry, the CLI and the config schema accept."""
     import yaml

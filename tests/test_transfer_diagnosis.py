@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -61,12 +63,62 @@ def test_shared_look_iou_against_a_hand_count():
     pred = torch.tensor([[[0, 0, 0, 5], [0, 0, 0, 0], [4, 4, 1, 1], [0, 4, 4, 4]]])
     classes = [wnid(k) for k in range(6)]
     # aeroplane: 3 of a union of 7 (class 0 said on 6 valid pixels); cat (the same look): 2 / 6; dog: 2 / 7
-    assert diagnosis.shared_look_iou(pred, labels, "voc_aug", classes, 6) == \
+    voc_demo = diagnosis.Target("voc_aug", "", DATASETS["voc_aug"].demo, "voc_aug")
+    assert diagnosis.shared_look_iou(pred, labels, voc_demo, classes, 6) == \
         pytest.approx(100 * (3 / 7 + 2 / 6 + 2 / 7) / 3)
     # pre-trained on a subset without class 0: only dog is scored, at its index in that subset
     subset = [wnid(k) for k in (1, 2, 3, 4)]
-    assert diagnosis.shared_look_iou(pred - 1, labels, "voc_aug", subset, 6) == pytest.approx(100 * 2 / 7)
+    assert diagnosis.shared_look_iou(pred - 1, labels, voc_demo, subset, 6) == pytest.approx(100 * 2 / 7)
 
 
 def test_scene_look_shares_classification_looks_below_1000():
     assert [scene_look(a, 6) for a in (0, 5, 6, 9, 1000, 1013)] == [0, 5, 0, 3, 1000, 1013]
+
+
+def test_the_in_domain_voc_draws_every_class_in_a_pre_training_look(tmp_path):
+    """The first 6 of VOC-Aug's demo classes, each in the look of classification class 0..5 (drawn as that
+    class's appearance: its hue and texture), as many images as the demo's VOC-Aug, readable as VOC-Aug."""
+    from pssl.config import load_config
+    from pssl.data.downstream import SegmentationSet
+    from pssl.demo import synth
+    config, _ = load_config([str(Path(__file__).parents[1] / "config.yaml")],
+                            ["demo={downstream_train: 4, downstream_val: 2}"], check=False)
+    target = diagnosis.in_domain_voc(tmp_path / "voc", config)
+    kept = DATASETS["voc_aug"].demo.classes[:6]
+    assert target.scenes.classes == tuple((name, False, look) for look, (name, _, _) in enumerate(kept))
+    train, val = SegmentationSet("voc_aug", target.root, "train"), SegmentationSet("voc_aug", target.root, "val")
+    assert (len(train), len(val)) == (4, 2)
+    voc = DATASETS["voc_aug"].classes
+    seen = set()
+    for i in range(len(train)):
+        rgb, label = train.read(i)
+        for look, (name, _, _) in enumerate(kept):
+            mask = (label == voc.index(name))
+            if mask.sum() > 50:  # the object's median hue is its look's (background clutter has any hue)
+                hue = np.median(rgb_to_hsv(rgb[mask])[:, 0])
+                assert min(abs(hue - synth.appearance(look).hue), 1 - abs(hue - synth.appearance(look).hue)) < 0.06
+                seen.add(name)
+        assert set(np.unique(label)) <= {voc.index(n) for n, _, _ in kept} | {0, IGNORE}
+    assert seen
+    assert diagnosis.in_domain_voc(tmp_path / "voc", config) == target  # written once
+
+
+def rgb_to_hsv(pixels: np.ndarray) -> np.ndarray:
+    import colorsys
+    return np.array([colorsys.rgb_to_hsv(*(p / 255.0)) for p in pixels])
+
+
+def test_paired_gains_against_a_hand_computation():
+    """Under a protocol factor ImageNet init ran too, the gain is against that run; otherwise against the DAG's."""
+    rows = []
+    for seed, (base, tenx, pssl_base, pssl_tenx) in enumerate([(40, 42, 38, 45), (44, 45, 41, 48), (42, 40, 40, 44)]):
+        rows += [{"set": "camvid", "seed": seed, "init": "imagenet", "factor": "-", "miou": base},
+                 {"set": "camvid", "seed": seed, "init": "imagenet", "factor": "x10", "miou": tenx},
+                 {"set": "camvid", "seed": seed, "init": "pssl oracle", "factor": "dag", "miou": pssl_base},
+                 {"set": "camvid", "seed": seed, "init": "pssl oracle", "factor": "x10", "miou": pssl_tenx}]
+    gains = diagnosis.paired_gains(pd.DataFrame(rows)).set_index("factor")
+    dag, tenx = np.array([38 - 40, 41 - 44, 40 - 42]), np.array([45 - 42, 48 - 45, 44 - 40])
+    for factor, d in (("dag", dag), ("x10", tenx)):
+        assert gains.loc[factor, "diff"] == pytest.approx(d.mean())
+        assert gains.loc[factor, "ci95"] == pytest.approx(4.303 * d.std(ddof=1) / np.sqrt(3))
+    assert gains.loc["x10", "excludes_zero"] and gains.loc["dag", "excludes_zero"]

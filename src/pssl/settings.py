@@ -124,10 +124,19 @@ class TrainSettings:
     freeze_backbone: bool = setting(False, "fine-tuning: the backbone keeps its initial weights and BatchNorm "
                                     "statistics, only the head trains (MS3's Table 3: what the pre-trained "
                                     "features alone are worth)")
+    classifier_lr_mult: float = setting(1.0, "fine-tuning: the fresh per-class layers (main and auxiliary "
+                                        "classifier) train at lr x this (the paper: 1; DeepLab's fine-tuning: 10)",
+                                        gt=0)
+    classifier_init_std: float | None = setting(None, "fine-tuning: the fresh per-class layers start from "
+                                                "N(0, std^2) weights and zero biases (mmsegmentation: 0.01; null: "
+                                                "PyTorch's default, Kaiming uniform)", ge=0)
     precision: str = setting("auto", "auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU",
                              ("auto", "fp32", "bf16", "fp16"))
     seed: int = setting(0, "seed of initialisation, sampling order and augmentation", ge=0)
 
+
+# TrainSettings that only fine-tuning sets (pre-trainings keep their defaults)
+FINETUNE_ONLY = ("freeze_backbone", "classifier_lr_mult", "classifier_init_std")
 
 # Fine-tuning's optimisation where it differs from pre-training's (the paper's section 5.4: batch 16, poly lr;
 # the whole model at one lr).
@@ -339,13 +348,13 @@ class Section:
 
 
 PRETRAIN_FIELDS = (Fields(PretrainSettings, exclude=("decile_threshold", "ignore_deciles")),
-                   Fields(TrainSettings, exclude=("seed", "freeze_backbone")))
+                   Fields(TrainSettings, exclude=("seed", *FINETUNE_ONLY)))
 DATASET_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip")),
                   Fields(TrainSettings, only=("epochs", "weight_decay", "lr"), no_default=("epochs", "lr")))
 # a model's overrides of its dataset's settings: not the split the table reports, which is the dataset's
 PER_MODEL_FIELDS = (Fields(FinetuneSettings, exclude=("scales", "flip", "eval_split")), DATASET_FIELDS[1])
 
-MULTI_DATASET_TRAIN_FIELDS = Fields(TrainSettings, exclude=("seed", "milestone", "gamma", "aux_weight", "freeze_backbone"),
+MULTI_DATASET_TRAIN_FIELDS = Fields(TrainSettings, exclude=("seed", "milestone", "gamma", "aux_weight", *FINETUNE_ONLY),
                                     defaults=MULTI_DATASET_TRAIN_DEFAULTS)
 
 # Where each stage setting lives in a config. The schema's entries for them are generated from the dataclasses
@@ -481,14 +490,14 @@ def pretrain_settings(config: dict, variant: str = MAIN) -> tuple[PretrainSettin
     if settings.label_mode == "hard":
         defaults = {f.name: f.default for f in dataclasses.fields(PretrainSettings) if f.name in FUSION_FIELDS}
         settings = dataclasses.replace(settings, **defaults)
-    return settings, pick(TrainSettings, values, optional=("freeze_backbone",), seed=config["seed"])
+    return settings, pick(TrainSettings, values, optional=FINETUNE_ONLY, seed=config["seed"])
 
 
 def multi_dataset_settings(config: dict, method: str) -> tuple[MdpSettings | Ms3Settings, TrainSettings]:
     """The mdp or ms3 section: the method's objective and data, and its optimisation."""
     cls = {MDP: MdpSettings, MS3: Ms3Settings}[method]
     return pick(cls, config[method]), pick(TrainSettings, config[method], optional=(
-        "milestone", "gamma", "aux_weight", "freeze_backbone"), seed=config["seed"])
+        "milestone", "gamma", "aux_weight", *FINETUNE_ONLY), seed=config["seed"])
 
 
 MDP, MS3 = "mdp", "ms3"  # the fine-tune inits (and experiments' rows) of the multi-dataset pre-trainings
@@ -595,6 +604,10 @@ def optional_int(value: str) -> int | None:
     return None if value.lower() in ("none", "null") else int(value)
 
 
+def optional_float(value: str) -> float | None:
+    return None if value.lower() in ("none", "null") else float(value)
+
+
 def optional_str(value: str) -> str | None:
     return None if value.lower() in ("none", "null") else value
 
@@ -627,6 +640,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls, fields: tuple[str, 
             options.update(type=typing.get_args(kind)[0], nargs="*")
         elif kind == (int | None):
             options.update(type=optional_int, metavar="INT|none")
+        elif kind == (float | None):
+            options.update(type=optional_float, metavar="FLOAT|none")
         elif kind == (str | None):
             options.update(type=optional_str, metavar="NAME|none")
         elif kind == (int | str):

@@ -59,3 +59,12 @@ def init_from_pretrained(model: Segmenter, checkpoint: str, transfer: str = "ful
                          f"unexpected {unexpected})")
     source = Path(checkpoint).parent
     return f"{source.parent.name}/{source.name} ({transfer}: {len(state)} tensors, {len(skip)} fresh)"
+
+
+def init_classifier(model: Segmenter, std: float) -> None:
+    """The fresh per-class layers (main and auxiliary) from N(0, std^2) weights and zero biases, as
+    mmsegmentation starts its conv_seg (std 0.01): the first fine-tuning steps then send little gradient back
+    into a transferred segmentation module (std 0: none at the first step)."""
+    for layer in model.classifier_layers():
+        torch.nn.init.normal_(layer.weight, 0.0, std)
+        torch.nn.init.zeros_(layer.bias)

@@ -35,7 +35,7 @@ from pssl.errors import InputError
 from pssl.eval.evaluate import evaluate, label_notes
 from pssl.io import atomic_file, fingerprint
 from pssl.models.segmenter import build_segmenter
-from pssl.models.weights import init_backbone_from, init_from_pretrained
+from pssl.models.weights import init_backbone_from, init_classifier, init_from_pretrained
 from pssl.settings import FinetuneSettings, StudentSettings, TrainSettings
 from pssl.time_limit import TimeLimit
 from pssl.train.checkpoint import remove_checkpoints
@@ -77,6 +77,9 @@ def finetune(dataset: str, root: str, out_dir: str | Path, *, head: str, backbon
         loaded = init_from_pretrained(model, init_from, transfer)
     else:
         raise InputError(f"init must be 'imagenet' or 'pssl', got {init!r}")
+    if train.classifier_init_std is not None:
+        init_classifier(model, train.classifier_init_std)
+        loaded += f"; per-class layers from N(0, {train.classifier_init_std}^2)"
     if info.main:
         log.info(f"finetune {dataset} {head}-{backbone} init {init}: {loaded}; {len(train_set)} train, "
                  f"{', '.join(f'{len(d)} {k}' for k, d in eval_sets.items())} images, lr {train.lr}, "

@@ -108,12 +108,18 @@ def training_log(out_dir: Path, fresh: bool, main: bool, parts: tuple[str, ...] 
 
 
 def param_groups(model: nn.Module, p: TrainSettings) -> list[dict]:
-    """Head first, so param_groups[0]["lr"] (the logged lr) is the head's; the backbone at lr x backbone_lr_mult.
+    """Head first, so param_groups[0]["lr"] (the logged lr) is the head's; the backbone at lr x backbone_lr_mult;
+    with classifier_lr_mult other than 1 (fine-tuning), the per-class layers in a third group at lr x that.
     Frozen parameters (MDP's key encoder) are left out."""
-    backbone_params = [t for t in model.backbone.parameters() if t.requires_grad]
-    in_backbone = {id(t) for t in backbone_params}
-    return [{"params": [t for t in model.parameters() if t.requires_grad and id(t) not in in_backbone], "lr": p.lr},
-            {"params": backbone_params, "lr": p.lr * p.backbone_lr_mult}]
+    trainable = [t for t in model.parameters() if t.requires_grad]
+    backbone = {id(t) for t in model.backbone.parameters()}
+    classifier = ({id(t) for layer in model.classifier_layers() for t in layer.parameters()}
+                  if p.classifier_lr_mult != 1 else set())
+    groups = [{"params": [t for t in trainable if id(t) not in backbone | classifier], "lr": p.lr},
+              {"params": [t for t in trainable if id(t) in backbone], "lr": p.lr * p.backbone_lr_mult}]
+    if classifier:
+        groups.append({"params": [t for t in trainable if id(t) in classifier], "lr": p.lr * p.classifier_lr_mult})
+    return groups
 
 
 def save(t: Trainer, epoch: int, log_csv: TrainingLog) -> None:
