@@ -1,8 +1,11 @@
 """Why does a transferred segmentation module hurt on the demo? Fine-tunes one model on a few datasets from
 ImageNet init and from a pre-trained model under changes of one factor each (what is transferred, BatchNorm,
-the auxiliary branch, the backbone's lr, the fine-tuning length), with the DAG's own settings otherwise, over
-several seeds; prints and writes mIoU and the first step's loss per run. `--lr-grid` adds the paper's protocol:
-every init fine-tuned at each lr of `finetune.lr_grid`, the lr chosen on val per init, cell and seed.
+the auxiliary branch, the backbone's lr, the fresh classifier's lr and initial scale, the fine-tuning length),
+with the DAG's own settings otherwise, over several seeds; prints and writes mIoU and the first step's loss per
+run, then each start's gain over ImageNet init with its paired 95% interval. `--lr-grid` adds the paper's
+protocol: every init fine-tuned at each lr of `finetune.lr_grid`, the lr chosen on val per init, cell and seed.
+`--in-domain` adds a VOC-Aug whose classes take the pre-training looks (the pre-training's own task on new
+scenes).
 
 Before fine-tuning it measures what each starting point knows, on each dataset's images (resized to a square
 of twice the crop):
