@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -55,7 +56,8 @@ from pssl.settings import demo_settings, finetune_settings
 from pssl.train.finetune import finetune
 
 # factor -> (transfer, changes of TrainSettings, whether ImageNet init runs under it too): each row changes one
-# thing against "as the DAG runs it". A change of the fine-tuning protocol applies to every init, and each
+# thing against "as the DAG runs it" (a value the run's config already has changes nothing: the demo's
+# classifier_lr_mult is 10, so `--config finetune='{classifier_lr_mult: 1}'` measures the paper's one lr). A change of the fine-tuning protocol applies to every init, and each
 # init is compared with ImageNet init under the same protocol; a change of what or how the pre-trained model is
 # transferred is compared with ImageNet init as the DAG runs it.
 FACTORS = {
@@ -95,12 +97,13 @@ def in_domain_voc(out: Path, config: dict) -> Target:
     kept = spec.demo.classes[:min(len(spec.demo.classes), demo.num_classes)]
     spec.demo = dataclasses.replace(spec.demo, classes=tuple((name, stuff, look)
                                                              for look, (name, stuff, _) in enumerate(kept)))
-    if not (out / "done").exists():
+    counts = {"train": demo.downstream_train, "val": demo.downstream_val, "test": demo.downstream_val}
+    made_by = json.dumps({"demo": dataclasses.asdict(demo), "classes": spec.demo.classes})
+    if not (out / "done").exists() or (out / "done").read_text() != made_by:  # written for other settings
         shutil.rmtree(out, ignore_errors=True)
-        counts = {"train": demo.downstream_train, "val": demo.downstream_val, "test": demo.downstream_val}
         with Progress(counts["train"] + counts["val"], "in-domain VOC-Aug") as progress:
             write_downstream(out, spec, demo.seed, demo.num_classes, counts, progress, dataset_key=len(DATASETS))
-        (out / "done").touch()
+        (out / "done").write_text(made_by)
     return Target("voc_aug", str(out), spec.demo, "voc_aug (in-domain)")
 
 
@@ -253,7 +256,7 @@ def paired_gains(table: pd.DataFrame) -> pd.DataFrame:
     ImageNet init ran under it, else as the DAG runs it: pssl.report.stats.paired_difference per set, start
     and factor (mean, 95% half-width over the seeds)."""
     imagenet = table[table["init"] == "imagenet"]
-    pairs = []
+    pairs = [pd.DataFrame(columns=[*table.columns, "start"])]  # none when no pre-trained model was found
     for (start, factor), treated in table[table["init"] != "imagenet"].groupby(["init", "factor"], sort=False):
         control = imagenet[imagenet["factor"] == (factor if factor in set(imagenet["factor"]) else "-")]
         pairs.append(pd.concat([treated.assign(init="treated"), control.assign(init="control")])
@@ -311,7 +314,7 @@ def main() -> None:
                     record(f"pssl {variant}", factor, run(config, *fixed, "pssl", str(ckpt), seed, transfer, changes))
                 if args.lr_grid:
                     record(f"pssl {variant}", BEST_LR, best_of_grid(config, *fixed, "pssl", str(ckpt), seed, "full", {}))
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["set", "seed", "init", "factor", "miou", "val_miou", "first_loss", "lr"])
     table.to_csv(args.out, index=False, float_format="%.3f")
     print(table.groupby(["set", "init", "factor"], sort=False)[["miou", "first_loss", "lr"]].mean()
           .round(3).to_string())

@@ -269,6 +269,33 @@ def test_a_zero_initialised_classifier_sends_no_gradient_into_the_head():
     assert not model.head.bottleneck[0].weight.grad.any()
 
 
+def test_fine_tuning_applies_the_per_class_layers_settings(tiny_demo, tmp_path):
+    """Through finetune() and its training loop: at a small lr, a 100x classifier multiplier moves the per-class
+    layers about 100x as far and the rest of the head as far as at 1x; a std-0 start leaves them near zero."""
+    torch.manual_seed(0)  # as finetune() seeds its model: the init's classifier is the fresh one it draws
+    init = build_segmenter("pspnet", "test_resnet", 11)
+    path = tmp_path / "init.pt"
+    torch.save({"model": init.state_dict(), "config": {"head": "pspnet", "backbone": "test_resnet"}}, path)
+    start = init.state_dict()
+
+    def tuned(name: str, **changes) -> dict:
+        train = TrainSettings(epochs=1, batch_size=2, lr=1e-5, schedule="poly", momentum=0.0, weight_decay=0.0,
+                              **changes)
+        finetune("camvid", str(tiny_demo), tmp_path / name, head="pspnet", backbone="test_resnet", init="pssl",
+                 init_from=str(path), settings=FinetuneSettings(crop=32, base_size=48), train=train, device="cpu")
+        return torch.load(tmp_path / name / "final.pt", weights_only=True)["model"]
+
+    def moved(state: dict, key: str) -> float:
+        return float((state[key] - start[key]).abs().sum())
+
+    one, fast = tuned("x1"), tuned("x100", classifier_lr_mult=100.0)
+    assert 50 < moved(fast, "head.classifier.weight") / moved(one, "head.classifier.weight") < 200
+    assert 50 < moved(fast, "head.aux.2.weight") / moved(one, "head.aux.2.weight") < 200
+    assert 0.5 < moved(fast, "head.bottleneck.0.weight") / moved(one, "head.bottleneck.0.weight") < 2
+    assert float(one["head.classifier.weight"].abs().max()) > 1e-2
+    assert float(tuned("std0", classifier_init_std=0.0)["head.classifier.weight"].abs().max()) < 1e-4
+
+
 def test_head_names_are_the_registered_heads_everywhere():
     """The torch-free names are what the registry, the CLI and the config schema accept."""
     import yaml

@@ -66,6 +66,26 @@ def test_config_to_flags_to_cli_round_trip(name):
         assert parsed(command, settings_flags(*settings), *map(type, settings)) == settings, command
 
 
+def test_the_per_class_layers_settings_are_fine_tunings_alone():
+    """Stated in a fine-tune command when set (and parsed back, a number too); at their defaults left out of
+    every command and identity, so the jobs and checkpoints written before they existed stay valid; never flags
+    of the pre-training commands."""
+    from pssl.settings import output_identity
+    demo = full_config(CONFIGS["demo"])
+    geometry, train = finetune_settings(demo, "camvid", "pspnet_resnet10t")
+    assert train.classifier_lr_mult == 10 and "--classifier-lr-mult 10" in settings_flags(geometry, train)
+    std = dataclasses.replace(train, classifier_init_std=0.01)
+    assert parsed("finetune", settings_flags(geometry, std), FinetuneSettings, TrainSettings) == (geometry, std)
+    assert output_identity(std)["classifier_init_std"] == 0.01
+    for settings in (pretrain_settings(demo), finetune_settings(full_config(CONFIGS["paper"]), "camvid",
+                                                                 "pspnet_resnet50d")):
+        assert "--classifier" not in settings_flags(*settings)
+        assert not {"classifier_lr_mult", "classifier_init_std"} & set(output_identity(settings[1]))
+    for command in ("pretrain", "pretrain-mdp", "pretrain-ms3"):
+        actions = build_parser()._subparsers._group_actions[0].choices[command]._actions
+        assert not {"classifier_lr_mult", "classifier_init_std"} & {a.dest for a in actions}, command
+
+
 def test_settings_carry_the_config_values():
     tiny = full_config(TINY)
     geometry, train = finetune_settings(tiny, "cityscapes", "ocr", lr=0.5)

@@ -77,17 +77,18 @@ def test_scene_look_shares_classification_looks_below_1000():
 
 def test_the_in_domain_voc_draws_every_class_in_a_pre_training_look(tmp_path):
     """The first 6 of VOC-Aug's demo classes, each in the look of classification class 0..5 (drawn as that
-    class's appearance: its hue and texture), as many images as the demo's VOC-Aug, readable as VOC-Aug."""
+    class's appearance: its hue and texture), as many images as the demo's VOC-Aug, readable as VOC-Aug, and
+    written again when the demo's settings change."""
     from pssl.config import load_config
     from pssl.data.downstream import SegmentationSet
     from pssl.demo import synth
     config, _ = load_config([str(Path(__file__).parents[1] / "config.yaml")],
-                            ["demo={downstream_train: 4, downstream_val: 2}"], check=False)
+                            ["demo={downstream_train: 8, downstream_val: 2}"], check=False)
     target = diagnosis.in_domain_voc(tmp_path / "voc", config)
     kept = DATASETS["voc_aug"].demo.classes[:6]
     assert target.scenes.classes == tuple((name, False, look) for look, (name, _, _) in enumerate(kept))
     train, val = SegmentationSet("voc_aug", target.root, "train"), SegmentationSet("voc_aug", target.root, "val")
-    assert (len(train), len(val)) == (4, 2)
+    assert (len(train), len(val)) == (8, 2)
     voc = DATASETS["voc_aug"].classes
     seen = set()
     for i in range(len(train)):
@@ -99,8 +100,12 @@ def test_the_in_domain_voc_draws_every_class_in_a_pre_training_look(tmp_path):
                 assert min(abs(hue - synth.appearance(look).hue), 1 - abs(hue - synth.appearance(look).hue)) < 0.06
                 seen.add(name)
         assert set(np.unique(label)) <= {voc.index(n) for n, _, _ in kept} | {0, IGNORE}
-    assert seen
+    assert len(seen) >= 3, seen  # classes whose look moved (only aeroplane's, 0, is the demo's own)
     assert diagnosis.in_domain_voc(tmp_path / "voc", config) == target  # written once
+    fewer, _ = load_config([str(Path(__file__).parents[1] / "config.yaml")],
+                           ["demo={downstream_train: 8, downstream_val: 3}"], check=False)
+    diagnosis.in_domain_voc(tmp_path / "voc", fewer)  # other settings: written again
+    assert len(SegmentationSet("voc_aug", target.root, "val")) == 3
 
 
 def rgb_to_hsv(pixels: np.ndarray) -> np.ndarray:

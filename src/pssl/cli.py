@@ -14,6 +14,7 @@ from pssl.allocator import keep_freed_memory
 from pssl.errors import InputError
 from pssl.models.catalog import HEAD_NAMES, TRANSFERS
 from pssl.settings import (
+    CLASSIFIER_FIELDS,
     EVAL_GEOMETRY,
     FINETUNE_DEFAULTS,
     MULTI_DATASET_TRAIN_DEFAULTS,
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --continue-from: pretrain/<model>/<that variant>/state.pt, trained on to --epochs")
     add_long_job_flags(s, distributed=True)
     add_settings_flags(s, PretrainSettings)
-    add_settings_flags(s, TrainSettings)
+    add_settings_flags(s, TrainSettings, exclude=CLASSIFIER_FIELDS)
     s.set_defaults(func=_pretrain)
 
     for command, cls, text in (
@@ -429,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="pssl embed-classes' table of the union's classes (the vectors T)")
         add_long_job_flags(s, distributed=True)
         add_settings_flags(s, cls)
-        add_settings_flags(s, TrainSettings, defaults=MULTI_DATASET_TRAIN_DEFAULTS)
+        add_settings_flags(s, TrainSettings, defaults=MULTI_DATASET_TRAIN_DEFAULTS, exclude=CLASSIFIER_FIELDS)
         s.set_defaults(func=_pretrain_multi)
 
     for command, text, out, figure in (

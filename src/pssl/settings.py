@@ -20,14 +20,22 @@ from pssl.errors import InputError
 
 
 def setting(default, help: str, choices: tuple | None = None, output: bool = True, *, ge=None, gt=None, le=None,
-            lt=None):
+            lt=None, omit_default: bool = False):
     """A settings field: its default, help, choices and range (ge/gt/le/lt: >=, >, <=, <; of each item of a
     tuple), from which the config schema's entry is generated (`section_schema`). output=False marks a setting
     that cannot change what the stage writes (loader workers): it is left out of the identity hash of a
-    resumable output."""
+    resumable output. omit_default marks a setting added after outputs existed: at its default it is left out
+    of the workflow's commands and of identities, so the jobs and checkpoints written before it stay valid."""
     bounds = {"minimum": ge, "exclusiveMinimum": gt, "maximum": le, "exclusiveMaximum": lt}
     return field(default=default, metadata={"help": help, "choices": choices, "output": output,
+                                            "omit_default": omit_default,
                                             "bounds": {k: v for k, v in bounds.items() if v is not None}})
+
+
+def stated(settings, f: dataclasses.Field) -> bool:
+    """Whether a field is written into commands and identities (every field but an omit_default one at its
+    default)."""
+    return not (f.metadata["omit_default"] and getattr(settings, f.name) == f.default)
 
 
 @dataclass(frozen=True)
@@ -126,17 +134,19 @@ class TrainSettings:
                                     "features alone are worth)")
     classifier_lr_mult: float = setting(1.0, "fine-tuning: the fresh per-class layers (main and auxiliary "
                                         "classifier) train at lr x this (the paper: 1; DeepLab's fine-tuning: 10)",
-                                        gt=0)
+                                        gt=0, omit_default=True)
     classifier_init_std: float | None = setting(None, "fine-tuning: the fresh per-class layers start from "
                                                 "N(0, std^2) weights and zero biases (mmsegmentation: 0.01; null: "
-                                                "PyTorch's default, Kaiming uniform)", ge=0)
+                                                "PyTorch's default, Kaiming uniform)", ge=0, omit_default=True)
     precision: str = setting("auto", "auto: bf16 where native, fp16 + loss scaling on older GPUs, fp32 on CPU",
                              ("auto", "fp32", "bf16", "fp16"))
     seed: int = setting(0, "seed of initialisation, sampling order and augmentation", ge=0)
 
 
-# TrainSettings that only fine-tuning sets (pre-trainings keep their defaults)
-FINETUNE_ONLY = ("freeze_backbone", "classifier_lr_mult", "classifier_init_std")
+# TrainSettings that only fine-tuning sets (pre-trainings keep their defaults); the per-class layers' are not
+# even flags of the pre-training commands, whose per-class layers train from the start
+CLASSIFIER_FIELDS = ("classifier_lr_mult", "classifier_init_std")
+FINETUNE_ONLY = ("freeze_backbone", *CLASSIFIER_FIELDS)
 
 # Fine-tuning's optimisation where it differs from pre-training's (the paper's section 5.4: batch 16, poly lr;
 # the whole model at one lr).
@@ -590,7 +600,8 @@ def settings_flags(*settings, fields: tuple[str, ...] | None = None) -> str:
             return " ".join(map(str, value))
         return "none" if value is None else str(value)
     return " ".join(f"{flag(f.name)} {text(getattr(s, f.name))}".rstrip()
-                    for s in settings for f in dataclasses.fields(s) if fields is None or f.name in fields)
+                    for s in settings for f in dataclasses.fields(s)
+                    if (fields is None or f.name in fields) and stated(s, f))
 
 
 def parse_bool(value: str) -> bool:
@@ -621,14 +632,14 @@ def int_or_auto(value: str) -> int | str:
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, cls, fields: tuple[str, ...] | None = None,
-                       defaults: dict | None = None) -> None:
-    """One --flag per field of `cls` (or per field named in `fields`; snake_case -> kebab-case), typed by its
-    annotation, with its help; `defaults`: the command's own where they differ from the field's (fine-tuning's
-    optimisation, FINETUNE_DEFAULTS)."""
+                       defaults: dict | None = None, exclude: tuple[str, ...] = ()) -> None:
+    """One --flag per field of `cls` (or per field named in `fields`, none of `exclude`; snake_case ->
+    kebab-case), typed by its annotation, with its help; `defaults`: the command's own where they differ from
+    the field's (fine-tuning's optimisation, FINETUNE_DEFAULTS)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} (pssl.settings)")
     for f in dataclasses.fields(cls):
-        if fields is not None and f.name not in fields:
+        if (fields is not None and f.name not in fields) or f.name in exclude:
             continue
         kind, meta = hints[f.name], f.metadata
         options = {"default": (defaults or {}).get(f.name, f.default), "help": meta["help"] + " (default: %(default)s)"}
@@ -659,4 +670,5 @@ def settings_from_args(cls, args: argparse.Namespace):
 
 def output_identity(settings) -> dict:
     """The fields that decide what a stage writes (for an output's identity hash)."""
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata["output"]}
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if f.metadata["output"] and stated(settings, f)}
