@@ -1,5 +1,6 @@
 """Stage settings: a config section becomes flags, the CLI parses them back into the same settings."""
 
+import argparse
 import dataclasses
 import shlex
 
@@ -19,6 +20,7 @@ from pssl.settings import (
     SanitySettings,
     TrainSettings,
     ZooSettings,
+    add_settings_flags,
     demo_settings,
     explain_settings,
     finetune_settings,
@@ -84,6 +86,9 @@ def test_the_per_class_layers_settings_are_fine_tunings_alone():
     for command in ("pretrain", "pretrain-mdp", "pretrain-ms3"):
         actions = build_parser()._subparsers._group_actions[0].choices[command]._actions
         assert not {"classifier_lr_mult", "classifier_init_std"} & {a.dest for a in actions}, command
+    # a command default for such a setting would be lost when the workflow leaves its flag out
+    with pytest.raises(ValueError, match="classifier_lr_mult"):
+        add_settings_flags(argparse.ArgumentParser(), TrainSettings, defaults={"classifier_lr_mult": 2.0})
 
 
 def test_settings_carry_the_config_values():

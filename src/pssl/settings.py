@@ -641,6 +641,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls, fields: tuple[str, 
     for f in dataclasses.fields(cls):
         if (fields is not None and f.name not in fields) or f.name in exclude:
             continue
+        if f.metadata["omit_default"] and f.name in (defaults or {}):
+            # the workflow leaves the flag out at the field's default, which the command must then also take
+            raise ValueError(f"{f.name} is omitted from commands at its default, so no command may change it")
         kind, meta = hints[f.name], f.metadata
         options = {"default": (defaults or {}).get(f.name, f.default), "help": meta["help"] + " (default: %(default)s)"}
         if meta["choices"]:
