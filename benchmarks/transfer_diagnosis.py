@@ -57,9 +57,10 @@ from pssl.train.finetune import finetune
 
 # factor -> (transfer, changes of TrainSettings, whether ImageNet init runs under it too): each row changes one
 # thing against "as the DAG runs it" (a value the run's config already has changes nothing: the demo's
-# classifier_lr_mult is 10, so `--config finetune='{classifier_lr_mult: 1}'` measures the paper's one lr). A change of the fine-tuning protocol applies to every init, and each
-# init is compared with ImageNet init under the same protocol; a change of what or how the pre-trained model is
-# transferred is compared with ImageNet init as the DAG runs it.
+# classifier_lr_mult is 10, so `--config finetune='{classifier_lr_mult: 1}'` measures the paper's one lr). A
+# change of the fine-tuning protocol applies to every init, and each init is compared with ImageNet init under
+# the same protocol; a change of what or how the pre-trained model is transferred is compared with ImageNet
+# init as the DAG runs it.
 FACTORS = {
     "as the DAG runs it": ("full", {}, False),
     "backbone only": ("backbone", {}, False),
@@ -256,9 +257,10 @@ def paired_gains(table: pd.DataFrame) -> pd.DataFrame:
     ImageNet init ran under it, else as the DAG runs it: pssl.report.stats.paired_difference per set, start
     and factor (mean, 95% half-width over the seeds)."""
     imagenet = table[table["init"] == "imagenet"]
+    imagenet_factors = set(imagenet["factor"])
     pairs = [pd.DataFrame(columns=[*table.columns, "start"])]  # none when no pre-trained model was found
     for (start, factor), treated in table[table["init"] != "imagenet"].groupby(["init", "factor"], sort=False):
-        control = imagenet[imagenet["factor"] == (factor if factor in set(imagenet["factor"]) else "-")]
+        control = imagenet[imagenet["factor"] == (factor if factor in imagenet_factors else "-")]
         pairs.append(pd.concat([treated.assign(init="treated"), control.assign(init="control")])
                      .assign(start=start, factor=factor))
     return paired_difference(pd.concat(pairs), "treated", "control", ["set", "start", "factor"])
