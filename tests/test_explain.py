@@ -552,6 +552,15 @@ def test_reduced_precisions_per_device():
     assert reduced_precisions("cpu", None, cpu_bf16=False) == []
 
 
+def cuda_tf32_flags() -> tuple[bool, bool, bool, bool]:
+    """Whether CUDA would run fp32 matmuls and convolutions in TF32, as cuBLAS and cuDNN ask torch for it (the
+    allow_tf32 getters: torch raises there when its older and newer flags disagree, as CUDA's kernels do at
+    their first fp32 call), and as the newer per-op flags say."""
+    backends = torch.backends
+    return (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32,
+            backends.cuda.matmul.fp32_precision == "tf32", backends.cudnn.conv.fp32_precision == "tf32")
+
+
 class FlagRecorder(nn.Module):
     """ConvReluMean that records which fp32 math CUDA would use for its convolution and matmuls."""
 
@@ -560,21 +569,22 @@ class FlagRecorder(nn.Module):
         self.net, self.seen = ConvReluMean(), []
 
     def forward(self, x):
-        self.seen.append((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
+        self.seen.append(cuda_tf32_flags())
         return self.net(x)
 
 
 def test_each_precision_sets_the_cuda_fp32_math_explicitly():
     """TF32 only where chosen: torch's default runs CUDA's fp32 convolutions in TF32 on an A100 or H100. The
-    flags are what CUDA reads; on this CPU they are recorded, not used."""
+    flags are what CUDA reads, consistently for both of torch's APIs (a disagreement is a RuntimeError at the
+    first cuBLAS or cuDNN call); on this CPU they are recorded, not used."""
     from pssl.explain.run import explain_batch
-    before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    before = cuda_tf32_flags()
     params = ExplainSettings(image_size=8, n_samples=2, noise_level=0.1, sample_chunk=2)
-    for precision, math in (("fp32", "ieee"), ("bf16", "ieee"), ("tf32", "tf32")):
+    for precision, tf32 in (("fp32", False), ("bf16", False), ("tf32", True)):
         recorder = FlagRecorder()
         explain_batch([TargetScore(recorder)], torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), params, precision)
-        assert recorder.seen and set(recorder.seen) == {(math, math)}, precision
-    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+        assert recorder.seen and set(recorder.seen) == {(tf32,) * 4}, precision
+    assert cuda_tf32_flags() == before
 
 
 def test_tf32_goes_through_the_same_gate_and_is_recorded(tmp_path):

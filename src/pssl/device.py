@@ -73,18 +73,22 @@ def cuda_fp32_math(mode: str):
     """What an fp32 convolution or matmul computes on CUDA, set explicitly for the block: 'ieee' (true fp32)
     or 'tf32' (TensorFloat-32 tensor cores on compute capability 8.0+: inputs rounded to a 10-bit mantissa,
     fp32 accumulation). PyTorch's own defaults differ by op (cuDNN convolutions TF32, cuBLAS matmuls IEEE), so
-    "fp32" would otherwise mean TF32 convolutions on an A100 or H100 without anyone choosing it. Only the
-    flags of torch's newer API are read and written (mixing them with the older allow_tf32 flags is an error
-    in torch). The flags are process-wide and CUDA-only: on a CPU they change nothing."""
+    "fp32" would otherwise mean TF32 convolutions on an A100 or H100 without anyone choosing it. Set through
+    the allow_tf32 flags: torch (2.9+) keeps its newer fp32_precision flags in step with them, while setting
+    only the newer ones leaves the two disagreeing, and cuBLAS and cuDNN raise on that at their first fp32
+    call ("a mix of the legacy and new APIs"); every torch the package supports has these. The flags are
+    process-wide and CUDA-only: on a CPU they change nothing."""
     if mode not in ("ieee", "tf32"):
         raise InputError(f"fp32 math must be 'ieee' or 'tf32', got {mode!r}")
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = mode
+    backends = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = [backend.allow_tf32 for backend in backends]
+    for backend in backends:
+        backend.allow_tf32 = mode == "tf32"
     try:
         yield
     finally:
-        conv.fp32_precision, matmul.fp32_precision = before
+        for backend, allowed in zip(backends, before):
+            backend.allow_tf32 = allowed
 
 
 def autocast(device: torch.device, precision: str):
