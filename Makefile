@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls demo-mdp demo-ms3 test check install clean-demo
+.PHONY: demo demo-seeds demo-experiments demo-teachers demo-controls demo-mdp demo-ms3 test test-gpu check install clean-demo
 
 install: $(STAMP)
 
@@ -69,6 +69,11 @@ check: $(STAMP)
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -rs --durations=12 -n 2 --dist loadfile tests; \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
+
+# What only a GPU runs (explain's precision gate with bf16 and TF32, training in bf16 / fp16 with channels_last),
+# on this machine's GPU; the tests skip without CUDA, so `make test` on a CPU machine runs them as skips.
+test-gpu: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -rs -m gpu tests
 
 clean-demo:
 	rm -rf results data/demo .snakemake

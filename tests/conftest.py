@@ -26,6 +26,17 @@ TINY_DEMO = DemoSettings(seed=0, num_classes=3, images_per_class=6, min_side=48,
                          downstream_val=2, pool_images=4)
 
 
+@pytest.fixture
+def device():
+    """The device of a `gpu` test: CUDA, or skipped without it (this project's CI has no GPU; `make test-gpu` on a
+    GPU machine). PSSL_TEST_DEVICE=cpu runs the same bodies on the CPU, to check the tests themselves."""
+    import torch
+    name = os.environ.get("PSSL_TEST_DEVICE", "cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (make test-gpu on a GPU machine; PSSL_TEST_DEVICE=cpu runs it on the CPU)")
+    return torch.device(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """The demo data at its tiny-config size, generated once per test session."""

@@ -517,6 +517,26 @@ def test_auto_chunk_and_precision_are_recorded_and_change_no_decile(demo_shard, 
     assert store.open_store(fixed).attrs["precision_used"] == "fp32"
 
 
+
+@pytest.mark.gpu
+def test_explain_on_the_device_measures_and_runs_every_precision_it_offers(device, demo_shard, tiny_zoo, tmp_path):
+    """What the first GPU run does: `auto` measures each reduced precision the device offers (bf16 and TF32
+    through cuBLAS and cuDNN on compute capability 8.0+) against fp32 and records it; then each of them,
+    asked for explicitly, writes a complete store."""
+    from pssl.device import explain_candidates
+    candidates = explain_candidates(device)
+    explain_shard(demo_shard, tiny_zoo, tmp_path / "auto.zarr", PARAMS, device=device.type)
+    attrs = store.open_store(tmp_path / "auto.zarr").attrs
+    assert set(attrs.get("precision_check", {}).get("candidates", {})) == set(candidates)
+    assert attrs["precision_used"] in ["fp32", *candidates]
+    for precision in ["fp32", *candidates]:
+        out = tmp_path / f"{precision}.zarr"
+        explain_shard(demo_shard, tiny_zoo, out, ExplainSettings(**{**PARAMS.__dict__, "precision": precision}),
+                      device=device.type)
+        group = store.open_store(out)
+        assert group.attrs["precision_used"] == precision and (group["status"][:] == store.DONE).all()
+        assert group["deciles"][:].max() == 9, precision
+
 # ---- the precision gate: a reduced precision against the method's own noise (issue 29) ---------------------
 
 def nines(length: int, *spans: range) -> torch.Tensor:
