@@ -28,13 +28,17 @@ TINY_DEMO = DemoSettings(seed=0, num_classes=3, images_per_class=6, min_side=48,
 
 @pytest.fixture
 def device():
-    """The device of a `gpu` test: CUDA, or skipped without it (this project's CI has no GPU; `make test-gpu` on a
-    GPU machine). PSSL_TEST_DEVICE=cpu runs the same bodies on the CPU, to check the tests themselves."""
+    """The device of a `gpu` test: PSSL_TEST_DEVICE (`make test-gpu` sets cuda: a GPU that torch cannot see
+    fails there, it does not pass as skips; cpu runs the bodies on the CPU, to check the tests themselves), or
+    by default CUDA, skipped without it (this project's CI has no GPU)."""
     import torch
-    name = os.environ.get("PSSL_TEST_DEVICE", "cuda")
+    name = os.environ.get("PSSL_TEST_DEVICE")
     if name == "cuda" and not torch.cuda.is_available():
+        pytest.fail("PSSL_TEST_DEVICE=cuda, but torch sees no GPU (a CPU build of torch, a driver that does not "
+                    f"match, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    if name is None and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (make test-gpu on a GPU machine; PSSL_TEST_DEVICE=cpu runs it on the CPU)")
-    return torch.device(name)
+    return torch.device(name or "cuda")
 
 
 @pytest.fixture(scope="session")

@@ -517,7 +517,6 @@ def test_auto_chunk_and_precision_are_recorded_and_change_no_decile(demo_shard, 
     assert store.open_store(fixed).attrs["precision_used"] == "fp32"
 
 
-
 @pytest.mark.gpu
 def test_explain_on_the_device_measures_and_runs_every_precision_it_offers(device, demo_shard, tiny_zoo, tmp_path):
     """What the first GPU run does: `auto` measures each reduced precision the device offers (bf16 and TF32
@@ -536,6 +535,19 @@ def test_explain_on_the_device_measures_and_runs_every_precision_it_offers(devic
         group = store.open_store(out)
         assert group.attrs["precision_used"] == precision and (group["status"][:] == store.DONE).all()
         assert group["deciles"][:].max() == 9, precision
+
+
+@pytest.mark.gpu
+def test_ieee_fp32_math_is_exact_on_the_device(device):
+    """'ieee' is true fp32 on the device: 1 + 2^-12 is exact in fp32 and rounds to 1 in TF32, and every partial
+    sum of this product is exact in fp32, so only TF32 (or a wrong flag) changes it. The TF32 block must run."""
+    from pssl.device import cuda_fp32_math
+    a = torch.full((256, 256), 1 + 2 ** -12, device=device)
+    with cuda_fp32_math("ieee"):
+        assert bool(((a @ torch.ones_like(a)) == 256 * (1 + 2 ** -12)).all())
+    with cuda_fp32_math("tf32"):
+        assert torch.isfinite(a @ torch.ones_like(a)).all()
+
 
 # ---- the precision gate: a reduced precision against the method's own noise (issue 29) ---------------------
 
@@ -577,8 +589,10 @@ def cuda_tf32_flags() -> tuple[bool, bool, bool, bool]:
     allow_tf32 getters: torch raises there when its older and newer flags disagree, as CUDA's kernels do at
     their first fp32 call), and as the newer per-op flags say."""
     backends = torch.backends
+    newer = getattr(backends.cuda.matmul, "fp32_precision", None), getattr(backends.cudnn, "conv", None)
     return (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32,
-            backends.cuda.matmul.fp32_precision == "tf32", backends.cudnn.conv.fp32_precision == "tf32")
+            backends.cuda.matmul.allow_tf32 if newer[0] is None else newer[0] == "tf32",  # torch < 2.9: none
+            backends.cudnn.allow_tf32 if newer[1] is None else newer[1].fp32_precision == "tf32")
 
 
 class FlagRecorder(nn.Module):

@@ -74,16 +74,19 @@ def cuda_fp32_math(mode: str):
     or 'tf32' (TensorFloat-32 tensor cores on compute capability 8.0+: inputs rounded to a 10-bit mantissa,
     fp32 accumulation). PyTorch's own defaults differ by op (cuDNN convolutions TF32, cuBLAS matmuls IEEE), so
     "fp32" would otherwise mean TF32 convolutions on an A100 or H100 without anyone choosing it. Set through
-    the allow_tf32 flags: torch (2.9+) keeps its newer fp32_precision flags in step with them, while setting
-    only the newer ones leaves the two disagreeing, and cuBLAS and cuDNN raise on that at their first fp32
-    call ("a mix of the legacy and new APIs"); every torch the package supports has these. The flags are
-    process-wide and CUDA-only: on a CPU they change nothing."""
+    the allow_tf32 flags, which every torch the package supports has and which torch (2.9+) keeps in step
+    with its newer fp32_precision flags: setting only the newer matmul flag makes cuBLAS raise at its first
+    fp32 matmul ("a mix of the legacy and new APIs"). Where the newer flags exist, 'ieee' also pins cuDNN's
+    own, which would otherwise fall back to a process-wide torch.backends.fp32_precision. The flags are
+    process-wide and CUDA-only: on a CPU they change no result."""
     if mode not in ("ieee", "tf32"):
         raise InputError(f"fp32 math must be 'ieee' or 'tf32', got {mode!r}")
     backends = torch.backends.cuda.matmul, torch.backends.cudnn
     before = [backend.allow_tf32 for backend in backends]
     for backend in backends:
         backend.allow_tf32 = mode == "tf32"
+    if mode == "ieee" and hasattr(torch.backends.cudnn, "conv"):
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "ieee"
     try:
         yield
     finally:
