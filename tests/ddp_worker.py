@@ -78,6 +78,24 @@ def fit_multi(segmenter, root: str, params: TrainSettings, out: str, info, vecto
     return fit(model, data, torch.ones(1), params, out, info, ignore_index=-1, objective=method.objective(info))
 
 
+def pspnet_without_dropout() -> nn.Module:
+    """The runs' PSPNet-ResNet10t (3 outputs), seeded, dropout off so that ranks and runs compare exactly."""
+    torch.manual_seed(0)
+    model = build_segmenter("pspnet", "resnet10t", 3)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout2d):
+            m.p = 0.0
+    return model
+
+
+def fit_squares(params: TrainSettings, out: str, info, fused: bool = False) -> nn.Module:
+    """That PSPNet trained by the real loop on the synthetic squares (or their fused views)."""
+    data = SyntheticFusedViews() if fused else SyntheticSegmentation()
+    fusion = Fusion(background=2, gamma=0.5, temperature=0.5, calibration="decoder") if fused else None
+    return fit(pspnet_without_dropout(), data, class_weights(3, 2, 0.1), params, out, info, ignore_index=-1,
+               fusion=fusion)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -92,20 +110,12 @@ def main() -> None:
     configure_logging()
     torch.set_num_threads(1)
     info = init_distributed("cpu")
-    torch.manual_seed(0)
-    model = build_segmenter("pspnet", "resnet10t", 3)
-    for m in model.modules():
-        if isinstance(m, nn.Dropout2d):
-            m.p = 0.0
     params = TrainSettings(epochs=args.epochs, batch_size=4, lr=0.02, schedule="step", milestone=1,
                            checkpoint_every=args.checkpoint_every, freeze_bn=True, sync_bn=False, seed=0)
     if args.mdp or args.ms3:
-        model = fit_multi(model, args.mdp or args.ms3[0], params, args.ckpt_dir, info, args.ms3 and args.ms3[1])
+        model = fit_multi(pspnet_without_dropout(), args.mdp or args.ms3[0], params, args.ckpt_dir, info, args.ms3 and args.ms3[1])
     else:
-        data = SyntheticFusedViews() if args.fused else SyntheticSegmentation()
-        fusion = Fusion(background=2, gamma=0.5, temperature=0.5, calibration="decoder") if args.fused else None
-        model = fit(model, data, class_weights(3, 2, 0.1), params, args.ckpt_dir, info, ignore_index=-1,
-                    fusion=fusion)
+        model = fit_squares(params, args.ckpt_dir, info, fused=args.fused)
     if info.main:
         torch.save(model.state_dict(), args.out)
     del model

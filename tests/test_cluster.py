@@ -171,28 +171,23 @@ def test_precision_choice(requested, device, capability, training, expected):
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_on_the_device_in_each_precision(device, precision, tmp_path):
     """The training loop as a GPU job runs it (channels_last, autocast, fp16 with loss scaling): 2 epochs of a
-    real PSPNet on the synthetic squares. It learns (the last step's loss under 0.7x the first's; at lr 1e-9
-    they stay within 3%), every weight ends finite on the device (4-d ones channels_last on CUDA), and in
+    real PSPNet on the synthetic squares (tests/ddp_worker.py). It learns (the last step's loss under 0.7x the
+    first's; at lr 1e-9 they stay within 3%), every weight ends finite on the device (4-d ones channels_last on CUDA), and in
     bf16 each step's loss differs from the same run's in fp32 (autocast ran) by at most 10% (on this CPU under
     0.3%; fp16's loss scaling may skip its first steps, so it is held to learning only)."""
     import pandas as pd
 
-    from ddp_worker import SyntheticSegmentation
-    from pssl.models.segmenter import build_segmenter
+    from ddp_worker import fit_squares
     from pssl.settings import TrainSettings
-    from pssl.train.loop import fit
-    from pssl.train.losses import class_weights
     if precision == "fp16" and device.type != "cuda":
         pytest.skip("fp16 trains on CUDA only (loss scaling)")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         pytest.skip("no native bf16 on this GPU")
 
     def train(precision: str, out):
-        torch.manual_seed(0)
         params = TrainSettings(epochs=2, batch_size=4, lr=0.02, schedule="step", milestone=1,
                                checkpoint_every=1000, sync_bn=False, seed=0, precision=precision)
-        model = fit(build_segmenter("pspnet", "resnet10t", 3), SyntheticSegmentation(), class_weights(3, 2, 0.1),
-                    params, out, init_distributed(device.type), ignore_index=-1)
+        model = fit_squares(params, str(out), init_distributed(device.type))
         return model, pd.read_csv(out / "log.csv")["loss"]
 
     model, loss = train(precision, tmp_path / precision)
